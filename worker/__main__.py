@@ -1,0 +1,179 @@
+"""Command line: ``python -m worker {run,demo,score,broker}``."""
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import torch  # noqa: F401  -- before decord, which the commands import: see README, "Pitfalls"
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML config file")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config key (repeatable)")
+
+
+def _config(args, **extra):
+    from .config import load_config
+    return load_config(args.config, overrides=[*args.overrides, *extra.get("overrides", [])])
+
+
+def _stop_on_signals() -> threading.Event:
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def cmd_run(args) -> int:
+    from .app import serve
+    from .logs import setup_logging
+
+    cfg = _config(args)
+    setup_logging(cfg.worker.log_level)
+    serve(cfg, _stop_on_signals())
+    return 0
+
+
+def cmd_score(args) -> int:
+    """Score one local file or URL without Kafka; print the verdict record."""
+    from datetime import datetime, timezone
+
+    from .app import build_pipeline
+    from .errors import DeadLetter
+    from .events import parse_upload_event, upload_event, verdict_record
+    from .logs import setup_logging
+
+    cfg = _config(args, overrides=["metrics.port=0"])
+    setup_logging("WARNING")
+    target = args.video
+    uri = target if "://" in target else Path(target).resolve().as_uri()
+    event = parse_upload_event(upload_event(Path(target).stem or "video", uri, "cli"),
+                               cfg.kafka.max_event_bytes)
+    pipeline = build_pipeline(cfg)
+    try:
+        verdict = pipeline.process(event)
+    except DeadLetter as failure:
+        print(json.dumps({"dead_letter": failure.reason, "message": failure.message}))
+        return 2
+    _, value = verdict_record(verdict, cfg.worker.id, datetime.now(timezone.utc))
+    print(json.dumps(json.loads(value), indent=2))
+    return 0
+
+
+def cmd_broker(args) -> int:
+    """Run the local development broker until interrupted."""
+    from .local_kafka import LocalKafka
+
+    stop = _stop_on_signals()
+    with LocalKafka() as broker:
+        print(f"Kafka {broker.bootstrap_servers} (KRaft, single node); Ctrl-C stops it", flush=True)
+        stop.wait()
+    return 0
+
+
+def _summary(record: dict) -> str:
+    data = record["data"]
+    if record["type"].startswith("dev.moderation.verdict"):
+        score = "-" if data["video_score"] is None else f"{data['video_score']:.3f}"
+        lat = data["latency_seconds"]
+        return (f"{data['video_id']:<22} {data['decision'].upper():<9} "
+                f"reasons={','.join(data['reasons'])}  faces={data['face_count']} "
+                f"tracks={len(data['tracks'])} score={score} "
+                f"latency={lat['end_to_end']:.2f}s (processing {lat['processing']:.2f}s)")
+    return (f"{(data.get('video_id') or '?'):<22} DEAD-LETTER reason={data['reason']}  "
+            f"{data['message'][:80]}")
+
+
+def cmd_demo(args) -> int:
+    """Local broker, topics, a worker, sample uploads in; verdicts printed as they arrive."""
+    from kafka import KafkaConsumer, KafkaProducer
+
+    from .app import serve
+    from .events import upload_event
+    from .kafka_io import ensure_topics
+    from .local_kafka import LocalKafka
+    from .logs import setup_logging
+    from .samples import NAMES, sample_video
+
+    setup_logging("ERROR")  # the demo prints each result itself
+    started = time.monotonic()
+    print("Starting a local Apache Kafka broker (KRaft)...", flush=True)
+    with LocalKafka() as broker:
+        run = uuid.uuid4().hex[:8]
+        cfg = _config(args, overrides=[
+            f"kafka.bootstrap_servers={broker.bootstrap_servers}", f"kafka.group_id=demo-{run}",
+            "metrics.host=127.0.0.1", "metrics.port=0"])
+        ensure_topics(cfg.kafka)
+        stop = threading.Event()
+        ports: list[int] = []
+        worker = threading.Thread(target=serve, args=(cfg, stop),
+                                  kwargs={"on_http": ports.append}, name="worker")
+        worker.start()
+        print(f"Broker {broker.bootstrap_servers}; topics {cfg.kafka.upload_topic} -> "
+              f"{cfg.kafka.verdict_topic} / {cfg.kafka.dead_letter_topic}", flush=True)
+
+        uploads = [(name.removesuffix(".mp4"), sample_video(name).as_uri()) for name in NAMES]
+        uploads.append(("missing-video", Path("/nonexistent/upload.mp4").as_uri()))
+        producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, acks="all")
+        for video_id, uri in uploads:
+            producer.send(cfg.kafka.upload_topic, key=video_id.encode(),
+                          value=upload_event(video_id, uri, "demo-uploader")).get(30)
+        producer.send(cfg.kafka.upload_topic, key=b"garbage", value=b"this is not JSON").get(30)
+        producer.close()
+        expected = len(uploads) + 1
+        print(f"Published {expected} upload events; waiting for verdicts "
+              f"(the first video also waits for the models to load)...", flush=True)
+
+        results = KafkaConsumer(cfg.kafka.verdict_topic, cfg.kafka.dead_letter_topic,
+                                bootstrap_servers=broker.bootstrap_servers,
+                                auto_offset_reset="earliest", enable_auto_commit=False)
+        seen = 0
+        deadline = time.monotonic() + args.timeout
+        while seen < expected and time.monotonic() < deadline and worker.is_alive():
+            for records in results.poll(timeout_ms=500).values():
+                for record in records:
+                    seen += 1
+                    print("  " + _summary(json.loads(record.value)), flush=True)
+        results.close()
+        if ports:
+            print(f"Metrics were at http://127.0.0.1:{ports[0]}/metrics", flush=True)
+        stop.set()
+        worker.join(timeout=60)
+    print(f"{seen}/{expected} results in {time.monotonic() - started:.1f}s; broker stopped.")
+    return 0 if seen == expected else 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="consume upload events from Kafka and publish verdicts")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("demo", help="the whole flow on a local broker with the sample videos")
+    _add_config_args(p)
+    p.add_argument("--timeout", type=float, default=600, help="seconds to wait for all verdicts")
+    p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("score", help="score one local file or URL without Kafka")
+    _add_config_args(p)
+    p.add_argument("video", help="a path, file:// or http(s):// URI")
+    p.set_defaults(func=cmd_score)
+    p = sub.add_parser("broker", help="run the local development Kafka broker")
+    p.set_defaults(func=cmd_broker)
+    args = parser.parse_args(argv)
+    from .config import ConfigError
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""Wiring: builds the real adapters from the config and runs the worker.
+
+This is the only module that knows which concrete fetcher, decoder, face detector,
+classifier and Kafka clients the pipeline gets.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+import torch  # before decord (imported by .media): see README, "Pitfalls"
+from prometheus_client import CollectorRegistry
+
+from .config import Config, ModelConfig
+from .faces import MtcnnDetector
+from .kafka_io import build_consumer, build_producer
+from .media import DecordSampler, Fetcher
+from .metrics import Health, HealthServer, WorkerMetrics
+from .models.timm_classifier import TimmFaceClassifier
+from .pipeline import Pipeline
+from .policy import Policy
+from .runner import Runner
+
+log = logging.getLogger("worker.app")
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_classifier(cfg: ModelConfig, device: torch.device) -> TimmFaceClassifier | None:
+    """The configured classifier, or None when no checkpoint is configured."""
+    if not cfg.checkpoint:
+        log.warning("no model checkpoint configured: faces go to review, never to takedown")
+        return None
+    return TimmFaceClassifier(
+        architecture=cfg.architecture, checkpoint=Path(cfg.checkpoint),
+        checkpoint_sha256=cfg.checkpoint_sha256, device=device, input_size=cfg.input_size,
+        crop_margin=cfg.crop_margin, batch_size=cfg.batch_size, name=cfg.name or None)
+
+
+def build_pipeline(cfg: Config) -> Pipeline:
+    device = select_device(cfg.model.device)
+    log.info("loading models on %s", device)
+    return Pipeline(
+        fetcher=Fetcher(cfg.media.max_video_bytes, cfg.media.fetch_timeout_s, cfg.media.file_roots),
+        sampler=DecordSampler(cfg.media.decode_threads),
+        detector=MtcnnDetector(device, max_side=cfg.faces.max_side,
+                               min_face_size=cfg.faces.min_face_size,
+                               min_confidence=cfg.faces.min_confidence,
+                               batch_size=cfg.faces.batch_size),
+        classifier=build_classifier(cfg.model, device),
+        policy=Policy(cfg.policy.takedown_threshold, cfg.policy.review_threshold),
+        frames_per_video=cfg.media.frames_per_video,
+    )
+
+
+def serve(cfg: Config, stop: threading.Event, pipeline: Pipeline | None = None,
+          registry: CollectorRegistry | None = None,
+          on_http: "callable | None" = None) -> None:
+    """Run the worker until ``stop`` is set.
+
+    The health server starts first, so the liveness probe passes during the model load;
+    readiness waits for the model and for partitions.
+    """
+    registry = registry or CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    health = Health(metrics)
+    server = HealthServer(registry, health, cfg.metrics.host, cfg.metrics.port).start()
+    if on_http is not None:
+        on_http(server.port)
+    try:
+        pipeline = pipeline or build_pipeline(cfg)
+        if pipeline.classifier is not None:
+            metrics.set_model(pipeline.classifier.info.name, pipeline.classifier.info.checkpoint_sha256)
+        health.set("model_loaded", True)
+        runner = Runner(build_consumer(cfg.kafka), build_producer(cfg.kafka), pipeline, cfg.kafka,
+                        cfg.worker.id, metrics, health)
+        log.info("consuming %s as group %s", cfg.kafka.upload_topic, cfg.kafka.group_id)
+        runner.run(stop)
+    finally:
+        server.stop()

@@ -1,0 +1,179 @@
+"""The one configuration object: a TOML file, then ``MODERATION_<SECTION>_<KEY>`` environment
+variables, then ``--set section.key=value`` flags, each overriding the one before.
+Validated once, at start-up; unknown keys are errors, not silently ignored.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    bootstrap_servers: str = "localhost:9092"
+    group_id: str = "deepfake-moderation"
+    upload_topic: str = "uploads.v1"
+    verdict_topic: str = "verdicts.v1"
+    dead_letter_topic: str = "uploads.v1.dead-letter"
+    client_id: str = "moderation-worker"
+    security_protocol: str = "PLAINTEXT"
+    sasl_mechanism: str = ""
+    sasl_username: str = ""
+    sasl_password: str = ""
+    ssl_cafile: str = ""
+    max_event_bytes: int = 256 * 1024
+    poll_timeout_ms: int = 500
+    max_poll_records: int = 8
+    max_poll_interval_ms: int = 600_000
+    session_timeout_ms: int = 45_000
+    publish_timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class MediaConfig:
+    frames_per_video: int = 32
+    max_video_bytes: int = 512 * 1024 * 1024
+    fetch_timeout_s: float = 30.0
+    file_roots: tuple[str, ...] = ()
+    decode_threads: int = 0
+
+
+@dataclass(frozen=True)
+class FacesConfig:
+    max_side: int = 960
+    min_face_size: int = 20
+    min_confidence: float = 0.9
+    batch_size: int = 16
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    architecture: str = "efficientnet_b0"
+    name: str = ""
+    input_size: int = 224
+    crop_margin: float = 1 / 3
+    checkpoint: str = ""
+    checkpoint_sha256: str = ""
+    device: str = "auto"
+    batch_size: int = 32
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    takedown_threshold: float = 0.9
+    review_threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    host: str = "0.0.0.0"
+    port: int = 9400
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    id: str = field(default_factory=socket.gethostname)
+    log_level: str = "INFO"
+
+
+@dataclass(frozen=True)
+class Config:
+    kafka: KafkaConfig = field(default_factory=KafkaConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
+    faces: FacesConfig = field(default_factory=FacesConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+
+    def __post_init__(self):
+        problems = []
+        if self.media.frames_per_video < 1:
+            problems.append("media.frames_per_video must be at least 1")
+        if self.media.max_video_bytes < 1:
+            problems.append("media.max_video_bytes must be positive")
+        if bool(self.model.checkpoint) != bool(self.model.checkpoint_sha256):
+            problems.append("model.checkpoint and model.checkpoint_sha256 go together")
+        if self.model.device not in ("auto", "cpu", "cuda") and not self.model.device.startswith("cuda:"):
+            problems.append("model.device is auto, cpu, cuda or cuda:N")
+        if not 0 <= self.policy.review_threshold <= self.policy.takedown_threshold <= 1:
+            problems.append("policy thresholds need 0 <= review_threshold <= takedown_threshold <= 1")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def replace(self, **sections: Mapping[str, Any]) -> "Config":
+        """A copy with some keys changed, e.g. ``cfg.replace(kafka={"group_id": "g"})``."""
+        return _build(self, {name: dict(values) for name, values in sections.items()})
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    try:
+        if isinstance(default, bool):
+            if isinstance(value, str):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                return value.lower() in ("true", "1", "yes")
+            return bool(value)
+        if isinstance(default, tuple):
+            if isinstance(value, str):
+                return tuple(v.strip() for v in value.split(",") if v.strip())
+            return tuple(str(v) for v in value)
+        if isinstance(default, int):
+            return int(value)
+        if isinstance(default, float):
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: cannot read {value!r} as {type(default).__name__}") from None
+
+
+def _build(base: Config, layers: Mapping[str, Mapping[str, Any]]) -> Config:
+    sections = {}
+    for section in dataclasses.fields(Config):
+        current = getattr(base, section.name)
+        changes = dict(layers.get(section.name, {}))
+        known = {f.name for f in dataclasses.fields(current)}
+        unknown = set(changes) - known
+        if unknown:
+            raise ConfigError(f"unknown key(s) in [{section.name}]: {', '.join(sorted(unknown))}")
+        coerced = {k: _coerce(v, getattr(current, k), f"{section.name}.{k}") for k, v in changes.items()}
+        sections[section.name] = dataclasses.replace(current, **coerced)
+    unknown_sections = set(layers) - set(sections)
+    if unknown_sections:
+        raise ConfigError(f"unknown section(s): {', '.join(sorted(unknown_sections))}")
+    return Config(**sections)
+
+
+def load_config(path: Path | str | None = None, env: Mapping[str, str] | None = None,
+                overrides: Sequence[str] = ()) -> Config:
+    env = os.environ if env is None else env
+    config = Config()
+    if path:
+        try:
+            config = _build(config, tomllib.loads(Path(path).read_text()))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    from_env: dict[str, dict[str, str]] = {}
+    for section in dataclasses.fields(Config):
+        for key in dataclasses.fields(getattr(config, section.name)):
+            name = f"MODERATION_{section.name}_{key.name}".upper()
+            if name in env:
+                from_env.setdefault(section.name, {})[key.name] = env[name]
+    config = _build(config, from_env)
+    from_flags: dict[str, dict[str, str]] = {}
+    for item in overrides:
+        dotted, sep, value = item.partition("=")
+        section, dot, key = dotted.partition(".")
+        if not sep or not dot:
+            raise ConfigError(f"--set wants section.key=value, got {item!r}")
+        from_flags.setdefault(section.strip(), {})[key.strip()] = value
+    return _build(config, from_flags)

@@ -1,0 +1,257 @@
+"""Upload events in, verdicts and dead-letter records out: the v1 contracts in ``schemas/``.
+
+All three are CloudEvents 1.0 in structured mode: the whole event, attributes and data, is
+the JSON value of the Kafka record. Structured mode keeps an event self-describing when it
+is copied, replayed from a dead-letter topic or archived, and needs no header handling in
+clients. Parsing validates against the schema files; so does serialising, so the worker
+never publishes a record its consumers would reject.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+
+from . import errors
+from .errors import DeadLetter
+from .tracks import FaceTrack
+
+SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+UPLOAD_TYPE = "dev.moderation.upload.v1"
+VERDICT_TYPE = "dev.moderation.verdict.v1"
+DEAD_LETTER_TYPE = "dev.moderation.deadletter.v1"
+_UPLOAD_TYPE_PREFIX = "dev.moderation.upload."
+
+
+@lru_cache(maxsize=None)
+def validator(name: str) -> jsonschema.protocols.Validator:
+    """The draft 2020-12 validator of ``schemas/v1/<name>.schema.json``."""
+    schema = json.loads((SCHEMA_DIR / "v1" / f"{name}.schema.json").read_text())
+    cls = jsonschema.validators.validator_for(schema)
+    cls.check_schema(schema)
+    return cls(schema)
+
+
+def _first_error(name: str, document: Any) -> str | None:
+    error = jsonschema.exceptions.best_match(validator(name).iter_errors(document))
+    if error is None:
+        return None
+    where = "/".join(str(p) for p in error.absolute_path) or "(root)"
+    return f"{where}: {error.message[:300]}"
+
+
+def parse_time(text: str) -> datetime:
+    """An RFC 3339 timestamp with an explicit offset, as a UTC datetime."""
+    value = datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        raise ValueError(f"timestamp {text!r} has no UTC offset")
+    return value.astimezone(timezone.utc)
+
+
+def format_time(value: datetime) -> str:
+    return value.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class UploadEvent:
+    event_id: str
+    source: str
+    video_id: str
+    uploader: str
+    video_uri: str
+    uploaded_at: datetime
+    content_hash: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_upload_event(value: bytes | None, max_bytes: int) -> UploadEvent:
+    """Validate one Kafka record value; raise :class:`DeadLetter` with the reason if it is bad."""
+    if value is None:
+        raise DeadLetter(errors.INVALID_JSON, "the record has no value (a tombstone?)")
+    if len(value) > max_bytes:
+        raise DeadLetter(errors.EVENT_TOO_LARGE, f"{len(value)} bytes is over the {max_bytes}-byte limit")
+    try:
+        document = json.loads(value)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise DeadLetter(errors.INVALID_JSON, f"not JSON: {str(exc)[:200]}") from None
+    if isinstance(document, dict):
+        event_type = document.get("type")
+        if (isinstance(event_type, str) and event_type.startswith(_UPLOAD_TYPE_PREFIX)
+                and event_type != UPLOAD_TYPE):
+            raise DeadLetter(errors.UNSUPPORTED_SCHEMA_VERSION,
+                             f"event type {event_type[:100]!r}; this worker reads {UPLOAD_TYPE}")
+    problem = _first_error("upload-event", document)
+    if problem is not None:
+        raise DeadLetter(errors.SCHEMA_VIOLATION, problem)
+    data = document["data"]
+    try:
+        parse_time(document["time"])
+        uploaded_at = parse_time(data["uploaded_at"])
+    except ValueError as exc:
+        raise DeadLetter(errors.SCHEMA_VIOLATION, f"bad timestamp: {exc}") from None
+    return UploadEvent(
+        event_id=document["id"],
+        source=document["source"],
+        video_id=data["video_id"],
+        uploader=data["uploader"],
+        video_uri=data["video_uri"],
+        uploaded_at=uploaded_at,
+        content_hash=data.get("content_hash"),
+        metadata=dict(data.get("metadata", {})),
+    )
+
+
+def upload_event(video_id: str, video_uri: str, uploader: str, *, event_id: str | None = None,
+                 uploaded_at: datetime | None = None, source: str = "urn:moderation:uploader",
+                 content_hash: str | None = None, metadata: dict | None = None) -> bytes:
+    """Serialise an upload event, as an upload service (or the quick start) publishes it."""
+    now = uploaded_at or datetime.now(timezone.utc)
+    data: dict[str, Any] = {"video_id": video_id, "uploader": uploader,
+                            "video_uri": video_uri, "uploaded_at": format_time(now)}
+    if content_hash:
+        data["content_hash"] = content_hash
+    if metadata:
+        data["metadata"] = metadata
+    document = {"specversion": "1.0", "id": event_id or str(uuid.uuid4()), "source": source,
+                "type": UPLOAD_TYPE, "time": format_time(now),
+                "datacontenttype": "application/json", "data": data}
+    return _checked("upload-event", document)
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    version: str
+    checkpoint_sha256: str
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The takedown recommendation for one upload event."""
+
+    event: UploadEvent
+    decision: str
+    reasons: tuple[str, ...]
+    video_score: float | None
+    tracks: tuple[FaceTrack, ...]
+    frames_sampled: int
+    model: ModelInfo | None
+    policy_version: str
+    stage_seconds: dict[str, float]
+
+    @property
+    def face_count(self) -> int:
+        return sum(len(t.detections) for t in self.tracks)
+
+
+def _checked(name: str, document: dict) -> bytes:
+    problem = _first_error(name, document)
+    if problem is not None:
+        raise ValueError(f"refusing to publish an invalid {name} record: {problem}")
+    return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
+
+
+def _round(value: float | None, digits: int = 6) -> float | None:
+    return None if value is None else round(float(value), digits)
+
+
+def verdict_record(verdict: Verdict, worker_id: str, published_at: datetime) -> tuple[bytes, bytes]:
+    """Key (the video id) and value of the verdict record; ``end_to_end`` runs to ``published_at``."""
+    latency = {k: _round(v) for k, v in verdict.stage_seconds.items()}
+    latency["end_to_end"] = _round((published_at - verdict.event.uploaded_at).total_seconds())
+    tracks = [{
+        "track_id": t.track_id,
+        "score": _round(t.score),
+        "detections": [{
+            "frame_index": d.frame_index,
+            "timestamp_s": _round(d.timestamp_s),
+            "box": [round(float(c), 2) for c in d.box],
+            "detection_confidence": _round(d.confidence),
+            "score": _round(d.score),
+        } for d in t.detections],
+    } for t in verdict.tracks]
+    model = None if verdict.model is None else {
+        "name": verdict.model.name, "version": verdict.model.version,
+        "checkpoint_sha256": verdict.model.checkpoint_sha256}
+    document = {
+        "specversion": "1.0",
+        "id": str(uuid.uuid4()),
+        "source": f"urn:moderation:worker:{worker_id}",
+        "type": VERDICT_TYPE,
+        "time": format_time(published_at),
+        "subject": verdict.event.video_id,
+        "datacontenttype": "application/json",
+        "data": {
+            "source_event_id": verdict.event.event_id,
+            "video_id": verdict.event.video_id,
+            "decision": verdict.decision,
+            "reasons": list(verdict.reasons),
+            "video_score": _round(verdict.video_score),
+            "face_count": verdict.face_count,
+            "frames_sampled": verdict.frames_sampled,
+            "tracks": tracks,
+            "model": model,
+            "policy_version": verdict.policy_version,
+            "latency_seconds": latency,
+            "worker_id": worker_id,
+        },
+    }
+    return verdict.event.video_id.encode(), _checked("verdict", document)
+
+
+@dataclass(frozen=True)
+class SourcePosition:
+    topic: str
+    partition: int
+    offset: int
+
+
+# Kafka's default message.max.bytes is about 1 MB; base64 grows the original by a third.
+MAX_ORIGINAL_BYTES = 512 * 1024
+
+
+def dead_letter_record(failure: DeadLetter, value: bytes | None, key: bytes | None,
+                       position: SourcePosition, worker_id: str, published_at: datetime,
+                       event: UploadEvent | None = None) -> tuple[bytes | None, bytes]:
+    """Key and value of a dead-letter record that keeps the original bytes for replay.
+
+    An original over ``MAX_ORIGINAL_BYTES`` (only an oversized event can be) keeps its first
+    bytes and says so, so that the dead letter itself still fits in a Kafka record.
+    """
+    truncated = value is not None and len(value) > MAX_ORIGINAL_BYTES
+    if truncated:
+        value = value[:MAX_ORIGINAL_BYTES]
+    def b64(raw: bytes | None) -> str | None:
+        return None if raw is None else base64.b64encode(raw).decode()
+
+    document = {
+        "specversion": "1.0",
+        "id": str(uuid.uuid4()),
+        "source": f"urn:moderation:worker:{worker_id}",
+        "type": DEAD_LETTER_TYPE,
+        "time": format_time(published_at),
+        "datacontenttype": "application/json",
+        "data": {
+            "reason": failure.reason,
+            "message": failure.message[:2000],
+            "original_value_base64": b64(value) or "",
+            "original_value_truncated": truncated,
+            "original_key_base64": b64(key),
+            "source_topic": position.topic,
+            "source_partition": position.partition,
+            "source_offset": position.offset,
+            "source_event_id": event.event_id if event else None,
+            "video_id": event.video_id if event else None,
+            "worker_id": worker_id,
+        },
+    }
+    if event is not None:
+        document["subject"] = event.video_id
+    return key, _checked("dead-letter", document)

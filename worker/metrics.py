@@ -1,0 +1,119 @@
+"""Prometheus metrics on an injected registry, and the /metrics, /livez, /readyz endpoints.
+
+Liveness and readiness are separate so that a slow model load (the worker's cold start)
+makes the pod unready, never dead: /livez answers as soon as the process serves HTTP,
+/readyz answers 503 until the model is loaded and Kafka partitions are assigned.
+"""
+from __future__ import annotations
+
+import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from . import __version__
+
+PREFIX = "moderation"
+# From a short clip on a GPU (50 ms) to a long video queued behind others (10 min).
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+STAGES = ("fetch", "decode", "detect_faces", "classify", "publish")
+
+
+class WorkerMetrics:
+    def __init__(self, registry: CollectorRegistry):
+        self.registry = registry
+        self.end_to_end = Histogram(
+            f"{PREFIX}_end_to_end_latency_seconds",
+            "From the upload time in the event to the verdict acknowledged by Kafka.",
+            buckets=LATENCY_BUCKETS, registry=registry)
+        self.stage = Histogram(
+            f"{PREFIX}_stage_duration_seconds", "Time spent in one pipeline stage for one video.",
+            ["stage"], buckets=LATENCY_BUCKETS, registry=registry)
+        self.events = Counter(f"{PREFIX}_events_consumed", "Upload event records consumed.",
+                              registry=registry)
+        self.decisions = Counter(f"{PREFIX}_decisions", "Verdicts published, by decision.",
+                                 ["decision"], registry=registry)
+        self.dead_letters = Counter(f"{PREFIX}_dead_letters", "Dead-letter records published, by reason.",
+                                    ["reason"], registry=registry)
+        self.faces = Counter(f"{PREFIX}_faces_detected", "Face detections in sampled frames.",
+                             registry=registry)
+        self.publish_failures = Counter(
+            f"{PREFIX}_publish_failures", "Outputs Kafka did not acknowledge; the event is retried.",
+            registry=registry)
+        self.in_flight = Gauge(f"{PREFIX}_videos_in_flight", "Videos being processed now.",
+                               registry=registry)
+        self.ready = Gauge(f"{PREFIX}_ready", "1 when /readyz answers 200.", registry=registry)
+        self.build = Info(f"{PREFIX}_build", "Worker version and the model it runs.", registry=registry)
+        for stage in STAGES:
+            self.stage.labels(stage)
+        self.build.info({"version": __version__, "model_name": "none", "checkpoint_sha256": "none"})
+
+    def set_model(self, name: str, checkpoint_sha256: str) -> None:
+        self.build.info({"version": __version__, "model_name": name,
+                         "checkpoint_sha256": checkpoint_sha256})
+
+
+class Health:
+    """What /readyz reports; each part is set by whoever owns it."""
+
+    def __init__(self, metrics: WorkerMetrics | None = None):
+        self._lock = threading.Lock()
+        self._checks = {"model_loaded": False, "kafka_reachable": False, "partitions_assigned": False}
+        self._metrics = metrics
+
+    def set(self, check: str, ok: bool) -> None:
+        with self._lock:
+            if check not in self._checks:
+                raise KeyError(check)
+            self._checks[check] = ok
+            if self._metrics is not None:
+                self._metrics.ready.set(1 if all(self._checks.values()) else 0)
+
+    def report(self) -> tuple[bool, dict[str, bool]]:
+        with self._lock:
+            checks = dict(self._checks)
+        return all(checks.values()), checks
+
+
+class HealthServer:
+    """Serves /metrics, /livez and /readyz on a background thread."""
+
+    def __init__(self, registry: CollectorRegistry, health: Health, host: str, port: int):
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 (http.server's naming)
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+                elif path == "/livez":
+                    self._send(200, b"ok\n", "text/plain")
+                elif path == "/readyz":
+                    ok, checks = health.report()
+                    self._send(200 if ok else 503, json.dumps(checks).encode(), "application/json")
+                else:
+                    self._send(404, b"not found\n", "text/plain")
+
+            def _send(self, status: int, body: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):  # probes every few seconds would flood the log
+                pass
+
+        self._server = ThreadingHTTPServer((host, port), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        self._thread = threading.Thread(target=self._server.serve_forever, name="health-http",
+                                        daemon=True)
+
+    def start(self) -> "HealthServer":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()

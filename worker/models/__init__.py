@@ -1,0 +1,1 @@
+"""Deepfake classifier backends, each behind the pipeline's ``FaceClassifier`` port."""

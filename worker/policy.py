@@ -1,0 +1,64 @@
+"""Takedown policy: face-track scores and thresholds in, a decision and reason codes out.
+
+Pure and deterministic, so that a verdict can be re-derived from its evidence during an
+audit. The policy version names the thresholds, and every verdict carries it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from .tracks import FaceTrack
+
+TAKEDOWN = "takedown"
+REVIEW = "review"
+ALLOW = "allow"
+
+NO_FACES_DETECTED = "no_faces_detected"
+NO_MODEL_CHECKPOINT = "no_model_checkpoint"
+SCORE_AT_OR_ABOVE_TAKEDOWN_THRESHOLD = "score_at_or_above_takedown_threshold"
+SCORE_AT_OR_ABOVE_REVIEW_THRESHOLD = "score_at_or_above_review_threshold"
+SCORE_BELOW_REVIEW_THRESHOLD = "score_below_review_threshold"
+
+
+@dataclass(frozen=True)
+class Policy:
+    takedown_threshold: float = 0.9
+    review_threshold: float = 0.5
+
+    def __post_init__(self):
+        if not 0.0 <= self.review_threshold <= self.takedown_threshold <= 1.0:
+            raise ValueError("thresholds must satisfy 0 <= review <= takedown <= 1")
+
+    @property
+    def version(self) -> str:
+        return f"thresholds-v1:takedown={self.takedown_threshold:g},review={self.review_threshold:g}"
+
+
+@dataclass(frozen=True)
+class Decision:
+    decision: str
+    reasons: tuple[str, ...]
+    video_score: float | None
+
+
+def video_score(tracks: Sequence[FaceTrack]) -> float | None:
+    """The most suspicious track decides: one faked face among real ones must not be diluted."""
+    scores = [t.score for t in tracks if t.score is not None]
+    return max(scores) if scores else None
+
+
+def decide(policy: Policy, tracks: Sequence[FaceTrack], model_loaded: bool) -> Decision:
+    if not tracks:
+        return Decision(ALLOW, (NO_FACES_DETECTED,), None)
+    if not model_loaded:
+        # Faces were found but nothing trustworthy scored them: a person decides.
+        return Decision(REVIEW, (NO_MODEL_CHECKPOINT,), None)
+    score = video_score(tracks)
+    if score is None:
+        raise ValueError("a model is loaded but no track has a score")
+    if score >= policy.takedown_threshold:
+        return Decision(TAKEDOWN, (SCORE_AT_OR_ABOVE_TAKEDOWN_THRESHOLD,), score)
+    if score >= policy.review_threshold:
+        return Decision(REVIEW, (SCORE_AT_OR_ABOVE_REVIEW_THRESHOLD,), score)
+    return Decision(ALLOW, (SCORE_BELOW_REVIEW_THRESHOLD,), score)
