@@ -168,10 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=cmd_broker)
     args = parser.parse_args(argv)
     from .config import ConfigError
+    from .models.checkpoint import CheckpointError
     try:
         return args.func(args)
-    except ConfigError as exc:
-        print(f"config error: {exc}", file=sys.stderr)
+    except (ConfigError, CheckpointError) as exc:
+        print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
 
 
