@@ -126,7 +126,11 @@ def _coerce(value: Any, default: Any, where: str) -> Any:
         if isinstance(default, tuple):
             if isinstance(value, str):
                 return tuple(v.strip() for v in value.split(",") if v.strip())
+            if not isinstance(value, (list, tuple)):
+                raise TypeError(value)
             return tuple(str(v) for v in value)
+        if isinstance(value, (list, tuple, dict)):
+            raise TypeError(value)
         if isinstance(default, int):
             return int(value)
         if isinstance(default, float):
@@ -140,7 +144,10 @@ def _build(base: Config, layers: Mapping[str, Mapping[str, Any]]) -> Config:
     sections = {}
     for section in dataclasses.fields(Config):
         current = getattr(base, section.name)
-        changes = dict(layers.get(section.name, {}))
+        changes = layers.get(section.name, {})
+        if not isinstance(changes, Mapping):
+            raise ConfigError(f"[{section.name}] must be a table of keys, got {changes!r}")
+        changes = dict(changes)
         known = {f.name for f in dataclasses.fields(current)}
         unknown = set(changes) - known
         if unknown:

@@ -87,7 +87,10 @@ def parse_upload_event(value: bytes | None, max_bytes: int) -> UploadEvent:
                 and event_type != UPLOAD_TYPE):
             raise DeadLetter(errors.UNSUPPORTED_SCHEMA_VERSION,
                              f"event type {event_type[:100]!r}; this worker reads {UPLOAD_TYPE}")
-    problem = _first_error("upload-event", document)
+    try:
+        problem = _first_error("upload-event", document)
+    except RecursionError:  # JSON nested just under the parser's limit
+        raise DeadLetter(errors.SCHEMA_VIOLATION, "the JSON is nested too deeply") from None
     if problem is not None:
         raise DeadLetter(errors.SCHEMA_VIOLATION, problem)
     data = document["data"]

@@ -107,7 +107,7 @@ class HealthServer:
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
-        self._thread = threading.Thread(target=self._server.serve_forever, name="health-http",
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,), name="health-http",
                                         daemon=True)
 
     def start(self) -> "HealthServer":

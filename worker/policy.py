@@ -32,7 +32,8 @@ class Policy:
 
     @property
     def version(self) -> str:
-        return f"thresholds-v1:takedown={self.takedown_threshold:g},review={self.review_threshold:g}"
+        # repr is the shortest exact form: two different thresholds never share a version.
+        return f"thresholds-v1:takedown={self.takedown_threshold!r},review={self.review_threshold!r}"
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,122 @@
+"""One upload event to one verdict, through the pipeline's ports filled with fakes."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from worker.errors import DeadLetter
+from worker.events import parse_upload_event
+from worker.fakes import FakeClassifier, FakeDetector, FakeSampler
+from worker.policy import Policy
+
+from .conftest import FACE
+
+
+class FakeClock:
+    """Returns the given times in order; one call too many fails the test."""
+
+    def __init__(self, *times: float):
+        self.times = list(times)
+
+    def __call__(self) -> float:
+        assert self.times, "the pipeline read the clock more often than expected"
+        return self.times.pop(0)
+
+
+@pytest.fixture
+def event(make_event):
+    return parse_upload_event(make_event("vid-a", "file:///videos/a.mp4"), 1 << 20)
+
+
+def test_a_faked_face_is_a_takedown_with_its_evidence(make_pipeline, event):
+    sampler = FakeSampler(frame_count=100, fps=25.0)
+    classifier = FakeClassifier(lambda pos, box: 0.95)
+    verdict = make_pipeline(sampler=sampler, classifier=classifier, frames_per_video=5).process(event)
+
+    expected = sampler.sample(Path("/videos/a.mp4"), 5)
+    assert (verdict.decision, verdict.reasons) == ("takedown", ("score_at_or_above_takedown_threshold",))
+    assert verdict.video_score == pytest.approx(0.95)
+    assert verdict.frames_sampled == 5 and verdict.face_count == 5
+    assert len(verdict.tracks) == 1
+    detections = verdict.tracks[0].detections
+    assert [d.frame_index for d in detections] == list(expected.indices) == [0, 25, 50, 74, 99]
+    assert [d.timestamp_s for d in detections] == pytest.approx([i / 25 for i in expected.indices])
+    assert all(d.box == FACE and d.confidence == 0.99 and d.score == 0.95 for d in detections)
+    assert verdict.model == classifier.info
+    assert verdict.policy_version == Policy().version
+    assert verdict.event is event
+    assert classifier.calls == 1  # every face of the video in one call
+
+
+def test_each_detection_keeps_the_score_of_its_own_frame(make_pipeline, event):
+    per_position = [0.1, 0.2, 0.3, 0.4, 0.95]
+    classifier = FakeClassifier(lambda pos, box: per_position[pos])
+    verdict = make_pipeline(classifier=classifier, frames_per_video=5).process(event)
+    assert [d.score for d in verdict.tracks[0].detections] == per_position
+    assert verdict.tracks[0].score == pytest.approx(0.39)
+    assert (verdict.decision, verdict.video_score) == ("allow", pytest.approx(0.39))
+
+
+def test_one_faked_face_among_real_ones_is_a_takedown(make_pipeline, event):
+    real, fake = (0.0, 0.0, 20.0, 20.0), (40.0, 40.0, 60.0, 60.0)
+    classifier = FakeClassifier(lambda pos, box: 0.97 if box == fake else 0.02)
+    verdict = make_pipeline(detector=FakeDetector([real, fake]), classifier=classifier).process(event)
+    assert sorted(t.score for t in verdict.tracks) == pytest.approx([0.02, 0.97])
+    assert verdict.decision == "takedown" and verdict.face_count == 10
+
+
+def test_no_faces_is_allowed_without_calling_the_classifier(make_pipeline, event):
+    classifier = FakeClassifier(lambda pos, box: 1.0)
+    verdict = make_pipeline(detector=FakeDetector([]), classifier=classifier).process(event)
+    assert (verdict.decision, verdict.reasons, verdict.video_score) == ("allow", ("no_faces_detected",), None)
+    assert verdict.tracks == () and verdict.face_count == 0
+    assert classifier.calls == 0
+    assert "classify" not in verdict.stage_seconds
+
+
+def test_without_a_classifier_faces_go_to_review(make_pipeline, event):
+    verdict = make_pipeline(classifier=None).process(event)
+    assert (verdict.decision, verdict.reasons, verdict.video_score) == ("review", ("no_model_checkpoint",), None)
+    assert verdict.model is None
+    assert all(d.score is None for t in verdict.tracks for d in t.detections)
+    assert verdict.face_count == 5
+
+
+def test_a_fetch_dead_letter_propagates(make_pipeline, event):
+    failure = DeadLetter("video_truncated", "the upload stopped half way")
+    pipeline = make_pipeline(table={"file:///videos/a.mp4": failure})
+    with pytest.raises(DeadLetter) as info:
+        pipeline.process(event)
+    assert info.value is failure
+
+
+def test_an_unknown_video_is_not_found(make_pipeline, event):
+    with pytest.raises(DeadLetter) as info:
+        make_pipeline(table={}).process(event)
+    assert info.value.reason == "video_not_found"
+
+
+def test_a_video_without_frames_is_a_dead_letter(make_pipeline, event):
+    with pytest.raises(DeadLetter) as info:
+        make_pipeline(sampler=FakeSampler(frame_count=0)).process(event)
+    assert info.value.reason == "no_frames"
+
+
+def test_every_stage_is_timed(make_pipeline, event):
+    clock = FakeClock(100.0, 100.5, 101.75, 102.0, 102.125, 103.0)
+    verdict = make_pipeline(clock=clock).process(event)
+    assert verdict.stage_seconds == {"fetch": 0.5, "decode": 1.25, "detect_faces": 0.25,
+                                     "classify": 0.125, "processing": 3.0}
+    assert clock.times == []
+
+
+def test_stage_times_without_classification(make_pipeline, event):
+    clock = FakeClock(0.0, 1.0, 3.0, 6.0, 10.0)
+    verdict = make_pipeline(detector=FakeDetector([]), clock=clock).process(event)
+    assert verdict.stage_seconds == {"fetch": 1.0, "decode": 2.0, "detect_faces": 3.0, "processing": 10.0}
+
+
+def test_frames_per_video_must_be_positive(make_pipeline):
+    with pytest.raises(ValueError):
+        make_pipeline(frames_per_video=0)

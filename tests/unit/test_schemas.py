@@ -1,0 +1,133 @@
+"""The v1 contracts: the schemas are valid, and the examples a reader learns from are right."""
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from worker.errors import DeadLetter
+from worker.events import SCHEMA_DIR, parse_upload_event, validator
+from worker.policy import Policy, decide
+from worker.tracks import Detection, FaceTrack
+
+SCHEMAS = ("upload-event", "verdict", "dead-letter")
+EXAMPLES = SCHEMA_DIR / "examples"
+VALID = sorted(EXAMPLES.glob("*.json"))
+INVALID = sorted((EXAMPLES / "invalid").glob("*.json"))
+
+# Each invalid example breaks one rule: where (JSON path) and which schema keyword.
+BROKEN_RULE = {
+    "upload-event-missing-video-id.json": ("data", "required"),
+    "upload-event-ftp-uri.json": ("data/video_uri", "pattern"),
+    "upload-event-sha1-content-hash.json": ("data/content_hash", "pattern"),
+    "upload-event-nested-metadata.json": ("data/metadata/tags", "type"),
+    "upload-event-v2-type.json": ("type", "const"),
+    "verdict-decision-delete.json": ("data/decision", "enum"),
+    "verdict-model-without-checkpoint-sha256.json": ("data/model", "required"),
+    "verdict-score-as-percent.json": ("data/video_score", "maximum"),
+    "verdict-no-reasons.json": ("data/reasons", "minItems"),
+    "dead-letter-without-original-value.json": ("data", "required"),
+}
+
+
+def schema_of(path: Path) -> str:
+    names = [n for n in SCHEMAS if path.name.startswith(n)]
+    assert names, f"{path.name} does not start with a schema name {SCHEMAS}"
+    return max(names, key=len)
+
+
+def load(path: Path):
+    return json.loads(path.read_text())
+
+
+def errors_of(path: Path) -> list[str]:
+    return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+            for e in validator(schema_of(path)).iter_errors(load(path))]
+
+
+@pytest.mark.parametrize("name", SCHEMAS)
+def test_schema_is_valid_draft_2020_12(name):
+    checker = validator(name)
+    assert isinstance(checker, jsonschema.Draft202012Validator)
+    assert checker.schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    jsonschema.Draft202012Validator.check_schema(checker.schema)
+
+
+def test_every_schema_file_is_one_of_the_three_contracts():
+    files = {p.name.removesuffix(".schema.json") for p in (SCHEMA_DIR / "v1").glob("*.schema.json")}
+    assert files == set(SCHEMAS)
+
+
+def test_each_contract_has_valid_and_invalid_examples():
+    for name in SCHEMAS:
+        assert any(schema_of(p) == name for p in VALID), name
+        assert any(schema_of(p) == name for p in INVALID), name
+
+
+@pytest.mark.parametrize("path", VALID, ids=lambda p: p.name)
+def test_example_validates(path):
+    assert errors_of(path) == []
+
+
+@pytest.mark.parametrize("path", INVALID, ids=lambda p: p.name)
+def test_invalid_example_fails_for_the_rule_it_breaks(path):
+    assert errors_of(path), f"{path.name} validates but is meant to fail"
+    error = jsonschema.exceptions.best_match(validator(schema_of(path)).iter_errors(load(path)))
+    assert ("/".join(map(str, error.absolute_path)), error.validator) == BROKEN_RULE[path.name]
+
+
+def test_every_invalid_example_says_which_rule_it_breaks():
+    assert {p.name for p in INVALID} == set(BROKEN_RULE)
+
+
+@pytest.mark.parametrize("name", ["upload-event.json", "upload-event-minimal.json"])
+def test_upload_examples_are_read_by_the_worker(name):
+    raw = (EXAMPLES / name).read_bytes()
+    event = parse_upload_event(raw, max_bytes=len(raw))
+    assert event.video_id == load(EXAMPLES / name)["data"]["video_id"]
+
+
+def test_the_v2_example_is_refused_as_an_unsupported_version():
+    with pytest.raises(DeadLetter) as info:
+        parse_upload_event((EXAMPLES / "invalid" / "upload-event-v2-type.json").read_bytes(), 1 << 20)
+    assert info.value.reason == "unsupported_schema_version"
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("verdict*.json")), ids=lambda p: p.name)
+def test_verdict_example_can_be_re_derived_from_its_evidence(path):
+    data = load(path)["data"]
+    tracks = [FaceTrack(t["track_id"], tuple(
+        Detection(d["frame_index"], d["timestamp_s"], tuple(d["box"]), d["detection_confidence"], d["score"])
+        for d in t["detections"])) for t in data["tracks"]]
+    policy = Policy()
+    assert data["policy_version"] == policy.version
+    decision = decide(policy, tracks, model_loaded=data["model"] is not None)
+    assert (decision.decision, list(decision.reasons)) == (data["decision"], data["reasons"])
+    assert decision.video_score == pytest.approx(data["video_score"], abs=1e-6)
+    assert data["face_count"] == sum(len(t["detections"]) for t in data["tracks"])
+    for track, json_track in zip(tracks, data["tracks"]):
+        assert track.score == pytest.approx(json_track["score"], abs=1e-6)
+
+
+def test_the_named_verdict_examples_show_what_their_names_say():
+    takedown = load(EXAMPLES / "verdict-takedown.json")["data"]
+    assert takedown["decision"] == "takedown" and takedown["model"] is not None
+    assert [len(t["detections"]) for t in takedown["tracks"]] == [2]
+    no_model = load(EXAMPLES / "verdict-review-no-model.json")["data"]
+    assert (no_model["decision"], no_model["reasons"]) == ("review", ["no_model_checkpoint"])
+    assert no_model["model"] is None and no_model["video_score"] is None
+    no_faces = load(EXAMPLES / "verdict-allow-no-faces.json")["data"]
+    assert (no_faces["decision"], no_faces["reasons"], no_faces["tracks"]) == (
+        "allow", ["no_faces_detected"], [])
+
+
+def test_dead_letter_example_keeps_bytes_that_are_not_json():
+    data = load(EXAMPLES / "dead-letter.json")["data"]
+    assert data["reason"] == "invalid_json"
+    original = base64.b64decode(data["original_value_base64"], validate=True)
+    with pytest.raises(DeadLetter) as info:
+        parse_upload_event(original, 1 << 20)
+    assert info.value.reason == "invalid_json"
