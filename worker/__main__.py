@@ -93,11 +93,11 @@ def _summary(record: dict) -> str:
 
 def cmd_demo(args) -> int:
     """Local broker, topics, a worker, sample uploads in; verdicts printed as they arrive."""
-    from kafka import KafkaConsumer, KafkaProducer
+    from kafka import KafkaProducer
 
     from .app import serve
     from .events import upload_event
-    from .kafka_io import ensure_topics
+    from .kafka_io import build_results_consumer, ensure_topics
     from .local_kafka import LocalKafka
     from .logs import setup_logging
     from .samples import NAMES, sample_video
@@ -131,9 +131,7 @@ def cmd_demo(args) -> int:
         print(f"Published {expected} upload events; waiting for verdicts "
               f"(the first video also waits for the models to load)...", flush=True)
 
-        results = KafkaConsumer(cfg.kafka.verdict_topic, cfg.kafka.dead_letter_topic,
-                                bootstrap_servers=broker.bootstrap_servers,
-                                auto_offset_reset="earliest", enable_auto_commit=False)
+        results = build_results_consumer(cfg.kafka)
         seen = 0
         deadline = time.monotonic() + args.timeout
         while seen < expected and time.monotonic() < deadline and worker.is_alive():

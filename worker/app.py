@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from .config import Config, ModelConfig
 from .faces import MtcnnDetector
-from .kafka_io import build_consumer, build_producer
+from .kafka_io import build_consumer, build_delivery
 from .media import DecordSampler, Fetcher
 from .metrics import Health, HealthServer, WorkerMetrics
 from .models.timm_classifier import TimmFaceClassifier
@@ -77,9 +77,12 @@ def serve(cfg: Config, stop: threading.Event, pipeline: Pipeline | None = None,
         if pipeline.classifier is not None:
             metrics.set_model(pipeline.classifier.info.name, pipeline.classifier.info.checkpoint_sha256)
         health.set("model_loaded", True)
-        runner = Runner(build_consumer(cfg.kafka), build_producer(cfg.kafka), pipeline, cfg.kafka,
-                        cfg.worker.id, metrics, health)
-        log.info("consuming %s as group %s", cfg.kafka.upload_topic, cfg.kafka.group_id)
+        consumer = build_consumer(cfg.kafka)
+        delivery = build_delivery(cfg.kafka, cfg.worker.id, commit=consumer.commit,
+                                  on_abort=metrics.transaction_aborts.inc)
+        runner = Runner(consumer, delivery, pipeline, cfg.kafka, cfg.worker, metrics, health)
+        log.info("consuming %s as group %s (%s)", cfg.kafka.upload_topic, cfg.kafka.group_id,
+                 cfg.kafka.delivery)
         runner.run(stop)
     finally:
         server.stop()

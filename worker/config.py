@@ -25,6 +25,10 @@ class KafkaConfig:
     verdict_topic: str = "verdicts.v1"
     dead_letter_topic: str = "uploads.v1.dead-letter"
     client_id: str = "moderation-worker"
+    # exactly_once: output and offset in one transaction (needs broker transactions);
+    # at_least_once: publish, then commit; duplicates carry the same CloudEvents id.
+    delivery: str = "exactly_once"
+    transactional_id_prefix: str = ""
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str = ""
     sasl_username: str = ""
@@ -83,6 +87,10 @@ class MetricsConfig:
 class WorkerConfig:
     id: str = field(default_factory=socket.gethostname)
     log_level: str = "INFO"
+    processing_threads: int = 1
+    video_deadline_s: float = 300.0
+    shutdown_deadline_s: float = 60.0
+    dedupe_window: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -107,6 +115,10 @@ class Config:
             problems.append("model.device is auto, cpu, cuda or cuda:N")
         if not 0 <= self.policy.review_threshold <= self.policy.takedown_threshold <= 1:
             problems.append("policy thresholds need 0 <= review_threshold <= takedown_threshold <= 1")
+        if self.kafka.delivery not in ("exactly_once", "at_least_once"):
+            problems.append("kafka.delivery is exactly_once or at_least_once")
+        if self.worker.processing_threads < 1:
+            problems.append("worker.processing_threads must be at least 1")
         if problems:
             raise ConfigError("; ".join(problems))
 

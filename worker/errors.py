@@ -25,6 +25,9 @@ NOT_A_VIDEO = "not_a_video"
 VIDEO_TRUNCATED = "video_truncated"
 CORRUPT_VIDEO = "corrupt_video"
 NO_FRAMES = "no_frames"
+# The event was already processed, or took too long
+DUPLICATE_EVENT = "duplicate_event"
+TIMEOUT = "timeout"
 # Anything the worker did not foresee; the event is kept for replay
 INTERNAL_ERROR = "internal_error"
 
@@ -32,7 +35,7 @@ REASONS = frozenset({
     EVENT_TOO_LARGE, INVALID_JSON, SCHEMA_VIOLATION, UNSUPPORTED_SCHEMA_VERSION,
     UNSUPPORTED_URI_SCHEME, URI_NOT_ALLOWED, VIDEO_NOT_FOUND, VIDEO_UNREADABLE,
     VIDEO_TOO_LARGE, FETCH_FAILED, FETCH_TIMEOUT, EMPTY_FILE, NOT_A_VIDEO,
-    VIDEO_TRUNCATED, CORRUPT_VIDEO, NO_FRAMES, INTERNAL_ERROR,
+    VIDEO_TRUNCATED, CORRUPT_VIDEO, NO_FRAMES, DUPLICATE_EVENT, TIMEOUT, INTERNAL_ERROR,
 })
 
 

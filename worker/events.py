@@ -24,6 +24,8 @@ from .errors import DeadLetter
 from .tracks import FaceTrack
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+# Output ids derive from the input record, so a redelivered result keeps its id.
+_OUTPUT_ID_NAMESPACE = uuid.UUID("6f1c0f53-3c2e-4b8e-9a43-2f0e1d6c7b21")
 UPLOAD_TYPE = "dev.moderation.upload.v1"
 VERDICT_TYPE = "dev.moderation.verdict.v1"
 DEAD_LETTER_TYPE = "dev.moderation.deadletter.v1"
@@ -165,8 +167,19 @@ def _round(value: float | None, digits: int = 6) -> float | None:
     return None if value is None else round(float(value), digits)
 
 
-def verdict_record(verdict: Verdict, worker_id: str, published_at: datetime) -> tuple[bytes, bytes]:
-    """Key (the video id) and value of the verdict record; ``end_to_end`` runs to ``published_at``."""
+def output_id(position: "SourcePosition", kind: str) -> str:
+    """The CloudEvents id of the one output of the input record at ``position``."""
+    return str(uuid.uuid5(_OUTPUT_ID_NAMESPACE,
+                          f"{kind}/{position.topic}/{position.partition}/{position.offset}"))
+
+
+def verdict_record(verdict: Verdict, worker_id: str, published_at: datetime,
+                   position: "SourcePosition | None" = None) -> tuple[bytes, bytes]:
+    """Key (the video id) and value of the verdict record; ``end_to_end`` runs to ``published_at``.
+
+    With the input's ``position`` the id is derived from it, so consumers can drop a
+    redelivered copy; without one (scoring a file) it is random.
+    """
     latency = {k: _round(v) for k, v in verdict.stage_seconds.items()}
     latency["end_to_end"] = _round((published_at - verdict.event.uploaded_at).total_seconds())
     tracks = [{
@@ -185,7 +198,7 @@ def verdict_record(verdict: Verdict, worker_id: str, published_at: datetime) -> 
         "checkpoint_sha256": verdict.model.checkpoint_sha256}
     document = {
         "specversion": "1.0",
-        "id": str(uuid.uuid4()),
+        "id": output_id(position, "verdict") if position else str(uuid.uuid4()),
         "source": f"urn:moderation:worker:{worker_id}",
         "type": VERDICT_TYPE,
         "time": format_time(published_at),
@@ -236,7 +249,7 @@ def dead_letter_record(failure: DeadLetter, value: bytes | None, key: bytes | No
 
     document = {
         "specversion": "1.0",
-        "id": str(uuid.uuid4()),
+        "id": output_id(position, "dead-letter"),
         "source": f"urn:moderation:worker:{worker_id}",
         "type": DEAD_LETTER_TYPE,
         "time": format_time(published_at),

@@ -97,13 +97,30 @@ class FakeTopicPartition:
     partition: int
 
 
+@dataclass(frozen=True)
+class FakeGroupMetadata:
+    group_id: str
+    generation: int
+
+
 class FakeBroker:
-    """Topics as lists of records and committed offsets per group: one partition each."""
+    """Topics of one partition each, committed group offsets, and transactions.
+
+    Records written in a transaction become visible (as to a read_committed consumer) only
+    when it commits, together with its offsets. ``fail_next_sends``, ``fail_next_commits``
+    and ``fail_next_offset_commits`` make the next acknowledgements, transaction commits or
+    plain offset commits fail.
+    """
 
     def __init__(self):
         self.logs: dict[str, list[FakeRecord]] = defaultdict(list)
         self.committed: dict[tuple[str, FakeTopicPartition], int] = {}
+        self.generations: dict[str, int] = defaultdict(int)
+        self.epochs: dict[str, int] = defaultdict(int)
         self.fail_next_sends = 0
+        self.fail_next_commits = 0
+        self.fail_next_offset_commits = 0
+        self.aborted = 0
 
     def append(self, topic: str, value: bytes | None, key: bytes | None = None) -> FakeRecord:
         record = FakeRecord(topic, 0, len(self.logs[topic]), key, value)
@@ -113,27 +130,85 @@ class FakeBroker:
     def values(self, topic: str) -> list[bytes | None]:
         return [r.value for r in self.logs[topic]]
 
+    def rebalance(self, group_id: str) -> None:
+        """A new group generation: offsets from older members are refused (KIP-447)."""
+        self.generations[group_id] += 1
+
+    def _take_failure(self, name: str) -> bool:
+        if getattr(self, name) > 0:
+            setattr(self, name, getattr(self, name) - 1)
+            return True
+        return False
+
 
 class _Ack:
     def __init__(self, record: FakeRecord | None, error: Exception | None):
         self.record, self.error = record, error
 
-    def get(self, timeout: float | None = None) -> FakeRecord:
+    def get(self, timeout: float | None = None) -> FakeRecord | None:
         if self.error is not None:
             raise self.error
         return self.record
 
 
 class FakeProducer:
-    def __init__(self, broker: FakeBroker):
+    """A producer; with ``transactional_id`` it buffers sends until ``commit_transaction``."""
+
+    def __init__(self, broker: FakeBroker, transactional_id: str | None = None):
         self.broker = broker
+        self.transactional_id = transactional_id
         self.closed = False
+        self._epoch = None
+        self._pending: list[tuple[str, bytes | None, bytes | None]] | None = None
+        self._offsets: dict = {}
 
     def send(self, topic: str, key: bytes | None = None, value: bytes | None = None) -> _Ack:
-        if self.broker.fail_next_sends > 0:
-            self.broker.fail_next_sends -= 1
+        if self.broker._take_failure("fail_next_sends"):
             return _Ack(None, TimeoutError("fake broker did not acknowledge"))
-        return _Ack(self.broker.append(topic, value, key), None)
+        if self.transactional_id is None:
+            return _Ack(self.broker.append(topic, value, key), None)
+        self._check_epoch()
+        if self._pending is None:
+            raise RuntimeError("send outside a transaction")
+        self._pending.append((topic, key, value))
+        return _Ack(None, None)
+
+    def init_transactions(self) -> None:
+        self.broker.epochs[self.transactional_id] += 1
+        self._epoch = self.broker.epochs[self.transactional_id]
+
+    def _check_epoch(self) -> None:
+        from kafka.errors import ProducerFencedError
+
+        if self._epoch != self.broker.epochs[self.transactional_id]:
+            raise ProducerFencedError("a newer producer with this transactional id exists")
+
+    def begin_transaction(self) -> None:
+        self._check_epoch()
+        self._pending, self._offsets = [], {}
+
+    def send_offsets_to_transaction(self, offsets: dict, group_metadata: FakeGroupMetadata) -> None:
+        from kafka.errors import CommitFailedError
+
+        self._check_epoch()
+        if group_metadata.generation != self.broker.generations[group_metadata.group_id]:
+            raise CommitFailedError("the group has rebalanced since this member joined")
+        self._offsets = {(group_metadata.group_id, tp): meta.offset for tp, meta in offsets.items()}
+
+    def commit_transaction(self) -> None:
+        self._check_epoch()
+        if self.broker._take_failure("fail_next_commits"):
+            raise TimeoutError("fake broker did not commit the transaction")
+        for topic, key, value in self._pending or []:
+            self.broker.append(topic, value, key)
+        for (group, tp), offset in self._offsets.items():
+            self.broker.committed[(group, FakeTopicPartition(tp.topic, tp.partition))] = offset
+        self._pending, self._offsets = None, {}
+
+    def abort_transaction(self) -> None:
+        self._check_epoch()
+        self.broker.aborted += 1
+        self._pending, self._offsets = None, {}
 
     def flush(self, timeout: float | None = None) -> None:
         pass
@@ -147,30 +222,82 @@ class FakeConsumer:
     broker: FakeBroker
     topic: str
     group_id: str
-    position: int | None = None
+    position_: int | None = None
     closed: bool = False
     commits: list[int] = field(default_factory=list)
 
     def __post_init__(self):
         self.tp = FakeTopicPartition(self.topic, 0)
-        if self.position is None:
-            self.position = self.broker.committed.get((self.group_id, self.tp), 0)
+        self.listener = None
+        self.paused: set = set()
+        self.generation = self.broker.generations[self.group_id]
+        if self.position_ is None:
+            self.position_ = self.broker.committed.get((self.group_id, self.tp), 0)
+
+    def subscribe(self, topics: Sequence[str], listener=None) -> None:
+        if list(topics) != [self.topic]:
+            raise ValueError(f"this fake consumer reads {self.topic} only")
+        self.listener = listener
 
     def poll(self, timeout_ms: int = 0, max_records: int = 500) -> dict:
-        records = self.broker.logs[self.topic][self.position:self.position + max_records]
-        self.position += len(records)
+        if self.tp in self.paused:
+            return {}
+        records = self.broker.logs[self.topic][self.position_:self.position_ + max_records]
+        self.position_ += len(records)
         return {self.tp: records} if records else {}
 
+    def pause(self, *tps) -> None:
+        self.paused.update(tps)
+
+    def resume(self, *tps) -> None:
+        self.paused.difference_update(tps)
+
     def commit(self, offsets: dict) -> None:
+        if self.broker._take_failure("fail_next_offset_commits"):
+            raise RuntimeError("CommitFailedError: the group rebalanced")
         for tp, meta in offsets.items():
             self.broker.committed[(self.group_id, FakeTopicPartition(tp.topic, tp.partition))] = meta.offset
             self.commits.append(meta.offset)
 
+    def group_metadata(self) -> FakeGroupMetadata:
+        return FakeGroupMetadata(self.group_id, self.generation)
+
     def seek(self, tp, offset: int) -> None:
-        self.position = offset
+        self.position_ = offset
+
+    def position(self, tp) -> int:
+        return self.position_
+
+    def end_offsets(self, tps) -> dict:
+        return {tp: len(self.broker.logs[tp.topic]) for tp in tps}
 
     def assignment(self) -> set:
         return {self.tp}
 
     def close(self) -> None:
         self.closed = True
+
+
+class InlineThreads:
+    """Runs each job at once on the caller's thread: a deterministic stand-in for the
+    runner's processing threads."""
+
+    def __init__(self, run: Callable):
+        self._run = run
+
+    def submit(self, record):
+        import threading
+        from concurrent.futures import Future
+
+        future: Future = Future()
+        try:
+            future.set_result(self._run(record))
+        except BaseException as exc:
+            future.set_exception(exc)
+        return future, threading.Event()
+
+    def replace(self, abandoned) -> None:
+        pass
+
+    def stop(self, count: int) -> None:
+        pass

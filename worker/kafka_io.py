@@ -1,7 +1,7 @@
 """The one place that builds Kafka clients (kafka-python) from the config."""
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
@@ -22,12 +22,16 @@ def _common(cfg: KafkaConfig) -> dict[str, Any]:
     return options
 
 
-def build_consumer(cfg: KafkaConfig, topics: Iterable[str] | None = None) -> KafkaConsumer:
-    """A group member with auto-commit off: the runner commits after the verdict is acknowledged."""
+def build_consumer(cfg: KafkaConfig) -> KafkaConsumer:
+    """A group member with auto-commit off: offsets are committed with each result.
+
+    It reads committed data only, so an upstream that publishes uploads in transactions
+    never hands the worker an aborted event. The runner subscribes it.
+    """
     return KafkaConsumer(
-        *(topics or [cfg.upload_topic]),
         group_id=cfg.group_id,
         enable_auto_commit=False,
+        isolation_level="read_committed",
         auto_offset_reset="earliest",
         max_poll_records=cfg.max_poll_records,
         max_poll_interval_ms=cfg.max_poll_interval_ms,
@@ -37,9 +41,32 @@ def build_consumer(cfg: KafkaConfig, topics: Iterable[str] | None = None) -> Kaf
     )
 
 
-def build_producer(cfg: KafkaConfig) -> KafkaProducer:
-    return KafkaProducer(acks="all", enable_idempotence=True, linger_ms=5, retries=5,
-                         **_common(cfg))
+def build_producer(cfg: KafkaConfig, transactional_id: str | None = None) -> KafkaProducer:
+    options: dict[str, Any] = {}
+    if transactional_id:
+        # Short enough that a crashed worker's open transaction does not hold back
+        # read_committed consumers for long; a restart with the same id aborts it at once.
+        options.update(transactional_id=transactional_id, transaction_timeout_ms=60_000)
+    return KafkaProducer(acks="all", enable_idempotence=True, linger_ms=5,
+                         max_block_ms=int(cfg.publish_timeout_s * 1000), **options, **_common(cfg))
+
+
+def build_delivery(cfg: KafkaConfig, worker_id: str, commit, on_abort=lambda: None):
+    """The configured delivery guarantee (see :mod:`worker.delivery`)."""
+    from .delivery import AtLeastOnce, ExactlyOnce
+
+    if cfg.delivery == "at_least_once":
+        return AtLeastOnce(build_producer(cfg), commit, cfg.publish_timeout_s)
+    transactional_id = f"{cfg.transactional_id_prefix or cfg.group_id}-{worker_id}"
+    return ExactlyOnce(lambda: build_producer(cfg, transactional_id), cfg.publish_timeout_s,
+                       on_abort=on_abort)
+
+
+def build_results_consumer(cfg: KafkaConfig, **options) -> KafkaConsumer:
+    """A reader of the verdict and dead-letter topics that sees committed results only."""
+    return KafkaConsumer(cfg.verdict_topic, cfg.dead_letter_topic, isolation_level="read_committed",
+                         auto_offset_reset="earliest", enable_auto_commit=False,
+                         **{**_common(cfg), **options})
 
 
 def build_admin(cfg: KafkaConfig) -> KafkaAdminClient:

@@ -44,6 +44,21 @@ class WorkerMetrics:
             registry=registry)
         self.in_flight = Gauge(f"{PREFIX}_videos_in_flight", "Videos being processed now.",
                                registry=registry)
+        self.queue_wait = Histogram(
+            f"{PREFIX}_queue_wait_seconds", "From the upload time in the event to the worker starting it.",
+            buckets=LATENCY_BUCKETS, registry=registry)
+        self.buffered = Gauge(f"{PREFIX}_events_buffered", "Events fetched from Kafka and not yet started.",
+                              registry=registry)
+        self.lag = Gauge(f"{PREFIX}_consumer_lag_records",
+                         "Upload records not yet done, per assigned partition (end offset minus done).",
+                         ["topic", "partition"], registry=registry)
+        self.rebalances = Counter(f"{PREFIX}_rebalances", "Partition assignments and revocations.",
+                                  ["kind"], registry=registry)
+        self.transaction_aborts = Counter(f"{PREFIX}_transaction_aborts", "Kafka transactions aborted.",
+                                          registry=registry)
+        self.deadline_exceeded = Counter(
+            f"{PREFIX}_video_deadline_exceeded", "Videos abandoned after worker.video_deadline_s.",
+            registry=registry)
         self.ready = Gauge(f"{PREFIX}_ready", "1 when /readyz answers 200.", registry=registry)
         self.build = Info(f"{PREFIX}_build", "Worker version and the model it runs.", registry=registry)
         for stage in STAGES:

@@ -1,24 +1,30 @@
-"""The consume loop: poll, process one event, publish its verdict or dead letter, commit.
+"""The consume loop: poll, hand events to processing threads, deliver each result, commit.
 
-Ordering is the delivery guarantee (at-least-once): the input offset is committed only
-after Kafka has acknowledged the output record. A crash between the two re-processes the
-event; nothing is lost. If Kafka does not acknowledge an output, the consumer seeks back
-and the event is retried. Every event ends as exactly one output record, verdict or dead
-letter; the worker never stops on bad input.
+One thread owns the consumer and keeps polling, so group membership and heartbeats stay
+alive however long a video takes: partitions with work in flight are paused, not starved
+of polls. Each partition has at most one event in flight, so results are committed in
+offset order. How a result and its offset reach Kafka (one transaction, or publish then
+commit) is :mod:`worker.delivery`'s business. Every consumed record ends as exactly one
+output record; the worker never stops on bad input.
 """
 from __future__ import annotations
 
 import logging
+import queue
 import threading
 import time
-from dataclasses import dataclass
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from kafka.structs import OffsetAndMetadata, TopicPartition
+from kafka import ConsumerRebalanceListener
 
 from . import errors
-from .config import KafkaConfig
+from .config import KafkaConfig, WorkerConfig
+from .dedupe import RecentEvents
+from .delivery import Delivery, Fenced
 from .errors import DeadLetter
 from .events import (SourcePosition, UploadEvent, Verdict, dead_letter_record,
                      parse_upload_event, verdict_record)
@@ -26,6 +32,7 @@ from .metrics import Health, WorkerMetrics
 from .pipeline import Pipeline
 
 log = logging.getLogger("worker.runner")
+LAG_INTERVAL_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -44,18 +51,89 @@ def _utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
+class _ProcessingThreads:
+    """Daemon threads running jobs; a job past its deadline is abandoned and its thread
+    replaced, so one hung video cannot take the worker's capacity."""
+
+    def __init__(self, count: int, run: Callable[[Any], Any]):
+        self._jobs: queue.Queue = queue.Queue()
+        self._run = run
+        for _ in range(count):
+            self._spawn()
+
+    def _spawn(self) -> None:
+        threading.Thread(target=self._loop, name="processing", daemon=True).start()
+
+    def _loop(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            record, future, abandoned = job
+            if not future.set_running_or_notify_cancel():
+                continue
+            try:
+                future.set_result(self._run(record))
+            except BaseException as exc:
+                future.set_exception(exc)
+            if abandoned.is_set():
+                return  # a replacement thread took this one's place
+
+    def submit(self, record: Any) -> tuple[Future, threading.Event]:
+        future: Future = Future()
+        abandoned = threading.Event()
+        self._jobs.put((record, future, abandoned))
+        return future, abandoned
+
+    def replace(self, abandoned: threading.Event) -> None:
+        abandoned.set()
+        self._spawn()
+
+    def stop(self, count: int) -> None:
+        for _ in range(count):
+            self._jobs.put(None)
+
+
+@dataclass
+class _InFlight:
+    record: Any
+    future: Future
+    abandoned: threading.Event
+    started: float
+    output: Output | None = None
+    retry_at: float = 0.0
+    attempts: int = 0
+
+
+@dataclass
+class _Partitions:
+    """What the poll thread knows about each assigned partition."""
+
+    buffered: dict[Any, deque] = field(default_factory=dict)
+    in_flight: dict[Any, _InFlight] = field(default_factory=dict)
+    paused: set = field(default_factory=set)
+
+
 class Runner:
-    def __init__(self, consumer: Any, producer: Any, pipeline: Pipeline, kafka: KafkaConfig,
-                 worker_id: str, metrics: WorkerMetrics, health: Health,
-                 now: Callable[[], datetime] = _utcnow):
+    def __init__(self, consumer: Any, delivery: Delivery, pipeline: Pipeline, kafka: KafkaConfig,
+                 worker: WorkerConfig, metrics: WorkerMetrics, health: Health,
+                 now: Callable[[], datetime] = _utcnow, clock: Callable[[], float] = time.monotonic):
         self.consumer = consumer
-        self.producer = producer
+        self.delivery = delivery
         self.pipeline = pipeline
         self.kafka = kafka
-        self.worker_id = worker_id
+        self.worker = worker
+        self.worker_id = worker.id
         self.metrics = metrics
         self.health = health
         self.now = now
+        self.clock = clock
+        self.recent = RecentEvents(worker.dedupe_window)
+        self._parts = _Partitions()
+        self._next_lag = 0.0
+        self.retry_backoff_s = 1.0
+
+    # --- one record -> one output (runs on a processing thread; no Kafka calls) ----------
 
     def handle(self, record: Any) -> Output:
         """Turn one consumed record into its output record. Never raises for bad input."""
@@ -63,27 +141,176 @@ class Runner:
         event = None
         try:
             event = parse_upload_event(record.value, self.kafka.max_event_bytes)
+            earlier = self.recent.earlier(event.event_id, position)
+            if earlier is not None:
+                raise DeadLetter(errors.DUPLICATE_EVENT,
+                                 f"event id already processed at {earlier.topic}/"
+                                 f"{earlier.partition}/{earlier.offset}")
+            self.metrics.queue_wait.observe(max(0.0, (self.now() - event.uploaded_at).total_seconds()))
             verdict = self.pipeline.process(event)
-            key, value = verdict_record(verdict, self.worker_id, self.now())
+            key, value = verdict_record(verdict, self.worker_id, self.now(), position)
             return Output(self.kafka.verdict_topic, key, value, verdict=verdict, event=event)
         except DeadLetter as failure:
-            return self._dead_letter(failure, record, position, event)
+            return self.dead_letter(failure, record, event)
         except Exception as exc:  # a bug or an unforeseen input: keep the event, keep running
             log.exception("processing failed", extra=self._where(record, event))
-            failure = DeadLetter(errors.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
-            return self._dead_letter(failure, record, position, event)
+            return self.dead_letter(DeadLetter(errors.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"),
+                                    record, event)
 
-    def _dead_letter(self, failure, record, position, event) -> Output:
+    def dead_letter(self, failure: DeadLetter, record: Any, event: UploadEvent | None = None) -> Output:
+        position = SourcePosition(record.topic, record.partition, record.offset)
         key, value = dead_letter_record(failure, record.value, record.key, position,
                                         self.worker_id, self.now(), event)
         return Output(self.kafka.dead_letter_topic, key, value, dead_letter=failure, event=event)
 
-    def publish(self, output: Output) -> None:
-        """Send and wait for Kafka's acknowledgement; raises if there is none."""
+    # --- the poll thread ------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Join the group and get the delivery ready (this fences an older instance)."""
+        self.delivery.start()
+        self.consumer.subscribe([self.kafka.upload_topic], listener=_Listener(self))
+
+    def run(self, stop: threading.Event, threads: Any = None) -> None:
+        """Consume until ``stop`` is set, then shut down within ``worker.shutdown_deadline_s``.
+
+        ``threads`` replaces the processing threads (tests pass ``fakes.InlineThreads``).
+        """
+        threads = threads or _ProcessingThreads(self.worker.processing_threads, self.handle)
+        try:
+            self.start()
+            while not stop.is_set():
+                self.step(threads)
+            self._drain(threads)
+        finally:
+            threads.stop(self.worker.processing_threads)
+            self.health.set("partitions_assigned", False)
+            self.consumer.close()
+            self.delivery.close(self.kafka.publish_timeout_s)
+
+    def step(self, threads: Any, fetch: bool = True) -> None:
+        """One turn of the poll loop: poll, start work, pause or resume, deliver results."""
+        busy = bool(self._parts.in_flight)
+        try:
+            batch = self.consumer.poll(timeout_ms=50 if busy else self.kafka.poll_timeout_ms,
+                                       max_records=self.kafka.max_poll_records)
+            self.health.set("kafka_reachable", True)
+        except Exception:
+            self.health.set("kafka_reachable", False)
+            log.exception("polling Kafka failed")
+            time.sleep(self.retry_backoff_s)
+            return
+        assignment = self.consumer.assignment()
+        self.health.set("partitions_assigned", bool(assignment))
+        for tp, records in batch.items():
+            if tp in assignment:
+                self._parts.buffered.setdefault(tp, deque()).extend(records)
+                self.metrics.events.inc(len(records))
+        if fetch:
+            self._start_work(threads)
+        self._set_paused(assignment, pause_all=not fetch)
+        self._finish_work(threads)
+        self._report_lag(assignment)
+
+    def _start_work(self, threads: _ProcessingThreads) -> None:
+        for tp, buffered in self._parts.buffered.items():
+            if tp in self._parts.in_flight or not buffered:
+                continue
+            if len(self._parts.in_flight) >= self.worker.processing_threads:
+                break
+            record = buffered.popleft()
+            future, abandoned = threads.submit(record)
+            self._parts.in_flight[tp] = _InFlight(record, future, abandoned, self.clock())
+            self.metrics.in_flight.set(len(self._parts.in_flight))
+        self.metrics.buffered.set(sum(len(b) for b in self._parts.buffered.values()))
+
+    def _set_paused(self, assignment: set, pause_all: bool = False) -> None:
+        """Pause partitions with work buffered or in flight: polling goes on, fetching stops."""
+        busy = set(assignment) if pause_all else {
+            tp for tp in assignment if tp in self._parts.in_flight or self._parts.buffered.get(tp)}
+        if busy - self._parts.paused:
+            self.consumer.pause(*(busy - self._parts.paused))
+        if (self._parts.paused & set(assignment)) - busy:
+            self.consumer.resume(*((self._parts.paused & set(assignment)) - busy))
+        self._parts.paused = busy
+
+    def _finish_work(self, threads: _ProcessingThreads) -> None:
+        for tp, job in list(self._parts.in_flight.items()):
+            if job.output is None:
+                if job.future.done():
+                    job.output = job.future.result()
+                elif self.clock() - job.started > self.worker.video_deadline_s:
+                    threads.replace(job.abandoned)
+                    self.metrics.deadline_exceeded.inc()
+                    job.output = self.dead_letter(DeadLetter(
+                        errors.TIMEOUT, f"not done within {self.worker.video_deadline_s}s"), job.record)
+                else:
+                    continue
+            if self.clock() >= job.retry_at and self._deliver(tp, job):
+                del self._parts.in_flight[tp]
+                self.metrics.in_flight.set(len(self._parts.in_flight))
+
+    def _deliver(self, tp: Any, job: _InFlight) -> bool:
+        output, record = job.output, job.record
         started = time.perf_counter()
-        self.producer.send(output.topic, key=output.key, value=output.value).get(
-            timeout=self.kafka.publish_timeout_s)
+        try:
+            self.delivery.deliver(output.topic, output.key, output.value, tp, record.offset + 1,
+                                  self.consumer.group_metadata())
+        except Fenced:
+            raise
+        except Exception:
+            job.attempts += 1
+            job.retry_at = self.clock() + min(30.0, 0.5 * 2 ** min(job.attempts, 6))
+            self.metrics.publish_failures.inc()
+            log.warning("delivering the result failed (attempt %d); it will be retried",
+                        job.attempts, exc_info=True, extra=self._where(record, output.event))
+            return False
         self.metrics.stage.labels("publish").observe(time.perf_counter() - started)
+        if output.event is not None and output.dead_letter is None:
+            self.recent.remember(output.event.event_id,
+                                 SourcePosition(record.topic, record.partition, record.offset))
+        self._account(output, record)
+        return True
+
+    def _drain(self, threads: _ProcessingThreads) -> None:
+        """Stop fetching, finish and deliver what is in flight until the deadline, then leave."""
+        deadline = self.clock() + self.worker.shutdown_deadline_s
+        self._parts.buffered.clear()  # not started: the next owner of the partition gets them
+        while self._parts.in_flight and self.clock() < deadline:
+            self.step(threads, fetch=False)
+        if self._parts.in_flight:
+            log.warning("shutdown deadline reached with %d event(s) in flight; they were not "
+                        "committed and will be processed by the next owner", len(self._parts.in_flight))
+            self._parts.in_flight.clear()
+
+    def revoke(self, revoked: set) -> None:
+        """Partitions moved away: forget their work; the next owner starts from the commit."""
+        for tp in revoked:
+            self._parts.buffered.pop(tp, None)
+            job = self._parts.in_flight.pop(tp, None)
+            if job is not None:
+                log.warning("partition revoked with an event in flight; dropping its result",
+                            extra=self._where(job.record, None))
+            self._parts.paused.discard(tp)
+            try:
+                self.metrics.lag.remove(tp.topic, str(tp.partition))
+            except KeyError:
+                pass
+        self.metrics.in_flight.set(len(self._parts.in_flight))
+
+    def _report_lag(self, assignment: set) -> None:
+        if not assignment or self.clock() < self._next_lag:
+            return
+        self._next_lag = self.clock() + LAG_INTERVAL_S
+        try:
+            ends = self.consumer.end_offsets(list(assignment))
+            for tp in assignment:
+                pending = len(self._parts.buffered.get(tp, ())) + (tp in self._parts.in_flight)
+                lag = max(0, ends[tp] - self.consumer.position(tp) + pending)
+                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
+        except Exception:
+            log.debug("lag measurement failed", exc_info=True)
+
+    # --- accounting -----------------------------------------------------------------------
 
     def _account(self, output: Output, record: Any) -> None:
         where = self._where(record, output.event)
@@ -113,74 +340,14 @@ class Runner:
             where.update(event_id=event.event_id, video_id=event.video_id)
         return where
 
-    def process_batch(self, batch: dict, stop: threading.Event | None = None) -> int:
-        """Handle polled records in order; returns how many were committed.
 
-        On stop, the records not yet started are rewound, so the next owner of the
-        partition gets them; the one in flight is finished and committed first.
-        """
-        done = 0
-        pending = [(tp, rec) for tp, records in batch.items() for rec in records]
-        for i, (tp, record) in enumerate(pending):
-            if stop is not None and stop.is_set():
-                self._rewind(pending[i:])
-                return done
-            self.metrics.events.inc()
-            self.metrics.in_flight.inc()
-            try:
-                output = self.handle(record)
-                self.publish(output)
-            except Exception:
-                self.metrics.publish_failures.inc()
-                log.exception("Kafka did not acknowledge the output; the event will be retried",
-                              extra=self._where(record, None))
-                self._rewind(pending[i:])
-                return done
-            finally:
-                self.metrics.in_flight.dec()
-            try:
-                self.consumer.commit({tp: OffsetAndMetadata(record.offset + 1, "", -1)})
-            except Exception:
-                # The partition moved to another worker (rebalance) before the commit; it
-                # will process the event again and publish a second verdict with the same
-                # key. At-least-once: a duplicate, never a loss.
-                log.warning("offset commit failed after publishing", exc_info=True,
-                            extra=self._where(record, output.event))
-            self._account(output, record)
-            done += 1
-        return done
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, runner: Runner):
+        self.runner = runner
 
-    def _rewind(self, unprocessed: list) -> None:
-        first: dict[TopicPartition, int] = {}
-        for tp, record in unprocessed:
-            first.setdefault(tp, record.offset)
-        for tp, offset in first.items():
-            self.consumer.seek(tp, offset)
+    def on_partitions_revoked(self, revoked):
+        self.runner.metrics.rebalances.labels("revoked").inc()
+        self.runner.revoke(set(revoked))
 
-    def run(self, stop: threading.Event, retry_backoff_s: float = 1.0) -> None:
-        """Consume until ``stop`` is set, then leave the group cleanly."""
-        try:
-            while not stop.is_set():
-                try:
-                    batch = self.consumer.poll(timeout_ms=self.kafka.poll_timeout_ms,
-                                               max_records=self.kafka.max_poll_records)
-                    self.health.set("kafka_reachable", True)
-                except Exception:
-                    self.health.set("kafka_reachable", False)
-                    log.exception("polling Kafka failed")
-                    stop.wait(retry_backoff_s)
-                    continue
-                self.health.set("partitions_assigned", bool(self.consumer.assignment()))
-                expected = sum(len(v) for v in batch.values())
-                if self.process_batch(batch, stop) < expected and not stop.is_set():
-                    stop.wait(retry_backoff_s)
-        finally:
-            self.health.set("partitions_assigned", False)
-            self.close()
-
-    def close(self) -> None:
-        try:
-            self.producer.flush(timeout=self.kafka.publish_timeout_s)
-        finally:
-            self.producer.close(timeout=self.kafka.publish_timeout_s)
-            self.consumer.close()
+    def on_partitions_assigned(self, assigned):
+        self.runner.metrics.rebalances.labels("assigned").inc()

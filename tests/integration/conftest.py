@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry
 
 from worker.app import build_pipeline, serve
 from worker.config import Config, load_config
-from worker.kafka_io import ensure_topics
+from worker.kafka_io import build_results_consumer, ensure_topics
 from worker.models.checkpoint import save_checkpoint
 from worker.models.timm_classifier import build_model
 
@@ -115,9 +115,7 @@ def read_outputs(cfg: Config, expected: int, timeout_s: float = 240.0,
                  settle_s: float = 2.0) -> list[tuple[str, bytes | None, dict]]:
     """Every record on the verdict and dead-letter topics, once ``expected`` have arrived and
     nothing more came for ``settle_s`` (so that a duplicate would be seen)."""
-    consumer = KafkaConsumer(cfg.kafka.verdict_topic, cfg.kafka.dead_letter_topic,
-                             bootstrap_servers=cfg.kafka.bootstrap_servers,
-                             auto_offset_reset="earliest", enable_auto_commit=False)
+    consumer = build_results_consumer(cfg.kafka)
     out: list[tuple[str, bytes | None, dict]] = []
     deadline = time.monotonic() + timeout_s
     quiet_since = None

@@ -1,4 +1,4 @@
-"""The consume loop on an in-memory broker: one output per input, commit after publish."""
+"""The consume loop and the delivery guarantee on an in-memory broker with transactions."""
 from __future__ import annotations
 
 import base64
@@ -10,9 +10,11 @@ from datetime import timedelta
 import pytest
 from prometheus_client import CollectorRegistry
 
-from worker.config import KafkaConfig
+from worker.config import KafkaConfig, WorkerConfig
+from worker.delivery import AtLeastOnce, ExactlyOnce, Fenced
 from worker.errors import DeadLetter
-from worker.fakes import FakeBroker, FakeClassifier, FakeConsumer, FakeDetector, FakeProducer
+from worker.fakes import (FakeBroker, FakeClassifier, FakeConsumer, FakeDetector, FakeProducer,
+                          InlineThreads)
 from worker.metrics import Health, WorkerMetrics
 from worker.runner import Runner
 
@@ -24,28 +26,47 @@ TRUNCATED = DeadLetter("video_truncated", "moov box missing")
 
 
 class World:
-    """A broker, one worker on it, and its metrics."""
+    """An in-memory broker, one worker on it (inline processing), and its metrics."""
 
-    def __init__(self, pipeline, group_id: str = KAFKA.group_id):
-        self.broker = FakeBroker()
+    def __init__(self, pipeline, delivery: str = "exactly_once", broker: FakeBroker | None = None,
+                 worker_id: str = "worker-1", inline: bool = True, **worker):
+        self.broker = broker or FakeBroker()
         self.registry = CollectorRegistry()
         self.metrics = WorkerMetrics(self.registry)
         self.health = Health(self.metrics)
         self.pipeline = pipeline
-        self.group_id = group_id
+        self.mode = delivery
+        self.worker_cfg = WorkerConfig(id=worker_id, **worker)
+        self.inline = inline
         self.runner = self.worker()
 
     def worker(self) -> Runner:
-        self.consumer = FakeConsumer(self.broker, KAFKA.upload_topic, self.group_id)
-        self.producer = FakeProducer(self.broker)
-        return Runner(self.consumer, self.producer, self.pipeline, KAFKA, "worker-1",
-                      self.metrics, self.health, now=lambda: NOW)
+        self.consumer = FakeConsumer(self.broker, KAFKA.upload_topic, KAFKA.group_id)
+        self.producers: list[FakeProducer] = []
+        if self.mode == "exactly_once":
+            def make():
+                self.producers.append(FakeProducer(self.broker, f"tx-{self.worker_cfg.id}"))
+                return self.producers[-1]
+            delivery = ExactlyOnce(make, 1.0, on_abort=self.metrics.transaction_aborts.inc)
+        else:
+            self.producers.append(FakeProducer(self.broker))
+            delivery = AtLeastOnce(self.producers[0], self.consumer.commit, 1.0)
+        self.ticks = 0.0  # settle() advances this clock by a second a step
+        clock = (lambda: self.ticks) if self.inline else time.monotonic
+        runner = Runner(self.consumer, delivery, self.pipeline, KAFKA, self.worker_cfg,
+                        self.metrics, self.health, now=lambda: NOW, clock=clock)
+        runner.start()
+        runner.retry_backoff_s = 0.0
+        self.threads = InlineThreads(runner.handle)
+        return runner
 
     def upload(self, value: bytes | None, key: bytes | None = None) -> int:
         return self.broker.append(KAFKA.upload_topic, value, key).offset
 
-    def step(self, max_records: int = 500) -> int:
-        return self.runner.process_batch(self.consumer.poll(max_records=max_records))
+    def settle(self, steps: int = 40) -> None:
+        for _ in range(steps):
+            self.ticks += 1.0
+            self.runner.step(self.threads)
 
     def verdicts(self) -> list[dict]:
         return [json.loads(v) for v in self.broker.values(KAFKA.verdict_topic)]
@@ -54,16 +75,21 @@ class World:
         return [json.loads(v) for v in self.broker.values(KAFKA.dead_letter_topic)]
 
     def committed(self) -> int | None:
-        return self.broker.committed.get((self.group_id, self.consumer.tp))
+        return self.broker.committed.get((KAFKA.group_id, self.consumer.tp))
 
     def sample(self, name: str, **labels) -> float | None:
         return self.registry.get_sample_value(name, labels)
 
 
-@pytest.fixture
-def world(make_pipeline):
+@pytest.fixture(params=["exactly_once", "at_least_once"])
+def world(request, make_pipeline):
     table = {**VIDEOS, "file:///videos/truncated.mp4": TRUNCATED}
-    return World(make_pipeline(table=table))
+    return World(make_pipeline(table=table), delivery=request.param)
+
+
+@pytest.fixture
+def eos(make_pipeline):
+    return World(make_pipeline(), delivery="exactly_once")
 
 
 def outputs_by_offset(world: World, inputs: dict[int, str | None]) -> dict[int, list[tuple[str, dict]]]:
@@ -90,14 +116,12 @@ def test_every_event_ends_as_exactly_one_output(world, make_event):
         world.upload(make_event("vid-404", "file:///videos/missing.mp4")): "evt-vid-404",
         world.upload(make_event("vid-c", "file:///videos/c.mp4")): "evt-vid-c",
     }
-    assert world.step() == 8
+    world.settle()
 
     found = outputs_by_offset(world, inputs)
     assert {offset: [kind for kind, _ in outs] for offset, outs in found.items()} == {
         0: ["verdict"], 1: ["invalid_json"], 2: ["verdict"], 3: ["schema_violation"],
         4: ["video_truncated"], 5: ["invalid_json"], 6: ["video_not_found"], 7: ["verdict"]}
-    assert len(world.verdicts()) == 3 and len(world.dead_letters()) == 5
-    assert world.consumer.commits == [1, 2, 3, 4, 5, 6, 7, 8]
     assert world.committed() == 8
 
     verdict_keys = [r.key for r in world.broker.logs[KAFKA.verdict_topic]]
@@ -115,13 +139,21 @@ def test_every_event_ends_as_exactly_one_output(world, make_event):
     assert truncated["data"]["message"] == "moov box missing"
 
 
+def test_offsets_are_committed_one_event_at_a_time_in_order(make_pipeline, make_event):
+    world = World(make_pipeline(), delivery="at_least_once")
+    for name in "abc":
+        world.upload(make_event(f"vid-{name}", f"file:///videos/{name}.mp4"))
+    world.settle()
+    assert world.consumer.commits == [1, 2, 3]
+
+
 def test_metrics_count_decisions_and_dead_letters(world, make_event):
     for name in "abc":
         world.upload(make_event(f"vid-{name}", f"file:///videos/{name}.mp4"))
     world.upload(b"{")
     world.upload(b"[]")
     world.upload(make_event("vid-t", "file:///videos/truncated.mp4"))
-    world.step()
+    world.settle()
     assert world.sample("moderation_decisions_total", decision="takedown") == 3
     assert world.sample("moderation_decisions_total", decision="allow") is None
     assert world.sample("moderation_dead_letters_total", reason="invalid_json") == 1
@@ -131,66 +163,103 @@ def test_metrics_count_decisions_and_dead_letters(world, make_event):
     assert world.sample("moderation_faces_detected_total") == 3 * 5
     assert world.sample("moderation_end_to_end_latency_seconds_count") == 3
     assert world.sample("moderation_end_to_end_latency_seconds_sum") == pytest.approx(3 * 7.5)
+    assert world.sample("moderation_queue_wait_seconds_count") == 4  # events that parsed
     assert world.sample("moderation_stage_duration_seconds_count", stage="publish") == 6
     assert world.sample("moderation_stage_duration_seconds_count", stage="classify") == 3
     assert world.sample("moderation_videos_in_flight") == 0
+    assert world.sample("moderation_consumer_lag_records", topic=KAFKA.upload_topic, partition="0") == 0
 
 
-def test_a_publish_failure_leaves_the_offset_uncommitted_and_retries(world, make_event):
+def test_an_unacknowledged_output_is_retried_not_lost(world, make_event):
     for name in "abc":
         world.upload(make_event(f"vid-{name}", f"file:///videos/{name}.mp4"))
     world.broker.fail_next_sends = 1
-    assert world.step() == 0
-    assert world.verdicts() == [] and world.consumer.commits == [] and world.committed() is None
-    assert world.consumer.position == 0  # rewound to the event that was not acknowledged
+    world.runner.step(world.threads)
+    assert world.verdicts() == [] and world.committed() is None
     assert world.sample("moderation_publish_failures_total") == 1
 
-    assert world.step() == 3
+    world.settle()
     assert [v["data"]["video_id"] for v in world.verdicts()] == ["vid-a", "vid-b", "vid-c"]
     assert world.committed() == 3
     assert world.sample("moderation_decisions_total", decision="takedown") == 3
 
 
-def test_a_publish_failure_mid_batch_rewinds_only_the_rest(world, make_event):
-    for name in "abcd":
-        world.upload(make_event(f"vid-{name}", f"file:///videos/{name}.mp4"))
-    assert world.step(max_records=1) == 1
-    world.broker.fail_next_sends = 1
-    assert world.step() == 0
-    assert world.consumer.position == 1 and world.committed() == 1
-    assert world.step() == 3
-    assert [v["data"]["video_id"] for v in world.verdicts()] == ["vid-a", "vid-b", "vid-c", "vid-d"]
-    assert world.consumer.commits == [1, 2, 3, 4]
+def test_an_aborted_transaction_is_retried_and_shows_nothing_meanwhile(eos, make_event):
+    eos.upload(make_event("vid-a", "file:///videos/a.mp4"))
+    eos.broker.fail_next_commits = 1
+    eos.runner.step(eos.threads)
+    assert eos.verdicts() == [] and eos.committed() is None
+    assert eos.broker.aborted == 1
+    assert eos.sample("moderation_transaction_aborts_total") == 1
+    eos.settle()
+    assert [v["data"]["video_id"] for v in eos.verdicts()] == ["vid-a"]
+    assert eos.committed() == 1
 
 
-def test_a_failed_dead_letter_publish_is_retried_too(world):
-    world.upload(b"not json")
-    world.broker.fail_next_sends = 1
-    assert world.step() == 0 and world.dead_letters() == []
-    assert world.step() == 1
-    assert [d["data"]["source_offset"] for d in world.dead_letters()] == [0]
+def test_a_crash_mid_transaction_leaves_nothing_and_the_restart_redoes_it(eos, make_event):
+    eos.upload(make_event("vid-a", "file:///videos/a.mp4"))
+    eos.upload(make_event("vid-b", "file:///videos/b.mp4"))
+    eos.broker.fail_next_commits = 1
+    eos.runner.step(eos.threads)  # vid-a's transaction failed ...
+    # ... and the worker dies before retrying: no close, no commit.
+    eos.runner = eos.worker()
+    eos.settle()
+    ids = [v["data"]["source_event_id"] for v in eos.verdicts()]
+    assert ids == ["evt-vid-a", "evt-vid-b"]
+    assert eos.committed() == 2
 
 
-def test_a_restarted_worker_resumes_after_the_committed_offset(world, make_event):
+def test_a_zombie_with_the_same_transactional_id_is_fenced(eos, make_event):
+    eos.upload(make_event("vid-a", "file:///videos/a.mp4"))
+    eos.runner.step(eos.threads)
+    zombie = eos.runner
+    zombie_threads = eos.threads
+    eos.runner = eos.worker()  # a new instance with the same id starts: the old one is fenced
+    eos.upload(make_event("vid-b", "file:///videos/b.mp4"))
+    with pytest.raises(Fenced):
+        for _ in range(5):
+            zombie.step(zombie_threads)
+    assert eos.verdicts()[-1]["data"]["video_id"] == "vid-a"  # the zombie published nothing
+    eos.settle()
+    assert [v["data"]["video_id"] for v in eos.verdicts()] == ["vid-a", "vid-b"]
+
+
+def test_a_member_of_an_older_group_generation_cannot_commit(eos, make_event):
+    eos.upload(make_event("vid-a", "file:///videos/a.mp4"))
+    eos.broker.rebalance(KAFKA.group_id)  # this worker missed the rebalance
+    eos.runner.step(eos.threads)
+    assert eos.verdicts() == [] and eos.committed() is None
+    eos.runner.revoke({eos.consumer.tp})  # it learns at its next poll
+    assert eos.sample("moderation_videos_in_flight") == 0
+    eos.runner = eos.worker()  # the new owner, in the new generation
+    eos.settle()
+    assert [v["data"]["video_id"] for v in eos.verdicts()] == ["vid-a"]
+
+
+def test_at_least_once_redelivery_keeps_the_output_id(make_pipeline, make_event):
+    world = World(make_pipeline(), delivery="at_least_once")
     world.upload(make_event("vid-a", "file:///videos/a.mp4"))
-    world.upload(make_event("vid-b", "file:///videos/b.mp4"))
-    assert world.step() == 2
-    world.runner.close()
-    assert world.consumer.closed and world.producer.closed
+    world.upload(b"not json")
 
-    world.upload(make_event("vid-c", "file:///videos/c.mp4"))
-    world.runner = world.worker()  # a new consumer in the same group
-    assert world.consumer.position == 2
-    assert world.step() == 1
-    assert [v["data"]["video_id"] for v in world.verdicts()] == ["vid-a", "vid-b", "vid-c"]
-    assert world.committed() == 3
+    world.broker.fail_next_offset_commits = 1  # published, then the commit fails ...
+    world.runner.step(world.threads)
+    world.runner = world.worker()  # ... and the worker dies before retrying
+    world.settle()
+    verdict_ids = [v["id"] for v in world.verdicts()]
+    letter_ids = [d["id"] for d in world.dead_letters()]
+    assert len(verdict_ids) == 2 and verdict_ids[0] == verdict_ids[1]
+    assert len(letter_ids) == 1
 
 
-def test_another_group_reads_from_the_start(world, make_event):
-    world.upload(make_event())
-    world.step()
-    other = FakeConsumer(world.broker, KAFKA.upload_topic, "another-group")
-    assert other.position == 0
+def test_a_resent_event_id_is_processed_once(eos, make_event):
+    eos.upload(make_event("vid-a", "file:///videos/a.mp4"))
+    eos.upload(make_event("vid-a", "file:///videos/a.mp4"))
+    eos.settle()
+    assert len(eos.verdicts()) == 1
+    [letter] = eos.dead_letters()
+    assert letter["data"]["reason"] == "duplicate_event"
+    assert letter["data"]["source_offset"] == 1
+    assert "/0/0" in letter["data"]["message"]
 
 
 def test_an_unexpected_exception_is_an_internal_error_and_the_next_event_goes_on(make_pipeline, make_event):
@@ -205,7 +274,7 @@ def test_an_unexpected_exception_is_an_internal_error_and_the_next_event_goes_on
     world = World(make_pipeline(detector=FakeDetector(boxes)))
     world.upload(make_event("vid-a", "file:///videos/a.mp4"))
     world.upload(make_event("vid-b", "file:///videos/b.mp4"))
-    assert world.step() == 2
+    world.settle()
 
     [letter] = world.dead_letters()
     assert letter["data"]["reason"] == "internal_error"
@@ -213,62 +282,124 @@ def test_an_unexpected_exception_is_an_internal_error_and_the_next_event_goes_on
     assert (letter["data"]["source_offset"], letter["data"]["video_id"]) == (0, "vid-a")
     assert [v["data"]["video_id"] for v in world.verdicts()] == ["vid-b"]
     assert world.committed() == 2
-    assert world.sample("moderation_dead_letters_total", reason="internal_error") == 1
-    assert world.sample("moderation_decisions_total", decision="takedown") == 1
 
 
 def test_a_verdict_that_breaks_the_contract_is_never_published(make_pipeline, make_event):
     world = World(make_pipeline(classifier=FakeClassifier(lambda pos, box: 1.5)))
     world.upload(make_event())
-    assert world.step() == 1
+    world.settle()
     assert world.verdicts() == []
     assert [d["data"]["reason"] for d in world.dead_letters()] == ["internal_error"]
 
 
-def test_a_failed_commit_does_not_stop_the_worker(world, make_event, monkeypatch):
-    def lost_partition(offsets):
-        raise RuntimeError("CommitFailedError: the group rebalanced")
+class Gate:
+    """A face detector that blocks until released, to hold a video in flight."""
 
-    monkeypatch.setattr(world.consumer, "commit", lost_partition)
-    world.upload(make_event("vid-a", "file:///videos/a.mp4"))
-    world.upload(make_event("vid-b", "file:///videos/b.mp4"))
-    assert world.step() == 2
-    assert len(world.verdicts()) == 2 and world.committed() is None
+    def __init__(self):
+        self.entered = threading.Event()
+        self.release = threading.Event()
 
-
-def test_stop_before_a_record_rewinds_it_for_the_next_owner(world, make_event):
-    world.upload(make_event("vid-a", "file:///videos/a.mp4"))
-    world.upload(make_event("vid-b", "file:///videos/b.mp4"))
-    stop = threading.Event()
-    stop.set()
-    assert world.runner.process_batch(world.consumer.poll(), stop) == 0
-    assert world.consumer.position == 0 and world.verdicts() == []
+    def __call__(self, position):
+        self.entered.set()
+        self.release.wait(30)
+        return [FACE]
 
 
-def test_run_until_stopped_then_close(world, make_event):
-    for name in "abc":
-        world.upload(make_event(f"vid-{name}", f"file:///videos/{name}.mp4"))
-    world.upload(b"not json")
-    stop = threading.Event()
-    thread = threading.Thread(target=world.runner.run, args=(stop,), kwargs={"retry_backoff_s": 0.01})
+def _run_in_thread(world: World, stop: threading.Event) -> threading.Thread:
+    assert not world.inline, "build the World with inline=False to run it on real threads"
+    thread = threading.Thread(target=world.runner.run, args=(stop,), daemon=True)
     thread.start()
+    return thread
+
+
+def _wait(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return predicate()
+
+
+def test_a_partition_is_paused_while_its_video_is_in_flight_and_polling_goes_on(make_pipeline, make_event):
+    gate = Gate()
+    world = World(make_pipeline(detector=FakeDetector(gate)), inline=False)
+    polls = []
+    real_poll = world.consumer.poll
+    world.consumer.poll = lambda **kw: polls.append(1) or real_poll(**kw)
+    world.upload(make_event("vid-a", "file:///videos/a.mp4"))
+    stop = threading.Event()
+    thread = _run_in_thread(world, stop)
     try:
-        deadline = time.monotonic() + 10
-        while world.committed() != 4 and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert world.committed() == 4
-        assert world.health.report()[1]["kafka_reachable"] is True
-        assert world.health.report()[1]["partitions_assigned"] is True
+        assert gate.entered.wait(10)
+        before = len(polls)
+        assert _wait(lambda: len(polls) > before + 5)  # the poll loop is not blocked
+        assert world.consumer.tp in world.consumer.paused
+        assert world.sample("moderation_videos_in_flight") == 1
+        gate.release.set()
+        assert _wait(lambda: world.committed() == 1)
+        assert _wait(lambda: world.consumer.tp not in world.consumer.paused)
     finally:
+        gate.release.set()
         stop.set()
-        thread.join(timeout=10)
+        thread.join(10)
+
+
+def test_a_video_past_its_deadline_is_dead_lettered_and_the_worker_goes_on(make_pipeline, make_event):
+    gate = Gate()
+    world = World(make_pipeline(detector=FakeDetector(
+        lambda pos: gate(pos) if not gate.release.is_set() and pos == 0 and not gate.entered.is_set() else [FACE])),
+        video_deadline_s=0.3, inline=False)
+    world.upload(make_event("vid-a", "file:///videos/a.mp4"))
+    world.upload(make_event("vid-b", "file:///videos/b.mp4"))
+    stop = threading.Event()
+    thread = _run_in_thread(world, stop)
+    try:
+        assert _wait(lambda: world.committed() == 2)
+    finally:
+        gate.release.set()
+        stop.set()
+        thread.join(10)
+    assert [d["data"]["reason"] for d in world.dead_letters()] == ["timeout"]
+    assert [v["data"]["video_id"] for v in world.verdicts()] == ["vid-b"]
+    assert world.sample("moderation_video_deadline_exceeded_total") == 1
+
+
+def test_stop_finishes_the_video_in_flight_commits_and_closes(make_pipeline, make_event):
+    gate = Gate()
+    world = World(make_pipeline(detector=FakeDetector(gate)), inline=False)
+    for name in "ab":
+        world.upload(make_event(f"vid-{name}", f"file:///videos/{name}.mp4"))
+    stop = threading.Event()
+    thread = _run_in_thread(world, stop)
+    assert gate.entered.wait(10)
+    stop.set()
+    time.sleep(0.2)
+    gate.release.set()
+    thread.join(10)
     assert not thread.is_alive()
-    assert world.consumer.closed and world.producer.closed
+    assert [v["data"]["video_id"] for v in world.verdicts()] == ["vid-a"]  # vid-b was not started
+    assert world.committed() == 1
+    assert world.consumer.closed
     assert world.health.report()[1]["partitions_assigned"] is False
-    assert len(world.verdicts()) == 3 and len(world.dead_letters()) == 1
 
 
-def test_run_survives_a_poll_failure(world, make_event, monkeypatch):
+def test_stop_gives_up_on_a_stuck_video_at_the_shutdown_deadline(make_pipeline, make_event):
+    gate = Gate()
+    world = World(make_pipeline(detector=FakeDetector(gate)), shutdown_deadline_s=0.3, inline=False)
+    world.upload(make_event("vid-a", "file:///videos/a.mp4"))
+    stop = threading.Event()
+    thread = _run_in_thread(world, stop)
+    assert gate.entered.wait(10)
+    started = time.monotonic()
+    stop.set()
+    thread.join(10)
+    assert time.monotonic() - started < 5
+    assert not thread.is_alive() and world.consumer.closed
+    assert world.verdicts() == [] and world.committed() is None  # the next owner redoes it
+    gate.release.set()
+
+
+def test_run_survives_a_poll_failure(make_pipeline, make_event):
+    world = World(make_pipeline(), inline=False)
     real_poll = world.consumer.poll
     failures = iter([ConnectionError("broker down")])
 
@@ -278,16 +409,14 @@ def test_run_survives_a_poll_failure(world, make_event, monkeypatch):
             raise failure
         return real_poll(**kwargs)
 
-    monkeypatch.setattr(world.consumer, "poll", flaky_poll)
+    world.consumer.poll = flaky_poll
     world.upload(make_event())
     stop = threading.Event()
-    thread = threading.Thread(target=world.runner.run, args=(stop,), kwargs={"retry_backoff_s": 0.01})
-    thread.start()
+    thread = _run_in_thread(world, stop)
     try:
-        deadline = time.monotonic() + 10
-        while world.committed() != 1 and time.monotonic() < deadline:
-            time.sleep(0.01)
+        assert _wait(lambda: world.committed() == 1)
+        assert world.health.report()[1]["kafka_reachable"] is True
     finally:
         stop.set()
-        thread.join(timeout=10)
-    assert world.committed() == 1 and len(world.verdicts()) == 1
+        thread.join(10)
+    assert len(world.verdicts()) == 1
