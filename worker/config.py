@@ -29,6 +29,10 @@ class KafkaConfig:
     # at_least_once: publish, then commit; duplicates carry the same CloudEvents id.
     delivery: str = "exactly_once"
     transactional_id_prefix: str = ""
+    # Static group membership (KIP-345): a restarted worker with the same instance id gets
+    # its partitions back at once, without a rebalance. Use a stable id (a StatefulSet pod
+    # name), or leave it empty for dynamic membership.
+    group_instance_id: str = ""
     security_protocol: str = "PLAINTEXT"
     sasl_mechanism: str = ""
     sasl_username: str = ""

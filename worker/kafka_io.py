@@ -28,10 +28,12 @@ def build_consumer(cfg: KafkaConfig) -> KafkaConsumer:
     It reads committed data only, so an upstream that publishes uploads in transactions
     never hands the worker an aborted event. The runner subscribes it.
     """
-    return KafkaConsumer(
+    static = {"group_instance_id": cfg.group_instance_id} if cfg.group_instance_id else {}
+    consumer = KafkaConsumer(
         group_id=cfg.group_id,
         enable_auto_commit=False,
         isolation_level="read_committed",
+        **static,
         auto_offset_reset="earliest",
         max_poll_records=cfg.max_poll_records,
         max_poll_interval_ms=cfg.max_poll_interval_ms,
@@ -39,6 +41,31 @@ def build_consumer(cfg: KafkaConfig) -> KafkaConsumer:
         fetch_max_bytes=max(cfg.max_event_bytes * cfg.max_poll_records, 1 << 20),
         **_common(cfg),
     )
+    _unstick_resumed_partitions(consumer)
+    return consumer
+
+
+def _unstick_resumed_partitions(consumer: KafkaConsumer) -> None:
+    """Work around a kafka-python 3.0.x fetcher bug that loses a resumed partition.
+
+    When a partition is paused with part of a fetched batch still unread, the fetcher parks
+    that batch and restores it on resume only if its in-line slot is ``None``. After any
+    batch is fully read the slot holds an empty (falsy) batch object instead, so the parked
+    batch is never restored and the partition is never fetched again: the consumer stalls
+    on it for good. Clearing the empty slot on resume lets the fetcher's own restore path
+    run. ``tests/integration/test_kafka_io.py`` reproduces the stall against the real
+    broker, so an upgrade that changes this behaviour is caught.
+    """
+    resume = consumer.resume
+
+    def resume_and_unstick(*partitions):
+        resume(*partitions)
+        fetcher = getattr(consumer, "_fetcher", None)
+        slot = getattr(fetcher, "_next_partition_records", None)
+        if slot is not None and not slot:
+            fetcher._next_partition_records = None
+
+    consumer.resume = resume_and_unstick
 
 
 def build_producer(cfg: KafkaConfig, transactional_id: str | None = None) -> KafkaProducer:

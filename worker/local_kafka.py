@@ -121,6 +121,17 @@ class LocalKafka:
 
     def start(self) -> "LocalKafka":
         config = self._write_config()
+        self._format(config)
+        atexit.register(self.stop)  # never leave a broker behind if the caller dies
+        self._launch(config)
+        return self
+
+    def restart(self) -> None:
+        """Stop the broker cleanly and start it again on the same ports and storage."""
+        self._terminate()
+        self._launch(self.workdir / "server.properties")
+
+    def _format(self, config: Path) -> None:
         fmt = subprocess.run(
             self._java("kafka.tools.StorageTool", "format", "--standalone",
                        "-t", _cluster_id(), "-c", str(config)),
@@ -128,14 +139,14 @@ class LocalKafka:
         )
         if fmt.returncode != 0:
             raise BrokerError(f"formatting Kafka storage failed:\n{fmt.stdout}\n{fmt.stderr}")
-        out = open(self.workdir / "stdout.log", "wb")
-        self._proc = subprocess.Popen(
-            self._java("kafka.Kafka", str(config)),
-            stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        atexit.register(self.stop)  # never leave a broker behind if the caller dies
+
+    def _launch(self, config: Path) -> None:
+        with open(self.workdir / "stdout.log", "ab") as out:
+            self._proc = subprocess.Popen(
+                self._java("kafka.Kafka", str(config)),
+                stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+            )
         self._wait_ready()
-        return self
 
     def _wait_ready(self) -> None:
         from kafka import KafkaAdminClient
@@ -161,7 +172,7 @@ class LocalKafka:
         self.stop()
         raise BrokerError(f"the broker did not answer within {self.start_timeout_s}s: {last_error}")
 
-    def stop(self) -> None:
+    def _terminate(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             self._proc.terminate()
             try:
@@ -170,6 +181,9 @@ class LocalKafka:
                 self._proc.kill()
                 self._proc.wait()
         self._proc = None
+
+    def stop(self) -> None:
+        self._terminate()
         if self._own_workdir and not os.environ.get("KAFKA_LOCAL_KEEP"):
             shutil.rmtree(self.workdir, ignore_errors=True)
 

@@ -131,6 +131,7 @@ class Runner:
         self.recent = RecentEvents(worker.dedupe_window)
         self._parts = _Partitions()
         self._next_lag = 0.0
+        self._turn = -1
         self.retry_backoff_s = 1.0
 
     # --- one record -> one output (runs on a processing thread; no Kafka calls) ----------
@@ -212,7 +213,11 @@ class Runner:
         self._report_lag(assignment)
 
     def _start_work(self, threads: _ProcessingThreads) -> None:
-        for tp, buffered in self._parts.buffered.items():
+        # Round robin over partitions, so a backlog on one does not starve the others.
+        order = list(self._parts.buffered)
+        self._turn = (self._turn + 1) % max(1, len(order))
+        for tp in order[self._turn:] + order[:self._turn]:
+            buffered = self._parts.buffered[tp]
             if tp in self._parts.in_flight or not buffered:
                 continue
             if len(self._parts.in_flight) >= self.worker.processing_threads:

@@ -1,0 +1,188 @@
+"""Fault tests against real Kafka: workers killed with SIGKILL, a worker lost from a group of
+two, a broker restarted mid-stream. Each ends with exactly one committed result per input
+event, read with isolation_level=read_committed, and prints its counts."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from kafka import KafkaProducer
+
+from worker.events import upload_event
+from worker.kafka_io import ensure_topics
+from worker.local_kafka import LocalKafka
+from worker.samples import sample_video
+
+from .conftest import read_outputs
+
+pytestmark = pytest.mark.kafka
+REPO = Path(__file__).resolve().parents[2]
+
+
+class WorkerProcess:
+    """``python -m worker run`` as a child process, configured through the environment."""
+
+    def __init__(self, cfg, worker_id: str, log_dir: Path, static: bool = False):
+        self.env = {**os.environ,
+                    "MODERATION_KAFKA_BOOTSTRAP_SERVERS": cfg.kafka.bootstrap_servers,
+                    "MODERATION_KAFKA_GROUP_ID": cfg.kafka.group_id,
+                    "MODERATION_KAFKA_UPLOAD_TOPIC": cfg.kafka.upload_topic,
+                    "MODERATION_KAFKA_VERDICT_TOPIC": cfg.kafka.verdict_topic,
+                    "MODERATION_KAFKA_DEAD_LETTER_TOPIC": cfg.kafka.dead_letter_topic,
+                    "MODERATION_KAFKA_SESSION_TIMEOUT_MS": "6000",
+                    "MODERATION_KAFKA_POLL_TIMEOUT_MS": "200",
+                    "MODERATION_MEDIA_FRAMES_PER_VIDEO": "8",
+                    "MODERATION_METRICS_HOST": "127.0.0.1",
+                    "MODERATION_METRICS_PORT": "0",
+                    "MODERATION_WORKER_ID": worker_id,
+                    "MODERATION_WORKER_SHUTDOWN_DEADLINE_S": "20"}
+        if static:
+            self.env["MODERATION_KAFKA_GROUP_INSTANCE_ID"] = worker_id
+        self.log = log_dir / f"{worker_id}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> "WorkerProcess":
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "worker", "run"], cwd=REPO,
+                                         env=self.env, stdout=out, stderr=subprocess.STDOUT)
+        return self
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def terminate(self, timeout: float = 60) -> int:
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+def publish_stream(cfg, count: int, bad_every: int = 5) -> dict:
+    """``count`` upload events, every ``bad_every``-th one broken; returns each input's identity
+    (its event id, or its partition and offset when it has none) -> 0."""
+    clip = sample_video("carphone_pristine.mp4")
+    producer = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap_servers, acks="all")
+    inputs = {}
+    try:
+        for i in range(count):
+            video_id = f"video-{i:03d}"
+            if i % bad_every == bad_every - 1:
+                meta = producer.send(cfg.kafka.upload_topic, key=video_id.encode(),
+                                     value=b"not json " + video_id.encode()).get(30)
+                inputs[(meta.partition, meta.offset)] = 0
+            else:
+                event_id = f"evt-{video_id}"
+                producer.send(cfg.kafka.upload_topic, key=video_id.encode(),
+                              value=upload_event(video_id, clip.as_uri(), "fault-test",
+                                                 event_id=event_id)).get(30)
+                inputs[event_id] = 0
+    finally:
+        producer.close()
+    return inputs
+
+
+def tally(name: str, inputs: dict, outputs: list) -> dict:
+    """Count outputs per input; print the figures the issue asks for."""
+    seen = Counter()
+    verdicts = dead = 0
+    for _, _, record in outputs:
+        data = record["data"]
+        if record["type"].endswith("verdict.v1"):
+            verdicts += 1
+            seen[data["source_event_id"]] += 1
+        else:
+            dead += 1
+            seen[data["source_event_id"] or (data["source_partition"], data["source_offset"])] += 1
+    duplicates = sum(n - 1 for n in seen.values() if n > 1)
+    missing = [k for k in inputs if seen[k] == 0]
+    unknown = [k for k in seen if k not in inputs]
+    figures = {"events_in": len(inputs), "verdicts": verdicts, "dead_letters": dead,
+               "duplicates": duplicates, "missing": len(missing), "unknown": len(unknown)}
+    print(f"\n[{name}] " + " ".join(f"{k}={v}" for k, v in figures.items()))
+    return figures
+
+
+def test_sigkill_at_random_points_then_restart(kafka_config, tmp_path):
+    cfg = kafka_config
+    seed = int(os.environ.get("FAULT_SEED", time.time()))
+    rng = random.Random(seed)
+    print(f"\nFAULT_SEED={seed}")
+    inputs = publish_stream(cfg, 20)
+    worker = WorkerProcess(cfg, "killed-worker", tmp_path, static=True).start()
+    kills = []
+    try:
+        for _ in range(3):
+            time.sleep(rng.uniform(3.0, 9.0))  # start-up takes a few seconds: some kills
+            assert worker.alive(), worker.log.read_text()[-3000:]  # land before, some during work
+            worker.kill()
+            kills.append(len(read_outputs(cfg, expected=0, timeout_s=10, settle_s=0.5)))
+            worker.start()
+        print(f"results committed when each SIGKILL landed: {kills}")
+        outputs = read_outputs(cfg, expected=len(inputs), timeout_s=300, settle_s=4.0)
+        assert worker.terminate() == 0
+    finally:
+        if worker.alive():
+            worker.kill()
+    figures = tally("sigkill", inputs, outputs)
+    assert len(kills) == 3
+    assert figures == {"events_in": 20, "verdicts": 16, "dead_letters": 4, "duplicates": 0,
+                       "missing": 0, "unknown": 0}
+
+
+def test_two_workers_in_a_group_lose_one(kafka_broker, base_config, tmp_path):
+    run = os.urandom(4).hex()
+    cfg = base_config.replace(kafka={
+        "bootstrap_servers": kafka_broker.bootstrap_servers, "group_id": f"pair-{run}",
+        "upload_topic": f"pair-uploads-{run}", "verdict_topic": f"pair-verdicts-{run}",
+        "dead_letter_topic": f"pair-dead-{run}"})
+    ensure_topics(cfg.kafka, partitions=2)
+    inputs = publish_stream(cfg, 20)
+    first = WorkerProcess(cfg, "pair-a", tmp_path).start()
+    second = WorkerProcess(cfg, "pair-b", tmp_path).start()
+    try:
+        read_outputs(cfg, expected=4, timeout_s=120, settle_s=0)  # both are working
+        second.kill()  # its partition moves to the first after the session timeout
+        outputs = read_outputs(cfg, expected=len(inputs), timeout_s=300, settle_s=4.0)
+        assert first.terminate() == 0
+    finally:
+        for worker in (first, second):
+            if worker.alive():
+                worker.kill()
+    figures = tally("two-workers-kill-one", inputs, outputs)
+    assert figures["duplicates"] == 0 and figures["missing"] == 0 and figures["unknown"] == 0
+    assert figures["verdicts"] == 16 and figures["dead_letters"] == 4
+
+
+def test_broker_restart_mid_stream(base_config, tmp_path):
+    broker = LocalKafka().start()
+    try:
+        cfg = base_config.replace(kafka={
+            "bootstrap_servers": broker.bootstrap_servers, "group_id": "restart-group",
+            "upload_topic": "restart-uploads", "verdict_topic": "restart-verdicts",
+            "dead_letter_topic": "restart-dead"})
+        ensure_topics(cfg.kafka)
+        inputs = publish_stream(cfg, 15)
+        worker = WorkerProcess(cfg, "restart-worker", tmp_path).start()
+        try:
+            read_outputs(cfg, expected=3, timeout_s=120, settle_s=0)
+            broker.restart()
+            outputs = read_outputs(cfg, expected=len(inputs), timeout_s=300, settle_s=4.0)
+            assert worker.alive(), worker.log.read_text()[-3000:]
+            assert worker.terminate() == 0
+        finally:
+            if worker.alive():
+                worker.kill()
+    finally:
+        broker.stop()
+    figures = tally("broker-restart", inputs, outputs)
+    assert figures == {"events_in": 15, "verdicts": 12, "dead_letters": 3, "duplicates": 0,
+                       "missing": 0, "unknown": 0}
