@@ -50,9 +50,12 @@ def cmd_score(args) -> int:
     from .events import parse_upload_event, upload_event, verdict_record
     from .logs import setup_logging
 
-    cfg = _config(args, overrides=["metrics.port=0"])
-    setup_logging("WARNING")
     target = args.video
+    extra = ["metrics.port=0"]
+    if "://" not in target:  # the operator named this file: allow its folder
+        extra.append(f"media.file_roots={Path(target).resolve().parent}")
+    cfg = _config(args, overrides=extra)
+    setup_logging("WARNING")
     uri = target if "://" in target else Path(target).resolve().as_uri()
     event = parse_upload_event(upload_event(Path(target).stem or "video", uri, "cli"),
                                cfg.kafka.max_event_bytes)
@@ -100,7 +103,7 @@ def cmd_demo(args) -> int:
     from .kafka_io import build_results_consumer, ensure_topics
     from .local_kafka import LocalKafka
     from .logs import setup_logging
-    from .samples import NAMES, sample_video
+    from .samples import NAMES, sample_dir, sample_video
 
     setup_logging("ERROR")  # the demo prints each result itself
     started = time.monotonic()
@@ -109,7 +112,7 @@ def cmd_demo(args) -> int:
         run = uuid.uuid4().hex[:8]
         cfg = _config(args, overrides=[
             f"kafka.bootstrap_servers={broker.bootstrap_servers}", f"kafka.group_id=demo-{run}",
-            "metrics.host=127.0.0.1", "metrics.port=0"])
+            "metrics.host=127.0.0.1", "metrics.port=0", f"media.file_roots={sample_dir()}"])
         ensure_topics(cfg.kafka)
         stop = threading.Event()
         ports: list[int] = []
@@ -120,7 +123,7 @@ def cmd_demo(args) -> int:
               f"{cfg.kafka.verdict_topic} / {cfg.kafka.dead_letter_topic}", flush=True)
 
         uploads = [(name.removesuffix(".mp4"), sample_video(name).as_uri()) for name in NAMES]
-        uploads.append(("missing-video", Path("/nonexistent/upload.mp4").as_uri()))
+        uploads.append(("missing-video", (sample_dir() / "no-such-upload.mp4").as_uri()))
         producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, acks="all")
         for video_id, uri in uploads:
             producer.send(cfg.kafka.upload_topic, key=video_id.encode(),

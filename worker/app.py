@@ -12,15 +12,16 @@ from pathlib import Path
 import torch  # before decord (imported by .media): see README, "Pitfalls"
 from prometheus_client import CollectorRegistry
 
-from .config import Config, ModelConfig
+from .config import Config, MediaConfig, ModelConfig
 from .faces import MtcnnDetector
 from .kafka_io import build_consumer, build_delivery
-from .media import DecordSampler, Fetcher
+from .media import Fetcher
 from .metrics import Health, HealthServer, WorkerMetrics
 from .models.timm_classifier import TimmFaceClassifier
 from .pipeline import Pipeline
 from .policy import Policy
 from .runner import Runner
+from .sandbox import SandboxedSampler
 
 log = logging.getLogger("worker.app")
 
@@ -42,12 +43,29 @@ def build_classifier(cfg: ModelConfig, device: torch.device) -> TimmFaceClassifi
         crop_margin=cfg.crop_margin, batch_size=cfg.batch_size, name=cfg.name or None)
 
 
+def build_sampler(media: MediaConfig):
+    """Decoding in the sandboxed child process, or (``media.sandbox = false``) in-process."""
+    limits = {"max_pixels": media.max_pixels, "max_duration_s": media.max_duration_s}
+    if media.sandbox:
+        return SandboxedSampler(media.decode_timeout_s, media.decoder_memory_bytes,
+                                media.decode_threads, **limits)
+    from .decoding import DecordSampler
+
+    return DecordSampler(media.decode_threads, **limits)
+
+
+def build_fetcher(media: MediaConfig) -> Fetcher:
+    return Fetcher(media.max_video_bytes, media.fetch_timeout_s, file_roots=media.file_roots,
+                   schemes=media.uri_schemes, allowed_networks=media.allowed_networks,
+                   max_redirects=media.max_redirects, connect_timeout_s=media.connect_timeout_s)
+
+
 def build_pipeline(cfg: Config) -> Pipeline:
     device = select_device(cfg.model.device)
     log.info("loading models on %s", device)
     return Pipeline(
-        fetcher=Fetcher(cfg.media.max_video_bytes, cfg.media.fetch_timeout_s, cfg.media.file_roots),
-        sampler=DecordSampler(cfg.media.decode_threads),
+        fetcher=build_fetcher(cfg.media),
+        sampler=build_sampler(cfg.media),
         detector=MtcnnDetector(device, max_side=cfg.faces.max_side,
                                min_face_size=cfg.faces.min_face_size,
                                min_confidence=cfg.faces.min_confidence,

@@ -50,8 +50,17 @@ class KafkaConfig:
 class MediaConfig:
     frames_per_video: int = 32
     max_video_bytes: int = 512 * 1024 * 1024
-    fetch_timeout_s: float = 30.0
-    file_roots: tuple[str, ...] = ()
+    fetch_timeout_s: float = 30.0          # the whole download, redirects included
+    connect_timeout_s: float = 5.0
+    uri_schemes: tuple[str, ...] = ("file", "http", "https")
+    file_roots: tuple[str, ...] = ()        # file:// is refused unless the path is under one
+    allowed_networks: tuple[str, ...] = ()  # non-public networks http(s) may reach, as CIDRs
+    max_redirects: int = 3
+    max_pixels: int = 4096 * 4096           # per frame, checked before decoding where possible
+    max_duration_s: float = 3 * 3600.0
+    sandbox: bool = True                    # decode in a child process with the limits below
+    decode_timeout_s: float = 120.0
+    decoder_memory_bytes: int = 4 * 1024 ** 3
     decode_threads: int = 0
 
 

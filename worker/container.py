@@ -8,6 +8,7 @@ before the decoder runs.
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass
 from typing import BinaryIO
 
 _SIGNATURES = (
@@ -54,3 +55,95 @@ def iso_bmff_truncated(stream: BinaryIO, size: int) -> bool:
             return False  # not a box structure we can follow; let the decoder judge
         offset += box_size
     return offset > size
+
+
+def iter_boxes(stream: BinaryIO, start: int, end: int):
+    """(type, payload offset, payload end) of the boxes between ``start`` and ``end``."""
+    offset = start
+    while offset + 8 <= end:
+        stream.seek(offset)
+        header = stream.read(16)
+        if len(header) < 8:
+            return
+        size, kind = struct.unpack(">I4s", header[:8])
+        header_len = 8
+        if size == 1 and len(header) >= 16:
+            size, header_len = struct.unpack(">Q", header[8:16])[0], 16
+        elif size == 0:
+            size = end - offset
+        if size < header_len or offset + size > end:
+            return
+        yield kind, offset + header_len, offset + size
+        offset += size
+
+
+def _rotation(matrix: tuple[int, ...]) -> int:
+    """Clockwise display rotation in degrees from a tkhd matrix (a, b, u, c, d, v, x, y, w)."""
+    a, b, _, c, d, _ = matrix[:6]
+    one = 1 << 16
+    return {(one, 0, 0, one): 0, (0, one, -one, 0): 90, (-one, 0, 0, -one): 180,
+            (0, -one, one, 0): 270}.get((a, b, c, d), 0)
+
+
+@dataclass(frozen=True)
+class VideoTrack:
+    width: int
+    height: int
+    rotation: int       # degrees clockwise, as the video is meant to be shown
+    matrix_offset: int  # where the track header's display matrix starts in the file
+
+
+IDENTITY_MATRIX = struct.pack(">9i", 1 << 16, 0, 0, 0, 1 << 16, 0, 0, 0, 1 << 30)
+
+
+def mp4_track_handlers(stream: BinaryIO, size: int) -> list[bytes]:
+    """The handler type of each track (b"vide", b"soun", ...) that the moov box describes."""
+    handlers = []
+    for kind, start, end in iter_boxes(stream, 0, size):
+        if kind != b"moov":
+            continue
+        for trak_kind, trak_start, trak_end in iter_boxes(stream, start, end):
+            for box, box_start, box_end in iter_boxes(stream, trak_start, trak_end):
+                if trak_kind == b"trak" and box == b"mdia":
+                    for sub, sub_start, _ in iter_boxes(stream, box_start, box_end):
+                        if sub == b"hdlr":
+                            stream.seek(sub_start + 8)
+                            handlers.append(stream.read(4))
+    return handlers
+
+
+def mp4_video_track(stream: BinaryIO, size: int) -> VideoTrack | None:
+    """Size and display rotation of the first video track of an MP4, from its headers alone
+    (nothing is decoded), or None if there is no such track to read.
+
+    This is how the worker refuses a decompression bomb before decoding a frame, and how it
+    learns that a phone video is meant to be shown rotated.
+    """
+    for kind, start, end in iter_boxes(stream, 0, size):
+        if kind != b"moov":
+            continue
+        for trak_kind, trak_start, trak_end in iter_boxes(stream, start, end):
+            if trak_kind != b"trak":
+                continue
+            header = None
+            handler = None
+            for box, box_start, box_end in iter_boxes(stream, trak_start, trak_end):
+                if box == b"tkhd":
+                    tkhd_at = box_start
+                    stream.seek(box_start)
+                    header = stream.read(min(box_end - box_start, 104))
+                elif box == b"mdia":
+                    for sub, sub_start, _ in iter_boxes(stream, box_start, box_end):
+                        if sub == b"hdlr":
+                            stream.seek(sub_start + 8)
+                            handler = stream.read(4)
+            if handler != b"vide" or header is None:
+                continue
+            version = header[0]
+            matrix_at = 40 if version == 0 else 52
+            if len(header) < matrix_at + 44:
+                return None
+            matrix = struct.unpack(">9i", header[matrix_at:matrix_at + 36])
+            width, height = struct.unpack(">II", header[matrix_at + 36:matrix_at + 44])
+            return VideoTrack(width >> 16, height >> 16, _rotation(matrix), tkhd_at + matrix_at)
+    return None

@@ -1,45 +1,54 @@
-"""Fetching an uploaded video with limits, and sampling its frames with decord."""
+"""Fetching an uploaded video to a local file, within limits, without being turned against
+the platform's own network.
+
+``file://`` URIs must resolve (symlinks included) under configured roots. ``http(s)://``
+hosts are resolved once; every address must be public unless its network is allow-listed
+(no loopback, private, link-local such as the 169.254.169.254 metadata service, multicast
+or reserved addresses), and the connection goes to the address that was checked, so a
+second DNS answer cannot swap it. Every redirect is checked the same way, up to a cap.
+Downloads stream to disk under a size cap, a connect timeout and a total deadline.
+"""
 from __future__ import annotations
 
+import http.client
+import ipaddress
 import os
 import socket
+import ssl
 import tempfile
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Sequence
-
-import numpy as np
-import torch  # noqa: F401  -- must be imported before decord: see README, "Pitfalls"
-import decord
+from typing import Callable, Iterator, Sequence
 
 from . import errors
-from .container import iso_bmff_truncated, sniff
 from .errors import DeadLetter
-from .pipeline import SampledFrames
 
-decord.logging.set_level(decord.logging.QUIET)
-_CHUNK = 1 << 20
+_CHUNK = 1 << 16
+_REDIRECTS = (301, 302, 303, 307, 308)
 
 
 class Fetcher:
     """Resolves ``file://`` and ``http(s)://`` video URIs to a local file, within limits."""
 
     def __init__(self, max_bytes: int, timeout_s: float, file_roots: Sequence[str] = (),
-                 schemes: Sequence[str] = ("file", "http", "https")):
+                 schemes: Sequence[str] = ("file", "http", "https"),
+                 allowed_networks: Sequence[str] = (), max_redirects: int = 3,
+                 connect_timeout_s: float = 5.0,
+                 resolve: Callable[[str, int], list[str]] | None = None):
         self.max_bytes = max_bytes
         self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
         self.file_roots = tuple(Path(r).resolve() for r in file_roots)
-        self.schemes = frozenset(schemes)
+        self.schemes = frozenset(s.lower() for s in schemes)
+        self.allowed_networks = tuple(ipaddress.ip_network(n, strict=False) for n in allowed_networks)
+        self.max_redirects = max_redirects
+        self._resolve = resolve or _resolve
 
     @contextmanager
     def fetch(self, uri: str) -> Iterator[Path]:
-        scheme = urllib.parse.urlsplit(uri).scheme.lower()
-        if scheme not in self.schemes:
-            raise DeadLetter(errors.UNSUPPORTED_URI_SCHEME, f"scheme {scheme!r} is not allowed")
+        scheme = self._check_scheme(uri)
         if scheme == "file":
             yield self._local(uri)
             return
@@ -48,13 +57,21 @@ class Fetcher:
             self._download(uri, path)
             yield path
 
+    def _check_scheme(self, uri: str) -> str:
+        scheme = urllib.parse.urlsplit(uri).scheme.lower()
+        if scheme not in self.schemes:
+            raise DeadLetter(errors.UNSUPPORTED_URI_SCHEME, f"scheme {scheme!r} is not allowed")
+        return scheme
+
     def _local(self, uri: str) -> Path:
         parts = urllib.parse.urlsplit(uri)
         if parts.netloc not in ("", "localhost"):
             raise DeadLetter(errors.URI_NOT_ALLOWED, f"file URI names a remote host {parts.netloc!r}")
         path = Path(urllib.parse.unquote(parts.path))
-        resolved = path.resolve()
-        if self.file_roots and not any(resolved.is_relative_to(r) for r in self.file_roots):
+        if not self.file_roots:
+            raise DeadLetter(errors.URI_NOT_ALLOWED, "file:// URIs need media.file_roots to be configured")
+        resolved = path.resolve()  # follows symlinks and '..': what is checked is what is read
+        if not any(resolved.is_relative_to(root) for root in self.file_roots):
             raise DeadLetter(errors.URI_NOT_ALLOWED, f"{path} is outside the allowed file roots")
         if not resolved.exists():
             raise DeadLetter(errors.VIDEO_NOT_FOUND, f"no such file: {path}")
@@ -65,67 +82,119 @@ class Fetcher:
             raise DeadLetter(errors.VIDEO_TOO_LARGE, f"{size} bytes is over the {self.max_bytes}-byte limit")
         return resolved
 
+    # --- http(s) ------------------------------------------------------------------------------
+
+    def _address(self, host: str, port: int) -> str:
+        """The one address to connect to, after checking every address the name resolves to."""
+        try:
+            addresses = self._resolve(host, port)
+        except OSError as exc:
+            raise DeadLetter(errors.FETCH_FAILED, f"cannot resolve {host!r}: {exc}") from None
+        if not addresses:
+            raise DeadLetter(errors.FETCH_FAILED, f"{host!r} has no address")
+        for address in addresses:
+            ip = ipaddress.ip_address(address)
+            ip = getattr(ip, "ipv4_mapped", None) or ip
+            public = ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified)
+            if not public and not any(ip in net for net in self.allowed_networks):
+                raise DeadLetter(errors.URI_NOT_ALLOWED,
+                                 f"{host!r} resolves to {ip}, a non-public address that is not allow-listed")
+        return addresses[0]
+
     def _download(self, uri: str, path: Path) -> None:
         deadline = time.monotonic() + self.timeout_s
-        try:
-            with urllib.request.urlopen(uri, timeout=self.timeout_s) as response, open(path, "wb") as out:
-                declared = response.headers.get("Content-Length")
-                if declared and declared.isdigit() and int(declared) > self.max_bytes:
-                    raise DeadLetter(errors.VIDEO_TOO_LARGE,
-                                     f"Content-Length {declared} is over the {self.max_bytes}-byte limit")
-                total = 0
-                while chunk := response.read(_CHUNK):
-                    total += len(chunk)
-                    if total > self.max_bytes:
-                        raise DeadLetter(errors.VIDEO_TOO_LARGE, f"over the {self.max_bytes}-byte limit")
-                    if time.monotonic() > deadline:
-                        raise DeadLetter(errors.FETCH_TIMEOUT, f"download took over {self.timeout_s}s")
-                    out.write(chunk)
-        except urllib.error.HTTPError as exc:
-            reason = errors.VIDEO_NOT_FOUND if exc.code in (404, 410) else errors.FETCH_FAILED
-            raise DeadLetter(reason, f"HTTP {exc.code} from {uri[:200]}") from None
-        except (socket.timeout, TimeoutError):
-            raise DeadLetter(errors.FETCH_TIMEOUT, f"no answer within {self.timeout_s}s") from None
-        except urllib.error.URLError as exc:
-            if isinstance(exc.reason, (socket.timeout, TimeoutError)):
-                raise DeadLetter(errors.FETCH_TIMEOUT, f"no answer within {self.timeout_s}s") from None
-            raise DeadLetter(errors.FETCH_FAILED, f"{exc.reason}") from None
-        except OSError as exc:
-            raise DeadLetter(errors.FETCH_FAILED, str(exc)[:300]) from None
+        for _ in range(self.max_redirects + 1):
+            parts = urllib.parse.urlsplit(uri)
+            scheme = self._check_scheme(uri)
+            if scheme not in ("http", "https") or not parts.hostname:
+                raise DeadLetter(errors.URI_NOT_ALLOWED, f"cannot fetch {uri[:200]!r}")
+            port = parts.port or (443 if scheme == "https" else 80)
+            address = self._address(parts.hostname, port)
+            connection = _PinnedConnection(scheme, parts.hostname, address, port, self.connect_timeout_s)
+            try:
+                location = self._get(connection, parts, path, deadline)
+            except DeadLetter:
+                raise
+            except (socket.timeout, TimeoutError):
+                raise DeadLetter(errors.FETCH_TIMEOUT, f"no answer within the time limit from {parts.hostname}") from None
+            except (OSError, http.client.HTTPException) as exc:
+                raise DeadLetter(errors.FETCH_FAILED, f"{type(exc).__name__}: {str(exc)[:200]}") from None
+            finally:
+                connection.close()
+            if location is None:
+                return
+            uri = urllib.parse.urljoin(uri, location)
+        raise DeadLetter(errors.TOO_MANY_REDIRECTS, f"more than {self.max_redirects} redirects")
+
+    def _get(self, connection: "_PinnedConnection", parts, path: Path, deadline: float) -> str | None:
+        """GET into ``path``; returns the redirect location, or None when the body was saved."""
+        target = urllib.parse.urlunsplit(("", "", parts.path or "/", parts.query, ""))
+        connection.request("GET", target, headers={"Accept-Encoding": "identity",
+                                                   "User-Agent": "deepfake-moderation-worker"})
+        sock = connection.sock  # http.client drops its reference once the body is read
+        sock.settimeout(_remaining(deadline))
+        response = connection.getresponse()
+        if response.status in _REDIRECTS:
+            location = response.getheader("Location")
+            if not location:
+                raise DeadLetter(errors.FETCH_FAILED, f"HTTP {response.status} without a Location")
+            return location
+        if response.status in (404, 410):
+            raise DeadLetter(errors.VIDEO_NOT_FOUND, f"HTTP {response.status}")
+        if response.status != 200:
+            raise DeadLetter(errors.FETCH_FAILED, f"HTTP {response.status}")
+        declared = response.getheader("Content-Length")
+        if declared and declared.isdigit() and int(declared) > self.max_bytes:
+            raise DeadLetter(errors.VIDEO_TOO_LARGE,
+                             f"Content-Length {declared} is over the {self.max_bytes}-byte limit")
+        total = 0
+        with open(path, "wb") as out:
+            while not response.isclosed():
+                sock.settimeout(_remaining(deadline))
+                chunk = response.read1(_CHUNK)
+                if not chunk:
+                    return None
+                total += len(chunk)
+                if total > self.max_bytes:
+                    raise DeadLetter(errors.VIDEO_TOO_LARGE, f"over the {self.max_bytes}-byte limit")
+                out.write(chunk)
+        return None
 
 
-class DecordSampler:
-    """Decodes ``count`` frames spread evenly over a video, as RGB uint8."""
-
-    def __init__(self, threads: int = 0):
-        self.threads = threads
-
-    def sample(self, path: Path, count: int) -> SampledFrames:
-        size = path.stat().st_size
-        if size == 0:
-            raise DeadLetter(errors.EMPTY_FILE, "the file is empty")
-        with open(path, "rb") as stream:
-            family = sniff(stream.read(512))
-            if family == "iso-bmff" and iso_bmff_truncated(stream, size):
-                raise DeadLetter(errors.VIDEO_TRUNCATED, "an MP4 box runs past the end of the file")
-        try:
-            reader = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=self.threads)
-        except (RuntimeError, decord.DECORDError) as exc:
-            reason = errors.NOT_A_VIDEO if family is None else errors.CORRUPT_VIDEO
-            raise DeadLetter(reason, f"cannot open as video: {str(exc).splitlines()[0][:200]}") from None
-        frame_count = len(reader)
-        if frame_count == 0:
-            raise DeadLetter(errors.NO_FRAMES, "the video has no frames")
-        indices = sorted({int(i) for i in np.linspace(0, frame_count - 1, num=count).round()})
-        try:
-            frames = reader.get_batch(indices).asnumpy()
-            timestamps = reader.get_frame_timestamp(indices)[:, 0]
-        except (RuntimeError, decord.DECORDError) as exc:
-            raise DeadLetter(errors.CORRUPT_VIDEO, f"decoding failed: {str(exc).splitlines()[0][:200]}") from None
-        return SampledFrames(
-            frames=frames, indices=tuple(indices),
-            timestamps_s=tuple(max(0.0, float(t)) for t in timestamps),
-            frame_count=frame_count, fps=float(reader.get_avg_fps()),
-        )
+def _remaining(deadline: float) -> float:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise DeadLetter(errors.FETCH_TIMEOUT, "the download deadline passed")
+    return remaining
 
 
+def _resolve(host: str, port: int) -> list[str]:
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+class _PinnedConnection:
+    """An HTTP(S) connection to an address checked beforehand; TLS still verifies the name."""
+
+    def __init__(self, scheme: str, host: str, address: str, port: int, connect_timeout_s: float):
+        if scheme == "https":
+            self._conn = http.client.HTTPSConnection(host, port, timeout=connect_timeout_s,
+                                                     context=ssl.create_default_context())
+        else:
+            self._conn = http.client.HTTPConnection(host, port, timeout=connect_timeout_s)
+        self._conn._create_connection = (  # connect to the checked address, not a new lookup
+            lambda _addr, timeout, source_address=None: socket.create_connection(
+                (address, port), timeout, source_address))
+
+    def request(self, *args, **kwargs):
+        self._conn.request(*args, **kwargs)
+
+    def getresponse(self):
+        return self._conn.getresponse()
+
+    @property
+    def sock(self):
+        return self._conn.sock
+
+    def close(self):
+        self._conn.close()

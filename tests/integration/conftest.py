@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 import threading
 import time
 import uuid
@@ -18,6 +19,7 @@ from worker.config import Config, load_config
 from worker.kafka_io import build_results_consumer, ensure_topics
 from worker.models.checkpoint import save_checkpoint
 from worker.models.timm_classifier import build_model
+from worker.samples import sample_dir
 
 ARCH = "efficientnet_b0"
 
@@ -46,8 +48,10 @@ def fake_face_checkpoint(tmp_path_factory) -> tuple[Path, str]:
 
 @pytest.fixture(scope="session")
 def base_config() -> Config:
+    """Test workers may read the sample videos and files the tests write under the temp dir."""
+    roots = f"{sample_dir()},{tempfile.gettempdir()}"
     return load_config(env={}, overrides=["metrics.host=127.0.0.1", "metrics.port=0",
-                                          "worker.id=test-worker"])
+                                          "worker.id=test-worker", f"media.file_roots={roots}"])
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,7 @@ class WorkerProcess:
                     "MODERATION_KAFKA_SESSION_TIMEOUT_MS": "6000",
                     "MODERATION_KAFKA_POLL_TIMEOUT_MS": "200",
                     "MODERATION_MEDIA_FRAMES_PER_VIDEO": "8",
+                    "MODERATION_MEDIA_FILE_ROOTS": ",".join(cfg.media.file_roots),
                     "MODERATION_METRICS_HOST": "127.0.0.1",
                     "MODERATION_METRICS_PORT": "0",
                     "MODERATION_WORKER_ID": worker_id,

@@ -1,0 +1,92 @@
+"""Test videos built with PyAV: every codec decord's FFmpeg decodes, variable frame rate,
+rotation metadata, audio-only files and images. Small, so they are made per test run."""
+from __future__ import annotations
+
+import fractions
+import struct
+from pathlib import Path
+
+import av
+import numpy as np
+
+from worker.container import iter_boxes
+
+# (file name, container format, encoder)
+CODECS = [
+    ("h264.mp4", "mp4", "libx264"),
+    ("hevc.mp4", "mp4", "libx265"),
+    ("vp9.webm", "webm", "libvpx-vp9"),
+    ("av1.mp4", "mp4", "libsvtav1"),
+    ("mpeg4.avi", "avi", "mpeg4"),
+]
+
+
+def frame_image(i: int, width: int, height: int) -> np.ndarray:
+    """A frame whose top-left quadrant is bright, so orientation can be checked."""
+    image = np.full((height, width, 3), 30, np.uint8)
+    image[: height // 2, : width // 2] = 220
+    image[..., 1] = (i * 7) % 255
+    return image
+
+
+def write_video(path: Path, fmt: str = "mp4", codec: str = "libx264", width: int = 192,
+                height: int = 144, frames: int = 30, fps: int = 25,
+                frame_ms: list[int] | None = None) -> Path:
+    """Encode a clip; ``frame_ms`` gives each frame's duration (variable frame rate)."""
+    out = av.open(str(path), "w", format=fmt)
+    stream = out.add_stream(codec, rate=fps)
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    stream.time_base = fractions.Fraction(1, 1000 if frame_ms else fps)
+    pts = 0
+    for i in range(frames):
+        frame = av.VideoFrame.from_ndarray(frame_image(i, width, height), format="rgb24")
+        frame.pts = pts
+        pts += frame_ms[i % len(frame_ms)] if frame_ms else 1
+        for packet in stream.encode(frame):
+            out.mux(packet)
+    for packet in stream.encode():
+        out.mux(packet)
+    out.close()
+    return path
+
+
+def write_audio_only(path: Path) -> Path:
+    out = av.open(str(path), "w", format="mp4")
+    stream = out.add_stream("aac", rate=44100)
+    for i in range(20):
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate, frame.pts = 44100, i * 1024
+        for packet in stream.encode(frame):
+            out.mux(packet)
+    for packet in stream.encode():
+        out.mux(packet)
+    out.close()
+    return path
+
+
+_ROTATION_MATRIX = {90: (0, 1 << 16, 0, -(1 << 16), 0, 0, 0, 0, 1 << 30)}
+
+
+def set_mp4_rotation(path: Path, degrees: int) -> Path:
+    """Write a display rotation into the video track header, as phones do for portrait video."""
+    data = bytearray(path.read_bytes())
+    with open(path, "rb") as stream:
+        for kind, start, end in iter_boxes(stream, 0, len(data)):
+            if kind != b"moov":
+                continue
+            for trak, t_start, t_end in iter_boxes(stream, start, end):
+                for box, b_start, _ in iter_boxes(stream, t_start, t_end):
+                    if trak == b"trak" and box == b"tkhd":
+                        at = b_start + (40 if data[b_start] == 0 else 52)
+                        data[at:at + 36] = struct.pack(">9i", *_ROTATION_MATRIX[degrees])
+    path.write_bytes(bytes(data))
+    return path
+
+
+def corrupt_moov(path: Path, out: Path) -> Path:
+    """The same file with the inside of its moov box overwritten."""
+    data = bytearray(path.read_bytes())
+    at = data.find(b"moov")
+    data[at + 4: at + 260] = bytes(range(256))
+    out.write_bytes(bytes(data))
+    return out

@@ -1,0 +1,109 @@
+"""Sampling frames with decord, within limits: pixels, duration, and display rotation.
+
+In a process that also runs torch, import torch before this module (see README,
+"Pitfalls"). The worker runs it in a sandboxed child process (:mod:`worker.sandbox`), which
+imports no torch at all.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+import decord
+import numpy as np
+
+from . import errors
+from .container import (IDENTITY_MATRIX, iso_bmff_truncated, mp4_track_handlers,
+                        mp4_video_track, sniff)
+from .errors import DeadLetter
+from .pipeline import SampledFrames
+
+decord.logging.set_level(decord.logging.QUIET)
+
+
+class DecordSampler:
+    """Decodes ``count`` frames spread evenly over a video, as RGB uint8, upright."""
+
+    def __init__(self, threads: int = 0, max_pixels: int = 4096 * 4096,
+                 max_duration_s: float = 3 * 3600.0):
+        self.threads = threads
+        self.max_pixels = max_pixels
+        self.max_duration_s = max_duration_s
+
+    def sample(self, path: Path, count: int) -> SampledFrames:
+        size = path.stat().st_size
+        if size == 0:
+            raise DeadLetter(errors.EMPTY_FILE, "the file is empty")
+        track = None
+        with open(path, "rb") as stream:
+            family = sniff(stream.read(512))
+            if family == "iso-bmff":
+                if iso_bmff_truncated(stream, size):
+                    raise DeadLetter(errors.VIDEO_TRUNCATED, "an MP4 box runs past the end of the file")
+                track = mp4_video_track(stream, size)
+                if track is not None:
+                    self._check_pixels(track.width, track.height)
+        if track is not None and track.rotation:
+            # decord mangles rotated video (wrong buffer sizes, squashed frames), so decode
+            # a copy whose display matrix is reset, then rotate the frames here.
+            with tempfile.TemporaryDirectory(prefix="moderation-unrotated-") as tmp:
+                unrotated = Path(tmp) / "video.mp4"
+                shutil.copyfile(path, unrotated)
+                with open(unrotated, "r+b") as stream:
+                    stream.seek(track.matrix_offset)
+                    stream.write(IDENTITY_MATRIX)
+                return self._sample(unrotated, family, count, track.rotation)
+        return self._sample(path, family, count, 0)
+
+    def _sample(self, path: Path, family: str | None, count: int, rotation: int) -> SampledFrames:
+        reader = self._open(path, family)
+        frame_count = len(reader)
+        if frame_count == 0:
+            raise DeadLetter(errors.NO_FRAMES, "the video has no frames")
+        fps = float(reader.get_avg_fps())
+        duration = float(reader.get_frame_timestamp([frame_count - 1])[0, 1])
+        if duration > self.max_duration_s:
+            raise DeadLetter(errors.VIDEO_TOO_LONG,
+                             f"{duration:.0f} s is over the {self.max_duration_s:.0f} s limit")
+        indices = sorted({int(i) for i in np.linspace(0, frame_count - 1, num=count).round()})
+        try:
+            first = reader[indices[0]]
+            self._check_pixels(first.shape[1], first.shape[0])
+            frames = reader.get_batch(indices).asnumpy()
+            timestamps = reader.get_frame_timestamp(indices)[:, 0]
+        except (RuntimeError, decord.DECORDError) as exc:
+            raise DeadLetter(errors.CORRUPT_VIDEO, f"decoding failed: {_first_line(exc)}") from None
+        if rotation:
+            # Stored sideways, shown upright: rotate so faces are upright for the detector.
+            frames = np.ascontiguousarray(np.rot90(frames, k=-rotation // 90, axes=(1, 2)))
+        return SampledFrames(
+            frames=frames, indices=tuple(indices),
+            timestamps_s=tuple(max(0.0, float(t)) for t in timestamps),
+            frame_count=frame_count, fps=fps,
+        )
+
+    def _open(self, path: Path, family: str | None):
+        try:
+            return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=self.threads)
+        except (RuntimeError, decord.DECORDError) as exc:
+            message = _first_line(exc)
+            if family is None:
+                raise DeadLetter(errors.NOT_A_VIDEO, f"not a video container: {message}") from None
+            if family == "iso-bmff":
+                with open(path, "rb") as stream:
+                    handlers = mp4_track_handlers(stream, path.stat().st_size)
+                if handlers and b"vide" not in handlers:
+                    kinds = ", ".join(h.decode("latin-1") for h in handlers)
+                    raise DeadLetter(errors.NOT_A_VIDEO, f"an MP4 without a video track ({kinds})") from None
+            raise DeadLetter(errors.CORRUPT_VIDEO, f"cannot open as video: {message}") from None
+
+    def _check_pixels(self, width: int, height: int) -> None:
+        if width * height > self.max_pixels:
+            raise DeadLetter(errors.VIDEO_DIMENSIONS_TOO_LARGE,
+                             f"{width}x{height} is over the {self.max_pixels}-pixel limit")
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return (text.splitlines() or [""])[0][:300]
