@@ -170,3 +170,44 @@ def test_metrics_and_health_endpoints(kafka_config, pipeline_without_model):
     assert sample("moderation_end_to_end_latency_seconds_count") == 1.0
     assert sample('moderation_stage_duration_seconds_count{stage="detect_faces"}') == 1.0
     assert sample('moderation_stage_duration_seconds_count{stage="publish"}') == 2.0
+
+
+def test_hostile_inputs_each_end_as_one_dead_letter(kafka_config, pipeline_without_model, tmp_path):
+    """Through the real worker and broker: each hostile event gives exactly one dead letter
+    with its specific reason, and the worker goes on to a good event after them."""
+    from ..media_factory import write_audio_only
+
+    cfg = kafka_config
+    clip = sample_video("carphone_pristine.mp4")
+    escape = tmp_path / "escape.mp4"
+    escape.symlink_to("/etc/passwd")
+    audio = write_audio_only(tmp_path / "audio-only.mp4")
+    wrong_type = json.loads(upload_event("typed", clip.as_uri(), "tester", event_id="evt-typed"))
+    wrong_type["data"]["video_id"] = 123
+    future = json.loads(upload_event("future", clip.as_uri(), "tester", event_id="evt-future"))
+    future["type"] = "dev.moderation.upload.v2"
+    huge = json.loads(upload_event("huge", clip.as_uri(), "tester", event_id="evt-huge"))
+    huge["data"]["metadata"] = {"padding": "x" * 300_000}
+
+    cases = [
+        (b"huge", json.dumps(huge).encode(), "event_too_large"),
+        (b"deep", b"[" * 100_000, "invalid_json"),
+        (b"typed", json.dumps(wrong_type).encode(), "schema_violation"),
+        (b"future", json.dumps(future).encode(), "unsupported_schema_version"),
+        _event("metadata-ip", "http://169.254.169.254/latest/meta-data/") + ("uri_not_allowed",),
+        _event("outside-roots", "file:///etc/passwd") + ("uri_not_allowed",),
+        _event("symlink", escape) + ("uri_not_allowed",),
+        _event("audio", audio) + ("not_a_video",),
+        _event("first", clip, event_id="evt-twice") + (None,),
+        _event("again", clip, event_id="evt-twice") + ("duplicate_event",),
+        _event("good", clip) + (None,),
+    ]
+    publish(cfg, [(key, value) for key, value, _ in cases])
+    with running_worker(cfg, pipeline_without_model):
+        outputs = read_outputs(cfg, expected=len(cases))
+
+    assert len(outputs) == len(cases)
+    reasons = {key: record["data"].get("reason") for topic, key, record in outputs}
+    assert reasons == {key: reason for key, _, reason in cases}
+    verdicts = [r["data"]["video_id"] for t, _, r in outputs if t == cfg.kafka.verdict_topic]
+    assert verdicts == ["first", "good"]
