@@ -91,8 +91,8 @@ def publish_stream(cfg, count: int, bad_every: int = 5) -> dict:
     return inputs
 
 
-def tally(name: str, inputs: dict, outputs: list) -> dict:
-    """Count outputs per input; print the figures the issue asks for."""
+def tally(name: str, inputs: dict, outputs: list, capsys=None) -> dict:
+    """Count outputs per input; print the figures (past pytest's capture, given ``capsys``)."""
     seen = Counter()
     verdicts = dead = 0
     for _, _, record in outputs:
@@ -108,11 +108,16 @@ def tally(name: str, inputs: dict, outputs: list) -> dict:
     unknown = [k for k in seen if k not in inputs]
     figures = {"events_in": len(inputs), "verdicts": verdicts, "dead_letters": dead,
                "duplicates": duplicates, "missing": len(missing), "unknown": len(unknown)}
-    print(f"\n[{name}] " + " ".join(f"{k}={v}" for k, v in figures.items()))
+    line = f"\n[{name}] " + " ".join(f"{k}={v}" for k, v in figures.items())
+    if capsys is None:
+        print(line)
+    else:
+        with capsys.disabled():
+            print(line)
     return figures
 
 
-def test_sigkill_at_random_points_then_restart(kafka_config, tmp_path):
+def test_sigkill_at_random_points_then_restart(kafka_config, tmp_path, capsys):
     cfg = kafka_config
     seed = int(os.environ.get("FAULT_SEED", time.time()))
     rng = random.Random(seed)
@@ -133,13 +138,13 @@ def test_sigkill_at_random_points_then_restart(kafka_config, tmp_path):
     finally:
         if worker.alive():
             worker.kill()
-    figures = tally("sigkill", inputs, outputs)
+    figures = tally(f"sigkill seed={seed} committed-at-kills={kills}", inputs, outputs, capsys)
     assert len(kills) == 3
     assert figures == {"events_in": 20, "verdicts": 16, "dead_letters": 4, "duplicates": 0,
                        "missing": 0, "unknown": 0}
 
 
-def test_two_workers_in_a_group_lose_one(kafka_broker, base_config, tmp_path):
+def test_two_workers_in_a_group_lose_one(kafka_broker, base_config, tmp_path, capsys):
     run = os.urandom(4).hex()
     cfg = base_config.replace(kafka={
         "bootstrap_servers": kafka_broker.bootstrap_servers, "group_id": f"pair-{run}",
@@ -158,12 +163,12 @@ def test_two_workers_in_a_group_lose_one(kafka_broker, base_config, tmp_path):
         for worker in (first, second):
             if worker.alive():
                 worker.kill()
-    figures = tally("two-workers-kill-one", inputs, outputs)
+    figures = tally("two-workers-kill-one", inputs, outputs, capsys)
     assert figures["duplicates"] == 0 and figures["missing"] == 0 and figures["unknown"] == 0
     assert figures["verdicts"] == 16 and figures["dead_letters"] == 4
 
 
-def test_broker_restart_mid_stream(base_config, tmp_path):
+def test_broker_restart_mid_stream(base_config, tmp_path, capsys):
     broker = LocalKafka().start()
     try:
         cfg = base_config.replace(kafka={
@@ -184,6 +189,6 @@ def test_broker_restart_mid_stream(base_config, tmp_path):
                 worker.kill()
     finally:
         broker.stop()
-    figures = tally("broker-restart", inputs, outputs)
+    figures = tally("broker-restart", inputs, outputs, capsys)
     assert figures == {"events_in": 15, "verdicts": 12, "dead_letters": 3, "duplicates": 0,
                        "missing": 0, "unknown": 0}
