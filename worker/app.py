@@ -43,6 +43,18 @@ def build_classifier(cfg: ModelConfig, device: torch.device) -> TimmFaceClassifi
         crop_margin=cfg.crop_margin, batch_size=cfg.batch_size, name=cfg.name or None)
 
 
+def _gpu_memory() -> tuple[int, int]:
+    free, total = torch.cuda.mem_get_info()
+    return total - free, total
+
+
+def _gpu_utilisation() -> float | None:
+    try:
+        return torch.cuda.utilization() / 100.0  # needs NVML (pynvml); absent: not exported as busy
+    except Exception:
+        return None
+
+
 def build_sampler(media: MediaConfig):
     """Decoding in the sandboxed child process, or (``media.sandbox = false``) in-process."""
     limits = {"max_pixels": media.max_pixels, "max_duration_s": media.max_duration_s}
@@ -92,6 +104,8 @@ def serve(cfg: Config, stop: threading.Event, pipeline: Pipeline | None = None,
         on_http(server.port)
     try:
         pipeline = pipeline or build_pipeline(cfg)
+        if torch.cuda.is_available() and select_device(cfg.model.device).type == "cuda":
+            metrics.watch_gpu(_gpu_memory, _gpu_utilisation)
         if pipeline.classifier is not None:
             metrics.set_model(pipeline.classifier.info.name, pipeline.classifier.info.checkpoint_sha256)
         health.set("model_loaded", True)

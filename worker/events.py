@@ -150,6 +150,7 @@ class Verdict:
     model: ModelInfo | None
     policy_version: str
     stage_seconds: dict[str, float]
+    video_bytes: int = 0
 
     @property
     def face_count(self) -> int:

@@ -5,6 +5,7 @@ fakes and a change to a port shows up in one place.
 """
 from __future__ import annotations
 
+import tempfile
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,10 +21,15 @@ from .tracks import Box
 
 
 class FakeFetcher:
-    """Resolves URIs from a table; a value that is a DeadLetter is raised instead."""
+    """Resolves URIs from a table; a value that is a DeadLetter is raised instead.
 
-    def __init__(self, table: Mapping[str, Path | DeadLetter]):
+    Like the real fetcher, it yields a local file that exists inside the context: a
+    placeholder of ``size`` bytes named after the table's path.
+    """
+
+    def __init__(self, table: Mapping[str, Path | DeadLetter], size: int = 1024):
         self.table = dict(table)
+        self.size = size
 
     @contextmanager
     def fetch(self, uri: str) -> Iterator[Path]:
@@ -32,7 +38,10 @@ class FakeFetcher:
             raise DeadLetter("video_not_found", f"no such video {uri}")
         if isinstance(found, DeadLetter):
             raise found
-        yield Path(found)
+        with tempfile.TemporaryDirectory(prefix="fake-fetch-") as tmp:
+            path = Path(tmp) / Path(found).name
+            path.write_bytes(b"\0" * self.size)
+            yield path
 
 
 class FakeSampler:

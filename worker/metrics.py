@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+from typing import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -39,6 +40,13 @@ class WorkerMetrics:
                                     ["reason"], registry=registry)
         self.faces = Counter(f"{PREFIX}_faces_detected", "Face detections in sampled frames.",
                              registry=registry)
+        self.fetched_bytes = Counter(f"{PREFIX}_fetched_bytes", "Bytes of video fetched.",
+                                     registry=registry)
+        self.frames_decoded = Counter(f"{PREFIX}_frames_decoded", "Frames decoded for the pipeline.",
+                                      registry=registry)
+        self.batch_size = Histogram(
+            f"{PREFIX}_batch_size", "Items per model call: frames for face detection, faces for classification.",
+            ["stage"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512), registry=registry)
         self.publish_failures = Counter(
             f"{PREFIX}_publish_failures", "Outputs Kafka did not acknowledge; the event is retried.",
             registry=registry)
@@ -64,6 +72,17 @@ class WorkerMetrics:
         for stage in STAGES:
             self.stage.labels(stage)
         self.build.info({"version": __version__, "model_name": "none", "checkpoint_sha256": "none"})
+
+    def watch_gpu(self, memory: Callable[[], tuple[int, int]],
+                  utilisation: Callable[[], float | None]) -> None:
+        """Export GPU memory (used, total bytes) and utilisation (0..1) read at scrape time."""
+        used = Gauge(f"{PREFIX}_gpu_memory_used_bytes", "GPU memory in use.", registry=self.registry)
+        total = Gauge(f"{PREFIX}_gpu_memory_total_bytes", "GPU memory in all.", registry=self.registry)
+        busy = Gauge(f"{PREFIX}_gpu_utilization_ratio", "GPU busy time over the last sample period.",
+                     registry=self.registry)
+        used.set_function(lambda: memory()[0])
+        total.set_function(lambda: memory()[1])
+        busy.set_function(lambda: utilisation() or 0.0)
 
     def set_model(self, name: str, checkpoint_sha256: str) -> None:
         self.build.info({"version": __version__, "model_name": name,

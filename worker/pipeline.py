@@ -81,6 +81,7 @@ class Pipeline:
 
         with self.fetcher.fetch(event.video_uri) as path:
             lap("fetch")
+            video_bytes = path.stat().st_size
             sampled = self.sampler.sample(path, self.frames_per_video)
             lap("decode")
         if len(sampled.indices) == 0:
@@ -108,5 +109,5 @@ class Pipeline:
             video_score=decision.video_score, tracks=tracks,
             frames_sampled=len(sampled.indices),
             model=self.classifier.info if self.classifier is not None else None,
-            policy_version=self.policy.version, stage_seconds=seconds,
+            policy_version=self.policy.version, stage_seconds=seconds, video_bytes=video_bytes,
         )

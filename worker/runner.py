@@ -328,6 +328,11 @@ class Runner:
             self.metrics.end_to_end.observe(max(0.0, latency))
             self.metrics.decisions.labels(verdict.decision).inc()
             self.metrics.faces.inc(verdict.face_count)
+            self.metrics.fetched_bytes.inc(verdict.video_bytes)
+            self.metrics.frames_decoded.inc(verdict.frames_sampled)
+            self.metrics.batch_size.labels("detect_faces").observe(verdict.frames_sampled)
+            if "classify" in verdict.stage_seconds:
+                self.metrics.batch_size.labels("classify").observe(verdict.face_count)
             log.info("verdict", extra={**where, "decision": verdict.decision,
                                        "reasons": list(verdict.reasons),
                                        "video_score": verdict.video_score,

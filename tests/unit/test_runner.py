@@ -167,6 +167,10 @@ def test_metrics_count_decisions_and_dead_letters(world, make_event):
     assert world.sample("moderation_stage_duration_seconds_count", stage="publish") == 6
     assert world.sample("moderation_stage_duration_seconds_count", stage="classify") == 3
     assert world.sample("moderation_videos_in_flight") == 0
+    assert world.sample("moderation_fetched_bytes_total") == 3 * 1024  # FakeFetcher's placeholder size
+    assert world.sample("moderation_frames_decoded_total") == 3 * 5
+    assert world.sample("moderation_batch_size_count", stage="detect_faces") == 3
+    assert world.sample("moderation_batch_size_sum", stage="classify") == 3 * 5
     assert world.sample("moderation_consumer_lag_records", topic=KAFKA.upload_topic, partition="0") == 0
 
 
