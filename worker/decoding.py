@@ -12,6 +12,7 @@ from pathlib import Path
 
 import decord
 import numpy as np
+from PIL import Image
 
 from . import errors
 from .container import (IDENTITY_MATRIX, iso_bmff_truncated, mp4_track_handlers,
@@ -26,10 +27,14 @@ class DecordSampler:
     """Decodes ``count`` frames spread evenly over a video, as RGB uint8, upright."""
 
     def __init__(self, threads: int = 0, max_pixels: int = 4096 * 4096,
-                 max_duration_s: float = 3 * 3600.0):
+                 max_duration_s: float = 3 * 3600.0, hash_rate_hz: float = 0.0,
+                 hash_max_frames: int = 600, hash_max_side: int = 256):
         self.threads = threads
         self.max_pixels = max_pixels
         self.max_duration_s = max_duration_s
+        self.hash_rate_hz = hash_rate_hz
+        self.hash_max_frames = hash_max_frames
+        self.hash_max_side = hash_max_side
 
     def sample(self, path: Path, count: int) -> SampledFrames:
         size = path.stat().st_size
@@ -74,14 +79,32 @@ class DecordSampler:
             timestamps = reader.get_frame_timestamp(indices)[:, 0]
         except (RuntimeError, decord.DECORDError) as exc:
             raise DeadLetter(errors.CORRUPT_VIDEO, f"decoding failed: {_first_line(exc)}") from None
-        if rotation:
-            # Stored sideways, shown upright: rotate so faces are upright for the detector.
-            frames = np.ascontiguousarray(np.rot90(frames, k=-rotation // 90, axes=(1, 2)))
+        frames = _upright(frames, rotation)
+        hash_frames, hash_indices, hash_times = self._hash_frames(reader, frame_count, duration, rotation)
         return SampledFrames(
             frames=frames, indices=tuple(indices),
             timestamps_s=tuple(max(0.0, float(t)) for t in timestamps),
-            frame_count=frame_count, fps=fps,
+            frame_count=frame_count, fps=fps, hash_frames=hash_frames,
+            hash_indices=hash_indices, hash_timestamps_s=hash_times,
         )
+
+    def _hash_frames(self, reader, frame_count: int, duration: float, rotation: int):
+        """About ``hash_rate_hz`` frames a second (at most ``hash_max_frames``), downscaled
+        as they are decoded so a long video never holds many full frames at once."""
+        if self.hash_rate_hz <= 0:
+            return None, (), ()
+        wanted = int(min(self.hash_max_frames, max(1, round(duration * self.hash_rate_hz))))
+        indices = sorted({int(i) for i in np.linspace(0, frame_count - 1, num=wanted).round()})
+        small, times = [], []
+        try:
+            for start in range(0, len(indices), 32):
+                chunk = indices[start:start + 32]
+                batch = _upright(reader.get_batch(chunk).asnumpy(), rotation)
+                small.extend(_shrink(frame, self.hash_max_side) for frame in batch)
+                times.extend(max(0.0, float(t)) for t in reader.get_frame_timestamp(chunk)[:, 0])
+        except (RuntimeError, decord.DECORDError) as exc:
+            raise DeadLetter(errors.CORRUPT_VIDEO, f"decoding failed: {_first_line(exc)}") from None
+        return np.stack(small), tuple(indices), tuple(times)
 
     def _open(self, path: Path, family: str | None):
         try:
@@ -102,6 +125,22 @@ class DecordSampler:
         if width * height > self.max_pixels:
             raise DeadLetter(errors.VIDEO_DIMENSIONS_TOO_LARGE,
                              f"{width}x{height} is over the {self.max_pixels}-pixel limit")
+
+
+def _upright(frames: np.ndarray, rotation: int) -> np.ndarray:
+    """Stored sideways, shown upright: rotate so faces are upright for the detector."""
+    if not rotation:
+        return frames
+    return np.ascontiguousarray(np.rot90(frames, k=-rotation // 90, axes=(1, 2)))
+
+
+def _shrink(frame: np.ndarray, max_side: int) -> np.ndarray:
+    height, width = frame.shape[:2]
+    scale = max_side / max(height, width)
+    if scale >= 1:
+        return frame
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(frame).resize(size, Image.Resampling.BOX))
 
 
 def _first_line(exc: Exception) -> str:

@@ -15,7 +15,7 @@ can drop it.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Protocol, Sequence
 
 from kafka.errors import ProducerFencedError
 from kafka.structs import OffsetAndMetadata
@@ -27,13 +27,16 @@ class Fenced(RuntimeError):
     """Another instance took over this worker's transactional id: this one must stop."""
 
 
+Record = tuple[str, "bytes | None", bytes]  # topic, key, value
+
+
 class Delivery(Protocol):
     def start(self) -> None:
         """Get ready before the first event (a transactional producer fences older ones here)."""
 
-    def deliver(self, topic: str, key: bytes | None, value: bytes, tp: Any, next_offset: int,
+    def deliver(self, records: Sequence[Record], tp: Any, next_offset: int,
                 group_metadata: Any) -> None:
-        """Publish one output and commit the input up to ``next_offset``, or raise."""
+        """Publish one event's output records and commit its input up to ``next_offset``."""
 
     def close(self, timeout_s: float) -> None: ...
 
@@ -47,8 +50,10 @@ class AtLeastOnce:
     def start(self) -> None:
         pass
 
-    def deliver(self, topic, key, value, tp, next_offset, group_metadata) -> None:
-        self.producer.send(topic, key=key, value=value).get(timeout=self.timeout_s)
+    def deliver(self, records, tp, next_offset, group_metadata) -> None:
+        acks = [self.producer.send(topic, key=key, value=value) for topic, key, value in records]
+        for ack in acks:
+            ack.get(timeout=self.timeout_s)
         self._commit({tp: OffsetAndMetadata(next_offset, "", -1)})
 
     def close(self, timeout_s: float) -> None:
@@ -59,7 +64,7 @@ class AtLeastOnce:
 
 
 class ExactlyOnce:
-    """One transaction per event: the output record and the input offset, or neither.
+    """One transaction per event: its output records and the input offset, or none of them.
 
     ``make_producer`` builds a transactional producer; after an error the transaction is
     aborted, and if the producer is left unusable it is replaced, so that the caller can
@@ -87,11 +92,13 @@ class ExactlyOnce:
             self.producer = producer
         return self.producer
 
-    def deliver(self, topic, key, value, tp, next_offset, group_metadata) -> None:
+    def deliver(self, records, tp, next_offset, group_metadata) -> None:
         producer = self._ready_producer()
         try:
             producer.begin_transaction()
-            producer.send(topic, key=key, value=value).get(timeout=self.timeout_s)
+            acks = [producer.send(topic, key=key, value=value) for topic, key, value in records]
+            for ack in acks:
+                ack.get(timeout=self.timeout_s)
             producer.send_offsets_to_transaction({tp: OffsetAndMetadata(next_offset, "", -1)},
                                                  group_metadata)
             producer.commit_transaction()

@@ -21,6 +21,7 @@ import jsonschema
 
 from . import errors
 from .errors import DeadLetter
+from .policy import KnownContentMatch
 from .tracks import FaceTrack
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
@@ -41,7 +42,7 @@ def validator(name: str) -> jsonschema.protocols.Validator:
     return cls(schema)
 
 
-def _first_error(name: str, document: Any) -> str | None:
+def first_error(name: str, document: Any) -> str | None:
     error = jsonschema.exceptions.best_match(validator(name).iter_errors(document))
     if error is None:
         return None
@@ -90,7 +91,7 @@ def parse_upload_event(value: bytes | None, max_bytes: int) -> UploadEvent:
             raise DeadLetter(errors.UNSUPPORTED_SCHEMA_VERSION,
                              f"event type {event_type[:100]!r}; this worker reads {UPLOAD_TYPE}")
     try:
-        problem = _first_error("upload-event", document)
+        problem = first_error("upload-event", document)
     except RecursionError:  # JSON nested just under the parser's limit
         raise DeadLetter(errors.SCHEMA_VIOLATION, "the JSON is nested too deeply") from None
     if problem is not None:
@@ -127,7 +128,7 @@ def upload_event(video_id: str, video_uri: str, uploader: str, *, event_id: str 
     document = {"specversion": "1.0", "id": event_id or str(uuid.uuid4()), "source": source,
                 "type": UPLOAD_TYPE, "time": format_time(now),
                 "datacontenttype": "application/json", "data": data}
-    return _checked("upload-event", document)
+    return checked_json("upload-event", document)
 
 
 @dataclass(frozen=True)
@@ -151,14 +152,16 @@ class Verdict:
     policy_version: str
     stage_seconds: dict[str, float]
     video_bytes: int = 0
+    known_content: "KnownContentMatch | None" = None
+    fingerprint: str | None = None
 
     @property
     def face_count(self) -> int:
         return sum(len(t.detections) for t in self.tracks)
 
 
-def _checked(name: str, document: dict) -> bytes:
-    problem = _first_error(name, document)
+def checked_json(name: str, document: dict) -> bytes:
+    problem = first_error(name, document)
     if problem is not None:
         raise ValueError(f"refusing to publish an invalid {name} record: {problem}")
     return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
@@ -220,7 +223,16 @@ def verdict_record(verdict: Verdict, worker_id: str, published_at: datetime,
             "worker_id": worker_id,
         },
     }
-    return verdict.event.video_id.encode(), _checked("verdict", document)
+    if verdict.known_content is not None:
+        match = verdict.known_content
+        document["data"]["known_content"] = {
+            "entry_id": match.entry_id, "source_video_id": match.source_video_id,
+            "query_match_percent": _round(match.query_match_percent, 3),
+            "entry_match_percent": _round(match.entry_match_percent, 3),
+            "median_distance": _round(match.median_distance, 3)}
+    if verdict.fingerprint is not None:
+        document["data"]["fingerprint_vpdq"] = verdict.fingerprint
+    return verdict.event.video_id.encode(), checked_json("verdict", document)
 
 
 @dataclass(frozen=True)
@@ -271,4 +283,4 @@ def dead_letter_record(failure: DeadLetter, value: bytes | None, key: bytes | No
     }
     if event is not None:
         document["subject"] = event.video_id
-    return key, _checked("dead-letter", document)
+    return key, checked_json("dead-letter", document)

@@ -17,19 +17,26 @@ import numpy as np
 
 from .errors import NO_FRAMES, DeadLetter
 from .events import ModelInfo, UploadEvent, Verdict
-from .policy import Policy, decide
+from .policy import KnownContentMatch, Policy, decide
 from .tracks import Box, Detection, link_tracks
 
 
 @dataclass(frozen=True)
 class SampledFrames:
-    """RGB frames (N, H, W, 3) uint8 with their indices and timestamps in the video."""
+    """RGB frames (N, H, W, 3) uint8 with their indices and timestamps in the video.
+
+    ``hash_frames`` are extra, smaller frames at about one a second from the same decoder,
+    for the known-content fingerprint; empty when hashing is off.
+    """
 
     frames: np.ndarray
     indices: tuple[int, ...]
     timestamps_s: tuple[float, ...]
     frame_count: int
     fps: float
+    hash_frames: np.ndarray | None = None
+    hash_indices: tuple[int, ...] = ()
+    hash_timestamps_s: tuple[float, ...] = ()
 
 
 class VideoFetcher(Protocol):
@@ -54,12 +61,29 @@ class FaceClassifier(Protocol):
         """Deepfake probability of each (frame position, box) face."""
 
 
+@dataclass(frozen=True)
+class BankCheck:
+    fingerprint: str                    # the upload's fingerprint, vPDQ text
+    match: KnownContentMatch | None     # a positive-bank match not vetoed by a negative bank
+
+
+class KnownContentBank(Protocol):
+    def check(self, frames: np.ndarray, frame_indices: Sequence[int],
+              timestamps_s: Sequence[float]) -> BankCheck:
+        """Fingerprint the hash frames and look them up in the hash bank."""
+
+
 class Pipeline:
     def __init__(self, fetcher: VideoFetcher, sampler: FrameSampler, detector: FaceDetector,
                  classifier: FaceClassifier | None, policy: Policy, frames_per_video: int,
-                 clock: Callable[[], float] = time.perf_counter):
+                 clock: Callable[[], float] = time.perf_counter,
+                 bank: KnownContentBank | None = None, score_matches: bool = False):
+        """``bank`` runs before the models; with a match, faces are only looked at when
+        ``score_matches`` is set (and then the verdict waits for the score)."""
         if frames_per_video < 1:
             raise ValueError("frames_per_video must be at least 1")
+        self.bank = bank
+        self.score_matches = score_matches
         self.fetcher = fetcher
         self.sampler = sampler
         self.detector = detector
@@ -87,9 +111,17 @@ class Pipeline:
         if len(sampled.indices) == 0:
             raise DeadLetter(NO_FRAMES, "the video has no decodable frames")
 
-        per_frame = self.detector.detect(sampled.frames)
-        lap("detect_faces")
-        faces = [(pos, box, conf) for pos, found in enumerate(per_frame) for box, conf in found]
+        check = None
+        if self.bank is not None and sampled.hash_frames is not None and len(sampled.hash_frames):
+            check = self.bank.check(sampled.hash_frames, sampled.hash_indices, sampled.hash_timestamps_s)
+            lap("hash_match")
+        known = check.match if check is not None else None
+
+        faces = []
+        if known is None or self.score_matches:
+            per_frame = self.detector.detect(sampled.frames)
+            lap("detect_faces")
+            faces = [(pos, box, conf) for pos, found in enumerate(per_frame) for box, conf in found]
 
         scores: list[float | None] = [None] * len(faces)
         if self.classifier is not None and faces:
@@ -102,7 +134,7 @@ class Pipeline:
             for (pos, box, conf), score in zip(faces, scores)
         ]
         tracks = link_tracks(detections, sampled.indices)
-        decision = decide(self.policy, tracks, model_loaded=self.classifier is not None)
+        decision = decide(self.policy, tracks, model_loaded=self.classifier is not None, known=known)
         seconds["processing"] = self.clock() - started
         return Verdict(
             event=event, decision=decision.decision, reasons=decision.reasons,
@@ -110,4 +142,5 @@ class Pipeline:
             frames_sampled=len(sampled.indices),
             model=self.classifier.info if self.classifier is not None else None,
             policy_version=self.policy.version, stage_seconds=seconds, video_bytes=video_bytes,
+            known_content=known, fingerprint=check.fingerprint if check is not None else None,
         )

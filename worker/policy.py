@@ -14,6 +14,7 @@ TAKEDOWN = "takedown"
 REVIEW = "review"
 ALLOW = "allow"
 
+KNOWN_CONTENT_MATCH = "known_content_match"
 NO_FACES_DETECTED = "no_faces_detected"
 NO_MODEL_CHECKPOINT = "no_model_checkpoint"
 SCORE_AT_OR_ABOVE_TAKEDOWN_THRESHOLD = "score_at_or_above_takedown_threshold"
@@ -37,6 +38,17 @@ class Policy:
 
 
 @dataclass(frozen=True)
+class KnownContentMatch:
+    """The upload matched an entry of the known-content (positive) hash bank."""
+
+    entry_id: str
+    source_video_id: str | None
+    query_match_percent: float   # share of the upload's frames that matched the entry
+    entry_match_percent: float   # share of the entry's frames that the upload matched
+    median_distance: float       # median PDQ Hamming distance of the matched frame pairs
+
+
+@dataclass(frozen=True)
 class Decision:
     decision: str
     reasons: tuple[str, ...]
@@ -49,7 +61,12 @@ def video_score(tracks: Sequence[FaceTrack]) -> float | None:
     return max(scores) if scores else None
 
 
-def decide(policy: Policy, tracks: Sequence[FaceTrack], model_loaded: bool) -> Decision:
+def decide(policy: Policy, tracks: Sequence[FaceTrack], model_loaded: bool,
+           known: KnownContentMatch | None = None) -> Decision:
+    if known is not None:
+        # Content already taken down: no model uncertainty. A score, if one was computed,
+        # is evidence only.
+        return Decision(TAKEDOWN, (KNOWN_CONTENT_MATCH,), video_score(tracks) if model_loaded else None)
     if not tracks:
         return Decision(ALLOW, (NO_FACES_DETECTED,), None)
     if not model_loaded:

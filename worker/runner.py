@@ -29,7 +29,9 @@ from .errors import DeadLetter
 from .events import (SourcePosition, UploadEvent, Verdict, dead_letter_record,
                      parse_upload_event, verdict_record)
 from .metrics import Health, WorkerMetrics
+from .bank.entries import entry_record, takedown_entry
 from .pipeline import Pipeline
+from .policy import TAKEDOWN
 
 log = logging.getLogger("worker.runner")
 LAG_INTERVAL_S = 5.0
@@ -45,6 +47,11 @@ class Output:
     verdict: Verdict | None = None
     dead_letter: DeadLetter | None = None
     event: UploadEvent | None = None
+    extra: tuple[tuple[str, bytes | None, bytes], ...] = ()  # e.g. the hash-bank entry of a takedown
+
+    @property
+    def records(self) -> list[tuple[str, bytes | None, bytes]]:
+        return [(self.topic, self.key, self.value), *self.extra]
 
 
 def _utcnow() -> datetime:
@@ -117,7 +124,10 @@ class _Partitions:
 class Runner:
     def __init__(self, consumer: Any, delivery: Delivery, pipeline: Pipeline, kafka: KafkaConfig,
                  worker: WorkerConfig, metrics: WorkerMetrics, health: Health,
-                 now: Callable[[], datetime] = _utcnow, clock: Callable[[], float] = time.monotonic):
+                 now: Callable[[], datetime] = _utcnow, clock: Callable[[], float] = time.monotonic,
+                 bank_topic: str | None = None):
+        """``bank_topic``: where the fingerprints of takedowns go; None to not add them."""
+        self.bank_topic = bank_topic
         self.consumer = consumer
         self.delivery = delivery
         self.pipeline = pipeline
@@ -150,13 +160,24 @@ class Runner:
             self.metrics.queue_wait.observe(max(0.0, (self.now() - event.uploaded_at).total_seconds()))
             verdict = self.pipeline.process(event)
             key, value = verdict_record(verdict, self.worker_id, self.now(), position)
-            return Output(self.kafka.verdict_topic, key, value, verdict=verdict, event=event)
+            return Output(self.kafka.verdict_topic, key, value, verdict=verdict, event=event,
+                          extra=self._bank_entries(verdict, position))
         except DeadLetter as failure:
             return self.dead_letter(failure, record, event)
         except Exception as exc:  # a bug or an unforeseen input: keep the event, keep running
             log.exception("processing failed", extra=self._where(record, event))
             return self.dead_letter(DeadLetter(errors.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"),
                                     record, event)
+
+    def _bank_entries(self, verdict: Verdict, position: SourcePosition) -> tuple:
+        """A model's takedown adds the video's fingerprint to the bank, in the same
+        transaction as the verdict, so every worker catches its re-uploads."""
+        if (self.bank_topic is None or verdict.decision != TAKEDOWN or verdict.known_content
+                or not verdict.fingerprint):
+            return ()
+        entry = takedown_entry(verdict.event.video_id, verdict.fingerprint, position,
+                               self.worker_id, self.now())
+        return ((self.bank_topic, *entry_record(entry)),)
 
     def dead_letter(self, failure: DeadLetter, record: Any, event: UploadEvent | None = None) -> Output:
         position = SourcePosition(record.topic, record.partition, record.offset)
@@ -258,8 +279,7 @@ class Runner:
         output, record = job.output, job.record
         started = time.perf_counter()
         try:
-            self.delivery.deliver(output.topic, output.key, output.value, tp, record.offset + 1,
-                                  self.consumer.group_metadata())
+            self.delivery.deliver(output.records, tp, record.offset + 1, self.consumer.group_metadata())
         except Fenced:
             raise
         except Exception:

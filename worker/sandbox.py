@@ -33,11 +33,14 @@ class SandboxedSampler:
     """A FrameSampler whose decoding happens in reusable child processes."""
 
     def __init__(self, timeout_s: float, memory_bytes: int, threads: int = 0,
-                 max_pixels: int = 4096 * 4096, max_duration_s: float = 3 * 3600.0):
+                 max_pixels: int = 4096 * 4096, max_duration_s: float = 3 * 3600.0,
+                 hash_rate_hz: float = 0.0, hash_max_frames: int = 300, hash_max_side: int = 256):
         self.timeout_s = timeout_s
         self.max_pixels = max_pixels
         self._settings = {"threads": threads, "max_pixels": max_pixels,
-                          "max_duration_s": max_duration_s, "memory_bytes": memory_bytes}
+                          "max_duration_s": max_duration_s, "memory_bytes": memory_bytes,
+                          "hash_rate_hz": hash_rate_hz, "hash_max_frames": hash_max_frames,
+                          "hash_max_side": hash_max_side}
         self._idle: queue.SimpleQueue[_Child] = queue.SimpleQueue()
 
     def sample(self, path: Path, count: int) -> SampledFrames:
@@ -47,7 +50,7 @@ class SandboxedSampler:
             child = _Child(self._settings)
         deadline = time.monotonic() + self.timeout_s
         try:
-            result = child.ask(path, count, deadline, self.max_pixels)
+            result = child.ask(path, count, deadline, self.max_pixels, self._settings)
         except _Answered as answer:  # the child judged the file and is fine: keep it
             self._idle.put(child)
             raise answer.dead_letter from None
@@ -78,6 +81,7 @@ class _Child:
             [sys.executable, "-m", "worker.sandbox", json.dumps(settings)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             cwd=str(Path(__file__).resolve().parent.parent), start_new_session=True)
+        self._pending = b""
 
     def kill(self) -> None:
         if self.proc.poll() is None:
@@ -89,7 +93,8 @@ class _Child:
             except OSError:  # unflushed bytes for a child that is gone
                 pass
 
-    def ask(self, path: Path, count: int, deadline: float, max_pixels: int) -> SampledFrames:
+    def ask(self, path: Path, count: int, deadline: float, max_pixels: int,
+            settings: dict) -> SampledFrames:
         try:
             self.proc.stdin.write(json.dumps({"path": str(path), "count": count}).encode() + b"\n")
             self.proc.stdin.flush()
@@ -104,9 +109,23 @@ class _Child:
         if not (0 <= n <= count and c == 3 and 0 < h * w <= max_pixels):
             raise DeadLetter(errors.DECODER_CRASHED, f"the decoder sent an impossible shape {header['shape']}")
         frames = np.frombuffer(self._read_exactly(n * h * w * c, deadline), np.uint8).reshape(n, h, w, c)
+        hash_frames = None
+        if header.get("hash_shape"):
+            m, hh, hw, hc = header["hash_shape"]
+            side = settings["hash_max_side"]
+            if not (0 < m <= settings["hash_max_frames"] and hc == 3 and 0 < hh <= side and 0 < hw <= side):
+                raise DeadLetter(errors.DECODER_CRASHED,
+                                 f"the decoder sent impossible hash frames {header['hash_shape']}")
+            hash_frames = np.frombuffer(self._read_exactly(m * hh * hw * hc, deadline),
+                                        np.uint8).reshape(m, hh, hw, hc)
+        if self._pending:
+            raise DeadLetter(errors.DECODER_CRASHED, "the decoder sent more bytes than announced")
         return SampledFrames(frames=frames, indices=tuple(header["indices"]),
                              timestamps_s=tuple(header["timestamps_s"]),
-                             frame_count=header["frame_count"], fps=header["fps"])
+                             frame_count=header["frame_count"], fps=header["fps"],
+                             hash_frames=hash_frames,
+                             hash_indices=tuple(header.get("hash_indices", ())),
+                             hash_timestamps_s=tuple(header.get("hash_timestamps_s", ())))
 
     def _wait_readable(self, deadline: float) -> None:
         remaining = deadline - time.monotonic()
@@ -128,16 +147,14 @@ class _Child:
         return head
 
     def _read_exactly(self, size: int, deadline: float) -> bytearray:
-        buffer = bytearray(self._pending)
+        buffer = bytearray(self._pending[:size])
+        self._pending = self._pending[size:]
         while len(buffer) < size:
             self._wait_readable(deadline)
             chunk = os.read(self.proc.stdout.fileno(), min(1 << 22, size - len(buffer)))
             if not chunk:
                 raise self._crashed()
             buffer += chunk
-        if len(buffer) != size:
-            raise DeadLetter(errors.DECODER_CRASHED, "the decoder sent more bytes than announced")
-        self._pending = b""
         return buffer  # writable, so the frames can be handed to torch without a copy
 
     def _crashed(self) -> DeadLetter:
@@ -154,7 +171,9 @@ def _serve(settings: dict) -> None:
 
     if settings["memory_bytes"] > 0:
         resource.setrlimit(resource.RLIMIT_AS, (settings["memory_bytes"], settings["memory_bytes"]))
-    sampler = DecordSampler(settings["threads"], settings["max_pixels"], settings["max_duration_s"])
+    sampler = DecordSampler(settings["threads"], settings["max_pixels"], settings["max_duration_s"],
+                            settings["hash_rate_hz"], settings["hash_max_frames"],
+                            settings["hash_max_side"])
     out = sys.stdout.buffer
     for line in sys.stdin.buffer:
         request = json.loads(line)
@@ -168,12 +187,18 @@ def _serve(settings: dict) -> None:
                                   "message": "the decoder ran out of its memory cap"}).encode() + b"\n")
         else:
             frames = np.ascontiguousarray(sampled.frames)
+            hashes = None if sampled.hash_frames is None else np.ascontiguousarray(sampled.hash_frames)
             out.write(json.dumps({"status": "ok", "shape": list(frames.shape),
                                   "indices": list(sampled.indices),
                                   "timestamps_s": list(sampled.timestamps_s),
-                                  "frame_count": sampled.frame_count,
-                                  "fps": sampled.fps}).encode() + b"\n")
+                                  "frame_count": sampled.frame_count, "fps": sampled.fps,
+                                  "hash_shape": None if hashes is None else list(hashes.shape),
+                                  "hash_indices": list(sampled.hash_indices),
+                                  "hash_timestamps_s": list(sampled.hash_timestamps_s),
+                                  }).encode() + b"\n")
             out.write(memoryview(frames).cast("B"))
+            if hashes is not None:
+                out.write(memoryview(hashes).cast("B"))
         out.flush()
 
 

@@ -10,10 +10,10 @@ import pytest
 
 from worker.errors import DeadLetter
 from worker.events import SCHEMA_DIR, parse_upload_event, validator
-from worker.policy import Policy, decide
+from worker.policy import KnownContentMatch, Policy, decide
 from worker.tracks import Detection, FaceTrack
 
-SCHEMAS = ("upload-event", "verdict", "dead-letter")
+SCHEMAS = ("upload-event", "verdict", "dead-letter", "bank-entry")
 EXAMPLES = SCHEMA_DIR / "examples"
 VALID = sorted(EXAMPLES.glob("*.json"))
 INVALID = sorted((EXAMPLES / "invalid").glob("*.json"))
@@ -30,6 +30,7 @@ BROKEN_RULE = {
     "verdict-score-as-percent.json": ("data/video_score", "maximum"),
     "verdict-no-reasons.json": ("data/reasons", "minItems"),
     "dead-letter-without-original-value.json": ("data", "required"),
+    "bank-entry-unknown-bank.json": ("data/bank", "enum"),
 }
 
 
@@ -104,7 +105,12 @@ def test_verdict_example_can_be_re_derived_from_its_evidence(path):
         for d in t["detections"])) for t in data["tracks"]]
     policy = Policy()
     assert data["policy_version"] == policy.version
-    decision = decide(policy, tracks, model_loaded=data["model"] is not None)
+    known = None
+    if "known_content" in data:
+        match = data["known_content"]
+        known = KnownContentMatch(match["entry_id"], match["source_video_id"], match["query_match_percent"],
+                                 match["entry_match_percent"], match["median_distance"])
+    decision = decide(policy, tracks, model_loaded=data["model"] is not None, known=known)
     assert (decision.decision, list(decision.reasons)) == (data["decision"], data["reasons"])
     assert decision.video_score == pytest.approx(data["video_score"], abs=1e-6)
     assert data["face_count"] == sum(len(t["detections"]) for t in data["tracks"])

@@ -1,0 +1,67 @@
+"""Hash-bank entries as records of the compacted bank topic (``schemas/v1/bank-entry``).
+
+The key is the entry id, so compaction keeps the latest version of each entry and a
+tombstone (null value) deletes it. Entries written from the worker's own takedowns get an
+id derived from the input record, so a retried transaction rewrites the same entry.
+"""
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from ..events import SourcePosition, checked_json, first_error, format_time, output_id, parse_time
+
+BANK_ENTRY_TYPE = "dev.moderation.bank-entry.v1"
+POSITIVE = "positive"
+NEGATIVE = "negative"
+
+
+@dataclass(frozen=True)
+class BankEntry:
+    entry_id: str
+    bank: str
+    fingerprint_vpdq: str
+    reason: str
+    added_by: str
+    added_at: datetime
+    source_video_id: str | None = None
+
+
+def entry_record(entry: BankEntry) -> tuple[bytes, bytes]:
+    document = {
+        "specversion": "1.0", "id": str(uuid.uuid4()), "source": f"urn:moderation:bank:{entry.added_by}",
+        "type": BANK_ENTRY_TYPE, "time": format_time(entry.added_at), "subject": entry.entry_id,
+        "datacontenttype": "application/json",
+        "data": {"entry_id": entry.entry_id, "bank": entry.bank,
+                 "fingerprint_vpdq": entry.fingerprint_vpdq, "source_video_id": entry.source_video_id,
+                 "reason": entry.reason, "added_by": entry.added_by,
+                 "added_at": format_time(entry.added_at)},
+    }
+    return entry.entry_id.encode(), checked_json("bank-entry", document)
+
+
+def parse_entry_record(key: bytes | None, value: bytes | None) -> BankEntry | str:
+    """A bank entry, or the entry id of a tombstone. Raises ValueError for a bad record."""
+    if value is None:
+        if not key:
+            raise ValueError("a tombstone without a key")
+        return key.decode()
+    document = json.loads(value)
+    problem = first_error("bank-entry", document)
+    if problem is not None:
+        raise ValueError(problem)
+    data = document["data"]
+    return BankEntry(entry_id=data["entry_id"], bank=data["bank"],
+                     fingerprint_vpdq=data["fingerprint_vpdq"], reason=data["reason"],
+                     added_by=data["added_by"], added_at=parse_time(data["added_at"]),
+                     source_video_id=data.get("source_video_id"))
+
+
+def takedown_entry(video_id: str, fingerprint_vpdq: str, position: SourcePosition,
+                   worker_id: str, now: datetime) -> BankEntry:
+    """The entry a takedown verdict adds, so every re-upload is caught by every worker."""
+    return BankEntry(entry_id=output_id(position, "bank-entry"), bank=POSITIVE,
+                     fingerprint_vpdq=fingerprint_vpdq, reason="takedown_verdict",
+                     added_by=f"worker:{worker_id}", added_at=now, source_video_id=video_id)
