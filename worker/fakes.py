@@ -45,19 +45,41 @@ class FakeFetcher:
 
 
 class FakeSampler:
-    """Blank frames of a fixed size, as many as asked (up to ``frame_count``)."""
+    """Blank frames of a fixed size, as many as asked (up to ``frame_count``), and one hash
+    frame a second when ``hash_frames`` is set."""
 
-    def __init__(self, frame_count: int = 100, fps: float = 25.0, size: tuple[int, int] = (64, 64)):
+    def __init__(self, frame_count: int = 100, fps: float = 25.0, size: tuple[int, int] = (64, 64),
+                 hash_frames: bool = False):
         self.frame_count = frame_count
         self.fps = fps
         self.size = size
+        self.hash_frames = hash_frames
 
     def sample(self, path: Path, count: int) -> SampledFrames:
         indices = sorted({int(i) for i in np.linspace(0, self.frame_count - 1, count).round()}) \
             if self.frame_count else []
         frames = np.zeros((len(indices), *self.size, 3), np.uint8)
+        hashed = tuple(range(0, self.frame_count, max(1, round(self.fps)))) if self.hash_frames else ()
         return SampledFrames(frames, tuple(indices), tuple(i / self.fps for i in indices),
-                             self.frame_count, self.fps)
+                             self.frame_count, self.fps,
+                             hash_frames=np.zeros((len(hashed), 16, 16, 3), np.uint8) if hashed else None,
+                             hash_indices=hashed, hash_timestamps_s=tuple(i / self.fps for i in hashed))
+
+
+class FakeBank:
+    """A hash bank that matches whatever ``match`` returns; the fingerprint text lists the
+    hashed frame indices."""
+
+    def __init__(self, match: "KnownContentMatch | None" = None):
+        self.match = match
+        self.checked = 0
+
+    def check(self, frames: np.ndarray, frame_indices: Sequence[int], timestamps_s: Sequence[float]):
+        from .pipeline import BankCheck
+
+        self.checked += 1
+        text = "\n".join(f"{i},100,{'0' * 64},{t:.3f}" for i, t in zip(frame_indices, timestamps_s))
+        return BankCheck(fingerprint=text, match=self.match)
 
 
 class FakeDetector:

@@ -1,0 +1,93 @@
+"""The hash bank in the pipeline and the runner, on in-memory fakes."""
+from __future__ import annotations
+
+import json
+
+from worker.bank.entries import parse_entry_record
+from worker.fakes import FakeBank, FakeDetector, FakeSampler
+from worker.policy import KnownContentMatch
+
+from .conftest import FACE
+from .test_runner import KAFKA, World
+
+MATCH = KnownContentMatch("entry-1", "vid-original", 93.0, 85.0, 7.0)
+
+
+class CountingDetector(FakeDetector):
+    def __init__(self):
+        super().__init__([FACE])
+        self.calls = 0
+
+    def detect(self, frames):
+        self.calls += 1
+        return super().detect(frames)
+
+
+def test_a_bank_match_is_a_takedown_without_waiting_for_the_models(make_pipeline, make_event):
+    from worker.events import parse_upload_event
+
+    detector = CountingDetector()
+    pipeline = make_pipeline(sampler=FakeSampler(hash_frames=True), detector=detector, bank=FakeBank(MATCH))
+    verdict = pipeline.process(parse_upload_event(make_event(), 1 << 20))
+    assert (verdict.decision, verdict.reasons) == ("takedown", ("known_content_match",))
+    assert verdict.known_content == MATCH
+    assert detector.calls == 0 and verdict.tracks == ()
+    assert "hash_match" in verdict.stage_seconds and "detect_faces" not in verdict.stage_seconds
+    assert verdict.fingerprint.count("\n") == 3  # 4 hash frames: one a second of a 4 s clip
+
+
+def test_with_score_matches_the_models_still_run_as_evidence(make_pipeline, make_event):
+    from worker.events import parse_upload_event
+
+    detector = CountingDetector()
+    pipeline = make_pipeline(sampler=FakeSampler(hash_frames=True), detector=detector,
+                             bank=FakeBank(MATCH), score_matches=True)
+    verdict = pipeline.process(parse_upload_event(make_event(), 1 << 20))
+    assert (verdict.decision, verdict.reasons) == ("takedown", ("known_content_match",))
+    assert detector.calls == 1 and verdict.video_score == 0.95
+
+
+def test_no_match_goes_on_to_the_models_and_keeps_the_fingerprint(make_pipeline, make_event):
+    from worker.events import parse_upload_event
+
+    pipeline = make_pipeline(sampler=FakeSampler(hash_frames=True), bank=FakeBank(None))
+    verdict = pipeline.process(parse_upload_event(make_event(), 1 << 20))
+    assert verdict.reasons == ("score_at_or_above_takedown_threshold",)
+    assert verdict.known_content is None and verdict.fingerprint
+
+
+def _bank_world(make_pipeline, match=None) -> World:
+    world = World(make_pipeline(sampler=FakeSampler(hash_frames=True), bank=FakeBank(match)))
+    world.runner.bank_topic = "bank.v1"
+    return world
+
+
+def test_a_model_takedown_adds_its_fingerprint_to_the_bank_in_the_same_transaction(make_pipeline, make_event):
+    world = _bank_world(make_pipeline)
+    world.upload(make_event("vid-a", "file:///videos/a.mp4"))
+    world.broker.fail_next_commits = 1  # the first transaction aborts: nothing may show
+    world.runner.step(world.threads)
+    assert world.broker.logs["bank.v1"] == [] and world.verdicts() == []
+    world.settle()
+    [record] = world.broker.logs["bank.v1"]
+    entry = parse_entry_record(record.key, record.value)
+    assert entry.bank == "positive" and entry.source_video_id == "vid-a"
+    assert entry.fingerprint_vpdq == world.verdicts()[0]["data"]["fingerprint_vpdq"]
+
+
+def test_a_known_content_takedown_adds_no_second_entry(make_pipeline, make_event):
+    world = _bank_world(make_pipeline, MATCH)
+    world.upload(make_event("vid-b", "file:///videos/b.mp4"))
+    world.settle()
+    assert world.broker.logs["bank.v1"] == []
+    data = world.verdicts()[0]["data"]
+    assert data["known_content"]["entry_id"] == "entry-1"
+    assert data["reasons"] == ["known_content_match"]
+
+
+def test_without_a_bank_topic_nothing_is_added(make_pipeline, make_event):
+    world = World(make_pipeline(sampler=FakeSampler(hash_frames=True), bank=FakeBank(None)))
+    world.upload(make_event("vid-a", "file:///videos/a.mp4"))
+    world.settle()
+    assert "bank.v1" not in world.broker.logs and len(world.verdicts()) == 1
+    assert json.loads(world.broker.values(KAFKA.verdict_topic)[0])["data"]["decision"] == "takedown"
