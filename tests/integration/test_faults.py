@@ -127,8 +127,13 @@ def test_sigkill_at_random_points_then_restart(kafka_config, tmp_path, capsys):
     kills = []
     try:
         for _ in range(3):
-            time.sleep(rng.uniform(3.0, 9.0))  # start-up takes a few seconds: some kills
-            assert worker.alive(), worker.log.read_text()[-3000:]  # land before, some during work
+            # Wait for the worker to commit something new, then kill it a random moment
+            # later: mid-video, mid-transaction or between events.
+            before = kills[-1] if kills else 0
+            progress = read_outputs(cfg, expected=before + 1, timeout_s=180, settle_s=0)
+            assert len(progress) > before or len(progress) == len(inputs), worker.log.read_text()[-3000:]
+            time.sleep(rng.uniform(0.0, 1.5))
+            assert worker.alive(), worker.log.read_text()[-3000:]
             worker.kill()
             kills.append(len(read_outputs(cfg, expected=0, timeout_s=10, settle_s=0.5)))
             worker.start()
