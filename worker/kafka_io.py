@@ -41,31 +41,32 @@ def build_consumer(cfg: KafkaConfig) -> KafkaConsumer:
         fetch_max_bytes=max(cfg.max_event_bytes * cfg.max_poll_records, 1 << 20),
         **_common(cfg),
     )
-    _unstick_resumed_partitions(consumer)
+    _unstick_parked_partitions(consumer)
     return consumer
 
 
-def _unstick_resumed_partitions(consumer: KafkaConsumer) -> None:
-    """Work around a kafka-python 3.0.x fetcher bug that loses a resumed partition.
+def _unstick_parked_partitions(consumer: KafkaConsumer) -> None:
+    """Work around a kafka-python 3.0.x fetcher bug that loses paused partitions for good.
 
     When a partition is paused with part of a fetched batch still unread, the fetcher parks
-    that batch and restores it on resume only if its in-line slot is ``None``. After any
-    batch is fully read the slot holds an empty (falsy) batch object instead, so the parked
-    batch is never restored and the partition is never fetched again: the consumer stalls
-    on it for good. Clearing the empty slot on resume lets the fetcher's own restore path
-    run. ``tests/integration/test_kafka_io.py`` reproduces the stall against the real
-    broker, so an upgrade that changes this behaviour is caught.
+    that batch, and stops fetching the partition while it is parked. It restores the batch
+    (on resume, or when a rebalance hands the partition back) only if its in-line slot is
+    ``None``; but after any batch has been fully read, the slot holds an empty (falsy) batch
+    object instead. The parked batch is then never restored and the partition never fetched
+    again: the worker stalls on it. Clearing the empty slot before each poll lets the
+    fetcher's own restore path run. ``tests/integration/test_kafka_io.py`` reproduces the
+    stall against the real broker, so an upgrade that changes this behaviour is caught.
     """
-    resume = consumer.resume
+    poll = consumer.poll
 
-    def resume_and_unstick(*partitions):
-        resume(*partitions)
+    def poll_unstuck(*args, **kwargs):
         fetcher = getattr(consumer, "_fetcher", None)
         slot = getattr(fetcher, "_next_partition_records", None)
         if slot is not None and not slot:
             fetcher._next_partition_records = None
+        return poll(*args, **kwargs)
 
-    consumer.resume = resume_and_unstick
+    consumer.poll = poll_unstuck
 
 
 def build_producer(cfg: KafkaConfig, transactional_id: str | None = None) -> KafkaProducer:

@@ -308,13 +308,26 @@ class Runner:
             self._parts.in_flight.clear()
 
     def revoke(self, revoked: set) -> None:
-        """Partitions moved away: forget their work; the next owner starts from the commit."""
+        """Partitions are being taken away: forget their work, and rewind them.
+
+        kafka-python keeps a partition's position and pause flag when the rebalance hands it
+        straight back, so the partition is sought back to its first unfinished record and
+        resumed; if it does move away, the next owner starts from the committed offset.
+        """
         for tp in revoked:
-            self._parts.buffered.pop(tp, None)
+            buffered = self._parts.buffered.pop(tp, None) or ()
             job = self._parts.in_flight.pop(tp, None)
+            first = job.record.offset if job is not None else (buffered[0].offset if buffered else None)
             if job is not None:
                 log.warning("partition revoked with an event in flight; dropping its result",
                             extra=self._where(job.record, None))
+            try:
+                if first is not None:
+                    self.consumer.seek(tp, first)
+                if tp in self._parts.paused:
+                    self.consumer.resume(tp)
+            except Exception:  # already gone from the assignment: nothing to keep consistent
+                log.debug("could not rewind a revoked partition", exc_info=True)
             self._parts.paused.discard(tp)
             try:
                 self.metrics.lag.remove(tp.topic, str(tp.partition))

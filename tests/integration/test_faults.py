@@ -169,7 +169,8 @@ def test_two_workers_in_a_group_lose_one(kafka_broker, base_config, tmp_path, ca
             if worker.alive():
                 worker.kill()
     figures = tally("two-workers-kill-one", inputs, outputs, capsys)
-    assert figures["duplicates"] == 0 and figures["missing"] == 0 and figures["unknown"] == 0
+    logs = "\n".join(f"--- {w.log.name}\n{w.log.read_text()[-4000:]}" for w in (first, second))
+    assert figures["duplicates"] == 0 and figures["missing"] == 0 and figures["unknown"] == 0, logs
     assert figures["verdicts"] == 16 and figures["dead_letters"] == 4
 
 

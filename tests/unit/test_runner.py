@@ -424,3 +424,18 @@ def test_run_survives_a_poll_failure(make_pipeline, make_event):
         stop.set()
         thread.join(10)
     assert len(world.verdicts()) == 1
+
+
+def test_a_partition_handed_straight_back_in_a_rebalance_loses_nothing(make_pipeline, make_event):
+    """kafka-python keeps the position and pause flag of a partition that a rebalance
+    revokes and assigns back; the runner rewinds it to its first unfinished record."""
+    world = World(make_pipeline())
+    for name in "abcd":
+        world.upload(make_event(f"vid-{name}", f"file:///videos/{name}.mp4"))
+    world.runner.step(world.threads)  # all four fetched, vid-a done, the rest buffered
+    assert world.consumer.position_ == 4 and world.consumer.tp in world.consumer.paused
+    world.runner.revoke({world.consumer.tp})  # revoked ... and (same consumer) assigned back
+    assert world.consumer.position_ == 1 and world.consumer.tp not in world.consumer.paused
+    world.settle()
+    assert [v["data"]["video_id"] for v in world.verdicts()] == ["vid-a", "vid-b", "vid-c", "vid-d"]
+    assert world.committed() == 4
