@@ -98,7 +98,7 @@ def serve(cfg: Config, stop: threading.Event, pipeline: Pipeline | None = None,
     """
     registry = registry or CollectorRegistry()
     metrics = WorkerMetrics(registry)
-    health = Health(metrics)
+    health = Health(metrics, stall_after_s=cfg.worker.stall_after_s)
     server = HealthServer(registry, health, cfg.metrics.host, cfg.metrics.port).start()
     if on_http is not None:
         on_http(server.port)

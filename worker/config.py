@@ -103,6 +103,7 @@ class WorkerConfig:
     processing_threads: int = 1
     video_deadline_s: float = 300.0
     shutdown_deadline_s: float = 60.0
+    stall_after_s: float = 300.0  # /livez fails when the poll loop has not turned for this long
     dedupe_window: int = 100_000
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from typing import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -90,12 +91,35 @@ class WorkerMetrics:
 
 
 class Health:
-    """What /readyz reports; each part is set by whoever owns it."""
+    """What /readyz and /livez report.
 
-    def __init__(self, metrics: WorkerMetrics | None = None):
+    Readiness is a set of checks, each set by whoever owns it. Liveness is the poll loop's
+    heartbeat: once the loop has started, a loop that has not turned for ``stall_after_s``
+    (blocked in a Kafka call that never returns, say) makes /livez fail, so the orchestrator
+    restarts the process; before the loop starts (model loading) the process counts as alive.
+    """
+
+    def __init__(self, metrics: WorkerMetrics | None = None, stall_after_s: float = 300.0,
+                 extra_checks: tuple[str, ...] = (), clock: Callable[[], float] = time.monotonic):
         self._lock = threading.Lock()
         self._checks = {"model_loaded": False, "kafka_reachable": False, "partitions_assigned": False}
+        self._checks.update({name: False for name in extra_checks})
         self._metrics = metrics
+        self.stall_after_s = stall_after_s
+        self._clock = clock
+        self._last_beat: float | None = None
+
+    def beat(self) -> None:
+        self._last_beat = self._clock()
+
+    def alive(self) -> tuple[bool, str]:
+        last = self._last_beat
+        if last is None:
+            return True, "starting"
+        idle = self._clock() - last
+        if idle > self.stall_after_s:
+            return False, f"the poll loop has not turned for {idle:.0f} s"
+        return True, "ok"
 
     def set(self, check: str, ok: bool) -> None:
         with self._lock:
@@ -121,7 +145,8 @@ class HealthServer:
                 if path == "/metrics":
                     self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
                 elif path == "/livez":
-                    self._send(200, b"ok\n", "text/plain")
+                    ok, why = health.alive()
+                    self._send(200 if ok else 503, why.encode() + b"\n", "text/plain")
                 elif path == "/readyz":
                     ok, checks = health.report()
                     self._send(200 if ok else 503, json.dumps(checks).encode(), "application/json")

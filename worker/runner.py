@@ -211,6 +211,7 @@ class Runner:
 
     def step(self, threads: Any, fetch: bool = True) -> None:
         """One turn of the poll loop: poll, start work, pause or resume, deliver results."""
+        self.health.beat()
         busy = bool(self._parts.in_flight)
         try:
             batch = self.consumer.poll(timeout_ms=50 if busy else self.kafka.poll_timeout_ms,

@@ -89,3 +89,19 @@ def test_unknown_path_is_404(served):
 def test_health_rejects_unknown_checks():
     with pytest.raises(KeyError):
         Health().set("gpu_warm", True)
+
+
+def test_livez_fails_when_the_poll_loop_stalls():
+    from worker.metrics import Health
+
+    now = [100.0]
+    health = Health(stall_after_s=60, clock=lambda: now[0])
+    assert health.alive() == (True, "starting")  # model loading: alive, not ready
+    health.beat()
+    now[0] += 59
+    assert health.alive()[0] is True
+    now[0] += 2
+    ok, why = health.alive()
+    assert ok is False and "61 s" in why
+    health.beat()
+    assert health.alive()[0] is True
