@@ -1,4 +1,6 @@
-"""A real single-node Apache Kafka broker (KRaft mode) for the quick start and the tests.
+"""Real Apache Kafka (KRaft mode) on loopback for the quick start and the tests: one broker
+(:class:`LocalKafka`), or a cluster of replicated nodes (:class:`LocalKafkaCluster`) for the
+fault tests that kill a broker.
 
 The broker jars come from Maven Central through ``deploy/kafka-local/pom.xml``; this module
 only formats fresh storage, starts ``kafka.Kafka`` on free loopback ports and waits until it
@@ -10,12 +12,14 @@ import atexit
 import base64
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Self
 
 KAFKA_LOCAL_DIR = Path(__file__).resolve().parent.parent / "deploy" / "kafka-local"
 JARS_DIR = KAFKA_LOCAL_DIR / "target" / "lib"
@@ -47,7 +51,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _cluster_id() -> str:
+def _kafka_uuid() -> str:
+    """A random id in Kafka's text form (cluster ids, directory ids)."""
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
 
@@ -67,128 +72,253 @@ Configuration:
 """
 
 
-class LocalKafka:
-    """One broker process with its own storage; use as a context manager."""
+class _Node:
+    """One ``kafka.Kafka`` process, broker and controller at once, with its own ports,
+    storage, configuration and log file under ``workdir``."""
 
-    def __init__(self, workdir: Path | None = None, start_timeout_s: float = 90.0):
-        self._own_workdir = workdir is None
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="kafka-local-"))
-        self.start_timeout_s = start_timeout_s
+    def __init__(self, workdir: Path, node_id: int = 1,
+                 jvm_options: tuple[str, ...] = ("-Xms256m", "-Xmx768m")):
+        self.workdir = workdir
+        self.node_id = node_id
+        self.jvm_options = jvm_options
         self.port = _free_port()
         self.controller_port = _free_port()
-        self.bootstrap_servers = f"127.0.0.1:{self.port}"
-        self.log_path = self.workdir / "broker.log"
-        self._proc: subprocess.Popen | None = None
+        self.directory_id = _kafka_uuid()
+        self.address = f"127.0.0.1:{self.port}"
+        self.controller_address = f"127.0.0.1:{self.controller_port}"
+        self.config_path = workdir / "server.properties"
+        self.log_path = workdir / "broker.log"
+        self.proc: subprocess.Popen | None = None
 
-    def _java(self, *args: str, **kwargs) -> list[str]:
+    def _java(self, *args: str) -> list[str]:
         java = shutil.which("java")
         if java is None:
             raise BrokerError("a Java runtime (java) is needed to run the Kafka broker")
         return [
-            java, "-Xms256m", "-Xmx768m", "-XX:+UseG1GC",
+            java, *self.jvm_options, "-XX:+UseG1GC",
             f"-Dlog4j2.configurationFile={self.workdir / 'log4j2.yaml'}",
             "-cp", str(ensure_jars() / "*"), *args,
         ]
 
-    def _write_config(self) -> Path:
+    def write_config(self, quorum: str, replication: int, min_isr: int) -> None:
+        """``quorum``: every controller's address; ``replication`` and ``min_isr`` apply to
+        the internal topics and to new topics that do not say otherwise."""
         data = self.workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.bootstrap.servers": f"127.0.0.1:{self.controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "node.id": str(self.node_id),
+            "controller.quorum.bootstrap.servers": quorum,
+            "listeners": f"PLAINTEXT://{self.address},CONTROLLER://{self.controller_address}",
+            "advertised.listeners": f"PLAINTEXT://{self.address}",
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
             "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT",
             "log.dirs": str(data),
             "num.partitions": "1",
-            "offsets.topic.replication.factor": "1",
+            "default.replication.factor": str(replication),
+            "min.insync.replicas": str(min_isr),
+            "offsets.topic.replication.factor": str(replication),
             "offsets.topic.num.partitions": "1",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.replication.factor": str(replication),
+            "transaction.state.log.min.isr": str(min_isr),
             "transaction.state.log.num.partitions": "1",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": str(replication),
+            "share.coordinator.state.topic.min.isr": str(min_isr),
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "false",
         }
-        path = self.workdir / "server.properties"
-        path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
+        self.config_path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         (self.workdir / "log4j2.yaml").write_text(_LOG4J2.format(log=self.log_path))
-        return path
 
-    def start(self) -> "LocalKafka":
-        config = self._write_config()
-        self._format(config)
-        atexit.register(self.stop)  # never leave a broker behind if the caller dies
-        self._launch(config)
-        return self
-
-    def restart(self) -> None:
-        """Stop the broker cleanly and start it again on the same ports and storage."""
-        self._terminate()
-        self._launch(self.workdir / "server.properties")
-
-    def _format(self, config: Path) -> None:
+    def format(self, cluster_id: str, *quorum_flags: str) -> None:
         fmt = subprocess.run(
-            self._java("kafka.tools.StorageTool", "format", "--standalone",
-                       "-t", _cluster_id(), "-c", str(config)),
+            self._java("kafka.tools.StorageTool", "format", *quorum_flags,
+                       "-t", cluster_id, "-c", str(self.config_path)),
             capture_output=True, text=True,
         )
         if fmt.returncode != 0:
-            raise BrokerError(f"formatting Kafka storage failed:\n{fmt.stdout}\n{fmt.stderr}")
+            raise BrokerError(f"formatting Kafka storage of node {self.node_id} failed:\n"
+                              f"{fmt.stdout}\n{fmt.stderr}")
 
-    def _launch(self, config: Path) -> None:
+    def launch(self) -> None:
         with open(self.workdir / "stdout.log", "ab") as out:
-            self._proc = subprocess.Popen(
-                self._java("kafka.Kafka", str(config)),
+            self.proc = subprocess.Popen(
+                self._java("kafka.Kafka", str(self.config_path)),
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
             )
-        self._wait_ready()
 
-    def _wait_ready(self) -> None:
-        from kafka import KafkaAdminClient
+    def check_running(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            code = None if self.proc is None else self.proc.returncode
+            raise BrokerError(f"broker {self.node_id} exited with {code}; see {self.log_path}")
 
-        deadline = time.monotonic() + self.start_timeout_s
-        last_error: Exception | None = None
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise BrokerError(f"the broker exited with {self._proc.returncode}; see {self.log_path}")
+    def listening(self) -> bool:
+        # A plain TCP check before any Kafka client: the client logs every refused connection.
+        try:
+            socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+
+    def request_stop(self) -> None:
+        """SIGTERM, a clean shutdown, without waiting for it."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+
+    def terminate(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM, then SIGKILL if the process is still there after ``timeout_s``."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.request_stop()
             try:
-                # A plain TCP check first: the Kafka client logs every refused connection.
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-                admin = KafkaAdminClient(bootstrap_servers=self.bootstrap_servers,
-                                         request_timeout_ms=5000)
-                try:
-                    admin.list_topics()
-                    return
-                finally:
-                    admin.close()
-            except Exception as exc:  # the broker is still starting
-                last_error = exc
-                time.sleep(0.5)
-        self.stop()
-        raise BrokerError(f"the broker did not answer within {self.start_timeout_s}s: {last_error}")
-
-    def _terminate(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(timeout=30)
+                self.proc.wait(timeout=timeout_s)
             except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        self._proc = None
+                self.kill()
+        self.proc = None
 
-    def stop(self) -> None:
-        self._terminate()
+
+def _wait_ready(nodes: list[_Node], timeout_s: float) -> None:
+    """Until every node takes connections, and all of them are registered as unfenced
+    brokers and a controller is known, as seen through the Kafka protocol."""
+    from kafka import KafkaAdminClient
+
+    deadline = time.monotonic() + timeout_s
+    last_error: Exception | str | None = None
+    while time.monotonic() < deadline:
+        for node in nodes:
+            node.check_running()
+        if not all(node.listening() for node in nodes):
+            time.sleep(0.5)
+            continue
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=[n.address for n in nodes],
+                                     request_timeout_ms=5000)
+            try:
+                cluster = admin.describe_cluster()
+            finally:
+                admin.close()
+            unfenced = [b for b in cluster["brokers"] if not b.get("is_fenced")]
+            if len(unfenced) >= len(nodes) and cluster.get("controller_id", -1) >= 0:
+                return
+            last_error = f"{len(unfenced)} of {len(nodes)} broker(s) registered"
+        except Exception as exc:  # the brokers are still starting
+            last_error = exc
+        time.sleep(0.5)
+    raise BrokerError(f"Kafka did not answer within {timeout_s}s: {last_error}")
+
+
+class _ScratchKafka:
+    """What the broker and the cluster share: a working folder of their own unless they are
+    given one (``KAFKA_LOCAL_KEEP=1`` keeps it, logs included), the wait until Kafka answers,
+    and use as a context manager."""
+
+    def __init__(self, workdir: Path | None, prefix: str, start_timeout_s: float):
+        self._own_workdir = workdir is None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=prefix))
+        self.start_timeout_s = start_timeout_s
+
+    def _await(self, nodes: list[_Node]) -> None:
+        try:
+            _wait_ready(nodes, self.start_timeout_s)
+        except BrokerError:
+            self.stop()
+            raise
+
+    def _remove_workdir(self) -> None:
         if self._own_workdir and not os.environ.get("KAFKA_LOCAL_KEEP"):
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> "LocalKafka":
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class LocalKafka(_ScratchKafka):
+    """One broker process with its own storage; use as a context manager."""
+
+    def __init__(self, workdir: Path | None = None, start_timeout_s: float = 90.0):
+        super().__init__(workdir, "kafka-local-", start_timeout_s)
+        self._node = _Node(self.workdir)
+        self.port = self._node.port
+        self.controller_port = self._node.controller_port
+        self.bootstrap_servers = self._node.address
+        self.log_path = self._node.log_path
+
+    def start(self) -> "LocalKafka":
+        self._node.write_config(self._node.controller_address, replication=1, min_isr=1)
+        self._node.format(_kafka_uuid(), "--standalone")
+        atexit.register(self.stop)  # never leave a broker behind if the caller dies
+        self._node.launch()
+        self._await([self._node])
+        return self
+
+    def restart(self) -> None:
+        """Stop the broker cleanly and start it again on the same ports and storage."""
+        self._node.terminate()
+        self._node.launch()
+        self._await([self._node])
+
+    def stop(self) -> None:
+        self._node.terminate()
+        self._remove_workdir()
+
+
+class LocalKafkaCluster(_ScratchKafka):
+    """``size`` combined broker+controller nodes, one KRaft quorum and one cluster id, with
+    every topic replicated to ``replication`` nodes and writes needing ``min_isr`` of them:
+    with the defaults (3, 3, 2) one node can die and the cluster keeps accepting writes.
+    Node ids run from 1 to ``size``; use as a context manager."""
+
+    def __init__(self, size: int = 3, replication: int = 3, min_isr: int = 2,
+                 workdir: Path | None = None, start_timeout_s: float = 120.0, heap: str = "512m"):
+        super().__init__(workdir, "kafka-cluster-", start_timeout_s)
+        self.replication = replication
+        self.min_isr = min_isr
+        # Small heaps, and the quick-starting C1 compiler only: three JVMs share CI's two cores.
+        jvm = ("-Xms256m", f"-Xmx{heap}", "-XX:TieredStopAtLevel=1")
+        self.nodes = {i: _Node(self.workdir / f"node-{i}", i, jvm) for i in range(1, size + 1)}
+        self.bootstrap_servers = ",".join(n.address for n in self.nodes.values())
+        self.log_paths = {i: n.log_path for i, n in self.nodes.items()}
+
+    def start(self) -> "LocalKafkaCluster":
+        nodes = list(self.nodes.values())
+        quorum = ",".join(n.controller_address for n in nodes)
+        # A dynamic quorum (KIP-853): every node is formatted with the same initial voters,
+        # each named by its id, controller address and metadata directory id.
+        voters = ",".join(f"{n.node_id}@{n.controller_address}:{n.directory_id}" for n in nodes)
+        cluster_id = _kafka_uuid()
+        for node in nodes:
+            node.workdir.mkdir(parents=True, exist_ok=True)
+            node.write_config(quorum, self.replication, self.min_isr)
+            node.format(cluster_id, "--initial-controllers", voters)
+        atexit.register(self.stop)  # never leave a broker behind if the caller dies
+        for node in nodes:
+            node.launch()
+        self._await(nodes)
+        return self
+
+    def kill(self, node_id: int) -> None:
+        """SIGKILL one node: no clean shutdown, no leadership handed over."""
+        self.nodes[node_id].kill()
+
+    def stop(self) -> None:
+        # All at once: the last node stopped alone would wait for a quorum that has gone.
+        for node in self.nodes.values():
+            node.request_stop()
+        deadline = time.monotonic() + 15.0
+        for node in self.nodes.values():
+            node.terminate(timeout_s=max(0.1, deadline - time.monotonic()))
+        self._remove_workdir()
