@@ -117,6 +117,22 @@ def tally(name: str, inputs: dict, outputs: list, capsys=None) -> dict:
     return figures
 
 
+def stream_through_fault(cfg, inputs: dict, worker: WorkerProcess, fault) -> list:
+    """Start ``worker``, call ``fault()`` once a few results are committed, then read every
+    output; the worker must have lived through it and stop cleanly."""
+    worker.start()
+    try:
+        read_outputs(cfg, expected=3, timeout_s=120, settle_s=0)
+        fault()
+        outputs = read_outputs(cfg, expected=len(inputs), timeout_s=300, settle_s=4.0)
+        assert worker.alive(), worker.log.read_text()[-3000:]
+        assert worker.terminate() == 0
+    finally:
+        if worker.alive():
+            worker.kill()
+    return outputs
+
+
 def test_sigkill_at_random_points_then_restart(kafka_config, tmp_path, capsys):
     cfg = kafka_config
     seed = int(os.environ.get("FAULT_SEED", time.time()))
@@ -183,16 +199,8 @@ def test_broker_restart_mid_stream(base_config, tmp_path, capsys):
             "dead_letter_topic": "restart-dead"})
         ensure_topics(cfg.kafka)
         inputs = publish_stream(cfg, 15)
-        worker = WorkerProcess(cfg, "restart-worker", tmp_path).start()
-        try:
-            read_outputs(cfg, expected=3, timeout_s=120, settle_s=0)
-            broker.restart()
-            outputs = read_outputs(cfg, expected=len(inputs), timeout_s=300, settle_s=4.0)
-            assert worker.alive(), worker.log.read_text()[-3000:]
-            assert worker.terminate() == 0
-        finally:
-            if worker.alive():
-                worker.kill()
+        outputs = stream_through_fault(cfg, inputs, WorkerProcess(cfg, "restart-worker", tmp_path),
+                                       broker.restart)
     finally:
         broker.stop()
     figures = tally("broker-restart", inputs, outputs, capsys)

@@ -1,0 +1,57 @@
+"""Fault tests against a three-node Kafka cluster (replication factor 3, min.insync.replicas
+2): a broker killed with SIGKILL mid-stream. Every input event still ends as exactly one
+committed verdict or dead-letter record, read with isolation_level=read_committed."""
+from __future__ import annotations
+
+import pytest
+
+from worker.kafka_io import build_admin, ensure_topics
+from worker.local_kafka import LocalKafkaCluster
+
+from .test_faults import WorkerProcess, publish_stream, stream_through_fault, tally
+
+pytestmark = pytest.mark.kafka
+
+
+def cluster_config(base_config, cluster: LocalKafkaCluster, name: str):
+    """Topics named after the test, created with every partition on all three nodes."""
+    cfg = base_config.replace(kafka={
+        "bootstrap_servers": cluster.bootstrap_servers, "group_id": f"{name}-group",
+        "upload_topic": f"{name}-uploads", "verdict_topic": f"{name}-verdicts",
+        "dead_letter_topic": f"{name}-dead"})
+    ensure_topics(cfg.kafka, replication=3)
+    return cfg
+
+
+def partition_leaders(cfg, topics: list[str]) -> dict[str, int]:
+    """The leader of partition 0 of each of ``topics`` that exists."""
+    admin = build_admin(cfg.kafka)
+    try:
+        return {t["name"]: t["partitions"][0]["leader_id"]
+                for t in admin.describe_topics(topics) if t["partitions"]}
+    finally:
+        admin.close()
+
+
+def test_broker_killed_mid_stream(base_config, tmp_path, capsys):
+    cluster = LocalKafkaCluster(size=3, replication=3, min_isr=2).start()
+    try:
+        cfg = cluster_config(base_config, cluster, "killed")
+        inputs = publish_stream(cfg, 15)
+
+        def kill_the_upload_leader():
+            leaders = partition_leaders(cfg, [cfg.kafka.upload_topic, cfg.kafka.verdict_topic,
+                                              cfg.kafka.dead_letter_topic, "__transaction_state",
+                                              "__consumer_offsets"])
+            victim = leaders[cfg.kafka.upload_topic]
+            with capsys.disabled():
+                print(f"\npartition leaders: {leaders}; killing broker {victim}")
+            cluster.kill(victim)
+
+        outputs = stream_through_fault(cfg, inputs, WorkerProcess(cfg, "cluster-worker", tmp_path),
+                                       kill_the_upload_leader)
+    finally:
+        cluster.stop()
+    figures = tally("cluster-broker-killed", inputs, outputs, capsys)
+    assert figures == {"events_in": 15, "verdicts": 12, "dead_letters": 3, "duplicates": 0,
+                       "missing": 0, "unknown": 0}
