@@ -1,13 +1,17 @@
 """The one place that builds Kafka clients (kafka-python) from the config."""
 from __future__ import annotations
 
+import logging
+import time
 from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
-from kafka.errors import TopicAlreadyExistsError
+from kafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
 from .config import KafkaConfig
+
+log = logging.getLogger("worker.kafka_io")
 
 
 def _common(cfg: KafkaConfig) -> dict[str, Any]:
@@ -75,8 +79,46 @@ def build_producer(cfg: KafkaConfig, transactional_id: str | None = None) -> Kaf
         # Short enough that a crashed worker's open transaction does not hold back
         # read_committed consumers for long; a restart with the same id aborts it at once.
         options.update(transactional_id=transactional_id, transaction_timeout_ms=60_000)
-    return KafkaProducer(acks="all", enable_idempotence=True, linger_ms=5,
-                         max_block_ms=int(cfg.publish_timeout_s * 1000), **options, **_common(cfg))
+    producer = KafkaProducer(acks="all", enable_idempotence=True, linger_ms=5,
+                             max_block_ms=int(cfg.publish_timeout_s * 1000), **options,
+                             **_common(cfg))
+    if transactional_id:
+        _retry_requests_to_a_dead_coordinator(producer)
+    return producer
+
+
+def _retry_requests_to_a_dead_coordinator(producer: KafkaProducer) -> None:
+    """Work around a kafka-python 3.0.x sender bug that loses a transactional request when
+    its coordinator's broker is down.
+
+    When the connection to the coordinator fails, ``await_ready`` raises instead of returning
+    False, and the sender's ``except`` branch looks the coordinator up again but never
+    re-enqueues the request. A lost AddPartitionsToTxn stalls the transaction until
+    ``send().get()`` times out (the next one too, while the lookup still names the dead
+    broker); a lost EndTxn or AddOffsetsToTxn leaves ``commit_transaction()`` or
+    ``send_offsets_to_transaction()``, which wait without a timeout, blocked for good.
+    Returning False, after the retry backoff, takes the sender's other branch, which looks the
+    coordinator up and retries the request, as the Java client does (and kafka-python's
+    unreleased rewrite of the sender). ``tests/integration/test_cluster_faults.py`` kills the
+    coordinator's broker, so an upgrade that changes this behaviour is caught.
+    """
+    sender = getattr(producer, "_sender", None)
+    client = getattr(sender, "_client", None)
+    if client is None or not hasattr(client, "await_ready"):
+        return
+    await_ready = client.await_ready
+    backoff_s = sender.config.get("retry_backoff_ms", 100) / 1000
+
+    def await_ready_or_false(node_id, timeout_ms=30000):
+        try:
+            return await_ready(node_id, timeout_ms=timeout_ms)
+        except KafkaConnectionError as exc:
+            log.debug("node %s not reachable; the sender looks up its coordinator again: %s",
+                      node_id, exc)
+            time.sleep(backoff_s)
+            return False
+
+    client.await_ready = await_ready_or_false
 
 
 def build_delivery(cfg: KafkaConfig, worker_id: str, commit, on_abort=lambda: None):

@@ -1,13 +1,18 @@
 """Fault tests against a three-node Kafka cluster (replication factor 3, min.insync.replicas
-2): a broker killed with SIGKILL mid-stream. Every input event still ends as exactly one
-committed verdict or dead-letter record, read with isolation_level=read_committed."""
+2): a broker killed with SIGKILL mid-stream, and the worker's transactional producer losing
+its transaction coordinator. Every input event still ends as exactly one committed verdict or
+dead-letter record, read with isolation_level=read_committed."""
 from __future__ import annotations
+
+import threading
+import time
 
 import pytest
 
-from worker.kafka_io import build_admin, ensure_topics
+from worker.kafka_io import build_admin, build_producer, ensure_topics
 from worker.local_kafka import LocalKafkaCluster
 
+from .conftest import read_outputs
 from .test_faults import WorkerProcess, publish_stream, stream_through_fault, tally
 
 pytestmark = pytest.mark.kafka
@@ -55,3 +60,54 @@ def test_broker_killed_mid_stream(base_config, tmp_path, capsys):
     figures = tally("cluster-broker-killed", inputs, outputs, capsys)
     assert figures == {"events_in": 15, "verdicts": 12, "dead_letters": 3, "duplicates": 0,
                        "missing": 0, "unknown": 0}
+
+
+def within(timeout_s: float, call) -> None:
+    """``call()`` on a daemon thread: kafka-python's commit_transaction has no timeout."""
+    done, failure = threading.Event(), []
+
+    def run():
+        try:
+            call()
+        except BaseException as exc:  # re-raised below
+            failure.append(exc)
+        finally:
+            done.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    assert done.wait(timeout_s), f"{call.__name__} still blocked after {timeout_s}s"
+    if failure:
+        raise failure[0]
+
+
+def test_transaction_coordinator_killed(base_config, capsys):
+    """The worker's transactional producer commits a transaction whose coordinator's broker
+    is SIGKILLed between send and commit, and then the next one (see
+    ``kafka_io._retry_requests_to_a_dead_coordinator``: without it the commit never returns)."""
+    cluster = LocalKafkaCluster(size=3, replication=3, min_isr=2).start()
+    try:
+        cfg = cluster_config(base_config, cluster, "coordinator")
+        topic = cfg.kafka.verdict_topic
+        producer = build_producer(cfg.kafka, transactional_id="coordinator-test")
+        try:
+            producer.init_transactions()
+            producer.begin_transaction()
+            producer.send(topic, value=b'{"n": 1}').get(timeout=30)
+            coordinator = partition_leaders(cfg, ["__transaction_state"])["__transaction_state"]
+            cluster.kill(coordinator)
+            started = time.monotonic()
+            within(60, producer.commit_transaction)
+            producer.begin_transaction()
+            producer.send(topic, value=b'{"n": 2}').get(timeout=30)
+            within(60, producer.commit_transaction)
+            elapsed = time.monotonic() - started
+        finally:
+            producer.close(timeout=0)
+        committed = [record["n"] for _, _, record in
+                     read_outputs(cfg, expected=2, timeout_s=30, settle_s=1.0)]
+    finally:
+        cluster.stop()
+    with capsys.disabled():
+        print(f"\n[coordinator-killed] broker {coordinator} killed; both transactions committed "
+              f"{elapsed:.1f}s later; read_committed sees {committed}")
+    assert committed == [1, 2]
