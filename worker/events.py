@@ -153,7 +153,8 @@ class Verdict:
     stage_seconds: dict[str, float]
     video_bytes: int = 0
     known_content: "KnownContentMatch | None" = None
-    fingerprint: str | None = None
+    fingerprint: str | None = None       # vPDQ text, published in the verdict
+    fingerprint_full: str | None = None  # with robustness hashes; goes to the bank, not the verdict
 
     @property
     def face_count(self) -> int:

@@ -63,8 +63,9 @@ class FaceClassifier(Protocol):
 
 @dataclass(frozen=True)
 class BankCheck:
-    fingerprint: str                    # the upload's fingerprint, vPDQ text
+    fingerprint: str                    # the upload's fingerprint, vPDQ text (for exchange)
     match: KnownContentMatch | None     # a positive-bank match not vetoed by a negative bank
+    fingerprint_full: str | None = None  # with the robustness hashes, for our own bank
 
 
 class KnownContentBank(Protocol):
@@ -143,4 +144,5 @@ class Pipeline:
             model=self.classifier.info if self.classifier is not None else None,
             policy_version=self.policy.version, stage_seconds=seconds, video_bytes=video_bytes,
             known_content=known, fingerprint=check.fingerprint if check is not None else None,
+            fingerprint_full=check.fingerprint_full if check is not None else None,
         )

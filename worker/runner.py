@@ -176,7 +176,7 @@ class Runner:
                 or not verdict.fingerprint):
             return ()
         entry = takedown_entry(verdict.event.video_id, verdict.fingerprint, position,
-                               self.worker_id, self.now())
+                               self.worker_id, self.now(), verdict.fingerprint_full)
         return ((self.bank_topic, *entry_record(entry)),)
 
     def dead_letter(self, failure: DeadLetter, record: Any, event: UploadEvent | None = None) -> Output:

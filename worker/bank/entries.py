@@ -27,6 +27,7 @@ class BankEntry:
     added_by: str
     added_at: datetime
     source_video_id: str | None = None
+    fingerprint: str | None = None  # the full fingerprint (robustness hashes included), JSON
 
 
 def entry_record(entry: BankEntry) -> tuple[bytes, bytes]:
@@ -39,6 +40,8 @@ def entry_record(entry: BankEntry) -> tuple[bytes, bytes]:
                  "reason": entry.reason, "added_by": entry.added_by,
                  "added_at": format_time(entry.added_at)},
     }
+    if entry.fingerprint:
+        document["data"]["fingerprint"] = entry.fingerprint
     return entry.entry_id.encode(), checked_json("bank-entry", document)
 
 
@@ -56,12 +59,13 @@ def parse_entry_record(key: bytes | None, value: bytes | None) -> BankEntry | st
     return BankEntry(entry_id=data["entry_id"], bank=data["bank"],
                      fingerprint_vpdq=data["fingerprint_vpdq"], reason=data["reason"],
                      added_by=data["added_by"], added_at=parse_time(data["added_at"]),
-                     source_video_id=data.get("source_video_id"))
+                     source_video_id=data.get("source_video_id"), fingerprint=data.get("fingerprint"))
 
 
 def takedown_entry(video_id: str, fingerprint_vpdq: str, position: SourcePosition,
-                   worker_id: str, now: datetime) -> BankEntry:
+                   worker_id: str, now: datetime, fingerprint: str | None = None) -> BankEntry:
     """The entry a takedown verdict adds, so every re-upload is caught by every worker."""
     return BankEntry(entry_id=output_id(position, "bank-entry"), bank=POSITIVE,
                      fingerprint_vpdq=fingerprint_vpdq, reason="takedown_verdict",
-                     added_by=f"worker:{worker_id}", added_at=now, source_video_id=video_id)
+                     added_by=f"worker:{worker_id}", added_at=now, source_video_id=video_id,
+                     fingerprint=fingerprint)
