@@ -10,32 +10,10 @@ import re
 
 import pytest
 
-from .tooling import DEPLOY, exported_metric_names, load_yaml, metric_names, recording_rules
+from .tooling import (DASHBOARDS, DEPLOY, dashboard_panels, dashboard_queries, exported_metric_names,
+                      load_yaml, metric_names, recording_rules)
 
-DASHBOARDS = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
 PROVISIONING = DEPLOY / "grafana" / "provisioning"
-
-
-def _panels(dashboard: dict) -> list[dict]:
-    """Every panel, those nested in collapsed rows included."""
-    out = []
-    for panel in dashboard["panels"]:
-        out.append(panel)
-        out.extend(panel.get("panels", []))
-    return out
-
-
-def _queries(dashboard: dict) -> list[tuple[str, str]]:
-    """(where, PromQL) for every panel target and every query variable."""
-    queries = [(f"panel {p['title']!r} {t['refId']}", t["expr"]) for p in _panels(dashboard)
-               for t in p.get("targets", [])]
-    for variable in dashboard["templating"]["list"]:
-        if variable["type"] == "query":
-            query = variable["query"]["query"] if isinstance(variable["query"], dict) else variable["query"]
-            # label_values(metric, label): the metric is the first argument.
-            match = re.fullmatch(r"label_values\((.+),\s*\w+\)", query)
-            queries.append((f"variable {variable['name']}", match.group(1) if match else query))
-    return queries
 
 
 @pytest.fixture(params=DASHBOARDS, ids=[p.name for p in DASHBOARDS])
@@ -51,12 +29,12 @@ def test_the_dashboard_has_what_grafana_needs(dashboard):
     assert isinstance(dashboard["schemaVersion"], int) and dashboard["schemaVersion"] >= 36
     assert re.fullmatch(r"[A-Za-z0-9_-]{1,40}", dashboard["uid"])
     assert dashboard["title"] and dashboard["time"]["from"] and "id" not in dashboard
-    ids = [p["id"] for p in _panels(dashboard)]
+    ids = [p["id"] for p in dashboard_panels(dashboard)]
     assert len(ids) == len(set(ids)), "panel ids repeat"
     variables = {v["name"]: v for v in dashboard["templating"]["list"]}
     assert variables["datasource"]["type"] == "datasource"
     assert variables["datasource"]["query"] == "prometheus"
-    for panel in _panels(dashboard):
+    for panel in dashboard_panels(dashboard):
         grid = panel["gridPos"]
         assert {"h", "w", "x", "y"} <= set(grid) and grid["x"] + grid["w"] <= 24, panel["title"]
         if panel["type"] == "row":
@@ -72,7 +50,7 @@ def test_the_dashboard_has_what_grafana_needs(dashboard):
 
 def test_panels_do_not_overlap(dashboard):
     taken: dict[tuple[int, int], str] = {}
-    for panel in _panels(dashboard):
+    for panel in dashboard_panels(dashboard):
         g = panel["gridPos"]
         for x in range(g["x"], g["x"] + g["w"]):
             for y in range(g["y"], g["y"] + g["h"]):
@@ -83,7 +61,7 @@ def test_panels_do_not_overlap(dashboard):
 def test_queries_read_only_exported_metrics_and_defined_recording_rules(dashboard):
     exported = exported_metric_names()
     recorded = set(recording_rules())
-    for where, expr in _queries(dashboard):
+    for where, expr in dashboard_queries(dashboard):
         names = metric_names(expr)
         assert names, f"{where}: no metric in {expr!r}"
         rules = {n for n in names if ":" in n}
@@ -92,8 +70,8 @@ def test_queries_read_only_exported_metrics_and_defined_recording_rules(dashboar
 
 
 def test_the_dashboard_shows_what_the_sres_asked_for(dashboard):
-    exprs = " ".join(expr for _, expr in _queries(dashboard))
-    panels = {p["title"]: p for p in _panels(dashboard)}
+    exprs = " ".join(expr for _, expr in dashboard_queries(dashboard))
+    panels = {p["title"]: p for p in dashboard_panels(dashboard)}
     for needed in ("moderation:stage_duration_seconds", "moderation_consumer_lag_records",
                    "moderation_decisions_total", "moderation_build_info", "moderation:dead_letter_ratio",
                    "moderation:end_to_end_latency_seconds:p99_5m", "moderation_gpu_utilization_ratio",

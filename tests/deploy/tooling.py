@@ -22,6 +22,7 @@ DEPLOY = ROOT / "deploy"
 RULES_DIR = DEPLOY / "prometheus" / "rules"
 RULE_FILES = sorted(RULES_DIR.glob("*.yml"))
 PROMTOOL_TESTS = sorted((DEPLOY / "prometheus" / "tests").glob("*.yml"))
+DASHBOARDS = sorted((DEPLOY / "grafana" / "dashboards").glob("*.json"))
 
 
 def tool(name: str) -> str:
@@ -88,3 +89,25 @@ def metric_names(expr: str) -> set[str]:
     text = _GROUPING.sub(" ", text)
     text = re.sub(r"\$\{?\w+\}?", " ", text)
     return {word for word, call in _WORD.findall(text) if not call and word not in _KEYWORDS}
+
+
+def dashboard_panels(dashboard: dict) -> list[dict]:
+    """Every panel of a Grafana dashboard, those nested in collapsed rows included."""
+    out = []
+    for panel in dashboard["panels"]:
+        out.append(panel)
+        out.extend(panel.get("panels", []))
+    return out
+
+
+def dashboard_queries(dashboard: dict) -> list[tuple[str, str]]:
+    """(where, PromQL) for every panel target and every query variable of a dashboard."""
+    queries = [(f"panel {p['title']!r} {t['refId']}", t["expr"]) for p in dashboard_panels(dashboard)
+               for t in p.get("targets", [])]
+    for variable in dashboard["templating"]["list"]:
+        if variable["type"] == "query":
+            query = variable["query"]["query"] if isinstance(variable["query"], dict) else variable["query"]
+            # label_values(metric, label): the metric is the first argument.
+            match = re.fullmatch(r"label_values\((.+),\s*\w+\)", query)
+            queries.append((f"variable {variable['name']}", match.group(1) if match else query))
+    return queries

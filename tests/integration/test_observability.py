@@ -19,7 +19,7 @@ from worker.events import upload_event
 from worker.metrics import LATENCY_BUCKETS
 from worker.samples import sample_video
 
-from ..deploy.tooling import RULES_DIR, recording_rules, tool
+from ..deploy.tooling import DASHBOARDS, RULES_DIR, dashboard_queries, recording_rules, tool
 from .conftest import publish, read_outputs, running_worker
 
 pytestmark = pytest.mark.kafka
@@ -137,6 +137,14 @@ def test_prometheus_scrapes_the_worker_and_every_rule_has_data(kafka_config, pip
         assert set(records) <= set(loaded)
         bad = {name: rule.get("lastError") for name, rule in loaded.items() if rule["health"] != "ok"}
         assert not bad, bad
+
+        # Every dashboard query is valid PromQL for this Prometheus, with Grafana's variables
+        # filled in as Grafana would.
+        for path in DASHBOARDS:
+            for where, expr in dashboard_queries(json.loads(path.read_text())):
+                filled = (expr.replace("$namespace", ".*").replace("$__rate_interval", "1m")
+                          .replace("$__range", "5m"))
+                api.query(filled)
     assert time.monotonic() - started < 180
 
     def value(name: str) -> float:
