@@ -305,6 +305,9 @@ class FakeConsumer:
     def assignment(self) -> set:
         return {self.tp}
 
+    def partitions_for_topic(self, topic: str) -> set:
+        return {0}
+
     def close(self) -> None:
         self.closed = True
 

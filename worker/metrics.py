@@ -16,11 +16,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from . import __version__
+from .errors import REASONS
 
 PREFIX = "moderation"
 # From a short clip on a GPU (50 ms) to a long video queued behind others (10 min).
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
-STAGES = ("fetch", "decode", "detect_faces", "classify", "publish")
+STAGES = ("fetch", "decode", "hash_match", "detect_faces", "classify", "publish")
 
 
 class WorkerMetrics:
@@ -70,8 +71,21 @@ class WorkerMetrics:
             registry=registry)
         self.ready = Gauge(f"{PREFIX}_ready", "1 when /readyz answers 200.", registry=registry)
         self.build = Info(f"{PREFIX}_build", "Worker version and the model it runs.", registry=registry)
+        self.assigned_partitions = Gauge(f"{PREFIX}_assigned_partitions",
+                                         "Upload-topic partitions assigned to this worker.", registry=registry)
+        self.topic_partitions = Gauge(f"{PREFIX}_topic_partitions", "Partitions of the upload topic.",
+                                      ["topic"], registry=registry)
+        # Every label value exists from the start at 0, so rate() counts the first event too.
         for stage in STAGES:
             self.stage.labels(stage)
+        for decision in ("takedown", "review", "allow"):
+            self.decisions.labels(decision)
+        for reason in sorted(REASONS):
+            self.dead_letters.labels(reason)
+        for kind in ("assigned", "revoked"):
+            self.rebalances.labels(kind)
+        for stage in ("detect_faces", "classify"):
+            self.batch_size.labels(stage)
         self.build.info({"version": __version__, "model_name": "none", "checkpoint_sha256": "none"})
 
     def watch_gpu(self, memory: Callable[[], tuple[int, int]],

@@ -224,6 +224,7 @@ class Runner:
             return
         assignment = self.consumer.assignment()
         self.health.set("partitions_assigned", bool(assignment))
+        self.metrics.assigned_partitions.set(len(assignment))
         for tp, records in batch.items():
             if tp in assignment:
                 self._parts.buffered.setdefault(tp, deque()).extend(records)
@@ -341,6 +342,9 @@ class Runner:
             return
         self._next_lag = self.clock() + LAG_INTERVAL_S
         try:
+            partitions = self.consumer.partitions_for_topic(self.kafka.upload_topic)
+            if partitions:
+                self.metrics.topic_partitions.labels(self.kafka.upload_topic).set(len(partitions))
             ends = self.consumer.end_offsets(list(assignment))
             for tp in assignment:
                 pending = len(self._parts.buffered.get(tp, ())) + (tp in self._parts.in_flight)
@@ -355,7 +359,7 @@ class Runner:
         where = self._where(record, output.event)
         if output.verdict is not None:
             verdict = output.verdict
-            for stage in ("fetch", "decode", "detect_faces", "classify"):
+            for stage in ("fetch", "decode", "hash_match", "detect_faces", "classify"):
                 if stage in verdict.stage_seconds:
                     self.metrics.stage.labels(stage).observe(verdict.stage_seconds[stage])
             latency = (self.now() - verdict.event.uploaded_at).total_seconds()

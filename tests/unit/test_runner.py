@@ -155,7 +155,7 @@ def test_metrics_count_decisions_and_dead_letters(world, make_event):
     world.upload(make_event("vid-t", "file:///videos/truncated.mp4"))
     world.settle()
     assert world.sample("moderation_decisions_total", decision="takedown") == 3
-    assert world.sample("moderation_decisions_total", decision="allow") is None
+    assert world.sample("moderation_decisions_total", decision="allow") == 0  # present from the start
     assert world.sample("moderation_dead_letters_total", reason="invalid_json") == 1
     assert world.sample("moderation_dead_letters_total", reason="schema_violation") == 1
     assert world.sample("moderation_dead_letters_total", reason="video_truncated") == 1
@@ -171,6 +171,9 @@ def test_metrics_count_decisions_and_dead_letters(world, make_event):
     assert world.sample("moderation_frames_decoded_total") == 3 * 5
     assert world.sample("moderation_batch_size_count", stage="detect_faces") == 3
     assert world.sample("moderation_batch_size_sum", stage="classify") == 3 * 5
+    assert world.sample("moderation_assigned_partitions") == 1
+    assert world.sample("moderation_topic_partitions", topic=KAFKA.upload_topic) == 1
+    assert world.sample("moderation_dead_letters_total", reason="timeout") == 0
     assert world.sample("moderation_consumer_lag_records", topic=KAFKA.upload_topic, partition="0") == 0
 
 
