@@ -5,7 +5,8 @@
 bootstrap:
 	@deploy/dev/bootstrap.sh
 
-demo: bootstrap
+demo:
+	@deploy/dev/bootstrap.sh demo
 	.venv/bin/python -m worker demo
 
 test: bootstrap

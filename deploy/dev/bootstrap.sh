@@ -4,8 +4,10 @@
 # sample videos), a Java runtime and Maven, the Apache Kafka broker jars, and the tools the
 # deploy/ tests run: Prometheus and promtool (Debian), kustomize (built with Go), and
 # (in the venv, from the test extra) kubernetes-validate and hadolint.
+# `bootstrap.sh demo` skips the test-only tools (Prometheus, kustomize).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+MODE=${1:-test}
 
 PYTHON=${PYTHON:-python3}
 "$PYTHON" - <<'PY'
@@ -30,7 +32,7 @@ fi
 # for the length of the install keeps both invoke-rc.d and deb-systemd-invoke from starting
 # it, and where systemd runs, the unit is disabled again. Without systemd the install
 # still succeeds (invoke-rc.d only notes that it cannot tell the runlevel).
-if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
+if [ "$MODE" = test ] && { ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; }; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "== installing Prometheus and promtool (apt; the packaged service is not started)"
     guard=""
@@ -65,7 +67,7 @@ fi
 # kustomize renders deploy/k8s for the manifest tests. Debian has none, so it is built from
 # its Go module (a minute or two the first time) into .venv/bin.
 KUSTOMIZE_VERSION=v5.5.0
-if [ ! -x .venv/bin/kustomize ] || [ ! -f ".venv/.kustomize-$KUSTOMIZE_VERSION" ]; then
+if [ "$MODE" = test ] && { [ ! -x .venv/bin/kustomize ] || [ ! -f ".venv/.kustomize-$KUSTOMIZE_VERSION" ]; }; then
   if ! command -v go >/dev/null; then
     echo "go (1.22 or newer) is needed to build kustomize $KUSTOMIZE_VERSION for the manifest tests" >&2
     exit 1
