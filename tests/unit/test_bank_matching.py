@@ -115,7 +115,7 @@ def synthetic_bank(entries: int = 60, frames: int = 6):
 def test_the_index_finds_what_the_linear_scan_finds():
     bank, queries = synthetic_bank()
     negatives = {"neg": video(*[f.plain.hash for f in bank["e3"].frames[:3]])}
-    index = BankIndex()
+    index = BankIndex(exact=True)
     for entry_id, fp in bank.items():
         index.add(entry_id, fp)
     index.add("neg", negatives["neg"], negative=True)
@@ -127,9 +127,20 @@ def test_the_index_finds_what_the_linear_scan_finds():
     assert found_any >= len(queries) // 2
 
 
+def test_the_default_probes_find_close_pairs_and_may_miss_far_ones():
+    near_hashes = [random_hash() for _ in range(50)]
+    index = BankIndex()
+    index.add_many((f"e{i}", video(h)) for i, h in enumerate(near_hashes))
+    assert all(index.search(video(flip(h, 16, seed=i))) for i, h in enumerate(near_hashes))
+    # at 31 bits a pair is missed when all 16 chunks differ; the exact index never misses
+    exact = BankIndex(exact=True)
+    exact.add_many((f"e{i}", video(h)) for i, h in enumerate(near_hashes))
+    assert all(exact.search(video(flip(h, 31, seed=i))) for i, h in enumerate(near_hashes))
+
+
 def test_removal_replacement_and_rebuild_keep_the_index_exact():
     bank, queries = synthetic_bank(entries=300)
-    index = BankIndex()
+    index = BankIndex(exact=True)
     index.add_many(bank.items())
     for i in range(300):  # enough tombstones to trigger a rebuild
         if i % 3:
@@ -146,7 +157,7 @@ def test_removal_replacement_and_rebuild_keep_the_index_exact():
 
 def test_searches_run_while_the_bank_is_written():
     bank, queries = synthetic_bank(entries=90)
-    index = BankIndex()
+    index = BankIndex(exact=True)
     index.add_many(list(bank.items())[:30])
     errors = []
 
