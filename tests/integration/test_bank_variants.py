@@ -132,7 +132,8 @@ def decoded(tmp_path_factory):
         source = sample_video(name)
         frames, rate = decode_all(source)
         paths = {"source": source}
-        paths.update({v: build_variant(source, frames, rate, v, folder) for v in SPATIAL + ("trim",)})
+        for variant in SPATIAL + ("trim",):
+            paths[variant] = build_variant(source, frames, rate, variant, folder)
         for variant, path in paths.items():
             sampled = sampler.sample(path, FRAMES_PER_VIDEO)
             out[name, variant] = (sampled.frames, sampled.timestamps_s, sampled.indices)
@@ -165,8 +166,10 @@ def test_each_edited_copy_matches_its_original_and_nothing_else(bank, robust, re
                                                                 variant):
     found = bank.search(robust[name, variant])
     plain = compare(reference[name, variant], reference[name, "source"])
-    print(f"{name} {variant}: robust {[(m.entry_id, m.query_matched_pct, m.entry_matched_pct, m.median_distance) for m in found]}"
-          f" plain-vPDQ query {plain.query_matched_pct:.0f}% entry {plain.entry_matched_pct:.0f}%")
+    summary = [(m.entry_id, m.query_matched_pct, m.entry_matched_pct, m.median_distance)
+               for m in found]
+    print(f"{name} {variant}: robust {summary}, plain vPDQ: query "
+          f"{plain.query_matched_pct:.0f}% entry {plain.entry_matched_pct:.0f}%")
     assert [m.entry_id for m in found] == [name]
     assert found[0].entry_matched_pct >= 80 and found[0].query_matched_pct >= 80
 

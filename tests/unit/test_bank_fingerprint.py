@@ -57,7 +57,8 @@ def test_extra_hashes_are_flagged_and_the_plain_one_comes_first():
     hashes = hash_frame(frame)
     assert hashes[0].kind == PLAIN and not hashes[0].mirrored
     kinds = {(h.kind, h.mirrored) for h in hashes}
-    assert {(PLAIN, True), (TRIM, False), (TRIM, True), ("centre90", False), ("centre70", True)} <= kinds
+    assert {(PLAIN, True), (TRIM, False), (TRIM, True), ("centre90", False),
+            ("centre70", True)} <= kinds
     assert len(hash_frame(frame, HashingConfig.reference())) == 1
 
 

@@ -50,7 +50,7 @@ class BankIndex:
             raise ValueError("chunks must divide 256")
         self.rule = rule
         self._chunks = chunks
-        # Pigeonhole: within max_distance, some chunk differs in at most max_distance // chunks bits.
+        # Pigeonhole: within max_distance, some chunk is off by max_distance // chunks bits at most.
         self._nflip = rule.max_distance // chunks if exact else 0
         self._lock = _ReadWriteLock()
         self._faiss = self._new_faiss()
@@ -126,7 +126,8 @@ class BankIndex:
             limits, distances, rows = self._faiss.range_search(q.bits, self.rule.max_distance + 1)
             entries = self._row_entry.view()[rows]
             alive = self._entry_alive.view()[entries]
-            query_frame = q.frame[np.repeat(np.arange(len(q.bits)), np.diff(limits.astype(np.int64)))][alive]
+            query_row = np.repeat(np.arange(len(q.bits)), np.diff(limits.astype(np.int64)))
+            query_frame = q.frame[query_row][alive]
             entry_frame = self._row_frame.view()[rows][alive]
             entries, distances = entries[alive], distances[alive].astype(np.int32)
             negative = self._entry_negative.view()[entries]
