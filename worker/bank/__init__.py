@@ -1,0 +1,8 @@
+"""Hash banks: video fingerprints (vPDQ style), the match rule, and the index over a bank.
+
+A bank holds fingerprints of known videos: a positive bank of known-bad content that an
+upload must be checked against, and a negative bank of known-good content whose frames must
+never count as evidence of a match. ``fingerprint`` turns decoded frames into a fingerprint
+and into ThreatExchange's vPDQ text; ``matching`` is the pure match rule and the linear scan
+that serves as the oracle; ``index`` finds the same matches through a FAISS index.
+"""

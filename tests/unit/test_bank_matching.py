@@ -1,0 +1,196 @@
+"""The vPDQ match rule on hand-made hashes: thresholds, quality, duplicates, mirrors,
+negative banks, and the index agreeing with the linear scan."""
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+
+from worker.bank.fingerprint import PLAIN, FrameFingerprint, FrameHash, VideoFingerprint
+from worker.bank.index import BankIndex
+from worker.bank.matching import (MatchRule, compare, hamming, hash_rows, linear_search,
+                                  pairwise_distances)
+
+RNG = np.random.default_rng(7)
+
+
+def random_hash() -> bytes:
+    return RNG.integers(0, 256, 32, dtype=np.uint8).tobytes()
+
+
+def flip(digest: bytes, bits: int, seed: int = 0) -> bytes:
+    """The hash with ``bits`` distinct bits flipped."""
+    array = np.unpackbits(np.frombuffer(digest, np.uint8))
+    array[np.random.default_rng(seed).choice(256, bits, replace=False)] ^= 1
+    return np.packbits(array).tobytes()
+
+
+def video(*frames: bytes | list[FrameHash], quality: int = 100) -> VideoFingerprint:
+    built = []
+    for i, frame in enumerate(frames):
+        hashes = (FrameHash(PLAIN, frame, quality),) if isinstance(frame, bytes) else tuple(frame)
+        built.append(FrameFingerprint(i, float(i), hashes))
+    return VideoFingerprint(tuple(built))
+
+
+def test_hamming_distances():
+    a = random_hash()
+    assert hamming(a, a) == 0 and hamming(a, flip(a, 31)) == 31
+    b = np.frombuffer(a + flip(a, 5) + flip(a, 200), np.uint8).reshape(3, 32)
+    assert pairwise_distances(b[:1], b).tolist() == [[0, 5, 200]]
+
+
+def test_frames_match_at_31_bits_and_not_at_32():
+    a, b = random_hash(), random_hash()
+    entry = video(a, b)
+    assert compare(video(flip(a, 31), flip(b, 31)), entry).is_match
+    result = compare(video(flip(a, 31), flip(b, 32)), entry)
+    assert (result.query_matched_pct, result.entry_matched_pct) == (50.0, 50.0)
+    assert not result.is_match
+
+
+def test_both_percentages_and_the_median_distance():
+    entry = [random_hash() for _ in range(5)]
+    # the query holds 4 of the 5 entry frames (at distances 2, 4, 6, 8) and 4 frames of its own
+    query = video(*[flip(h, 2 * (i + 1)) for i, h in enumerate(entry[:4])],
+                  *[random_hash() for _ in range(4)])
+    result = compare(query, video(*entry))
+    assert result.entry_matched_pct == 80.0 and result.query_matched_pct == 50.0
+    assert result.median_distance == 5.0
+    assert result.is_match  # 80% of the entry, and any share of the query
+    assert not compare(query, video(*entry), MatchRule(query_threshold_pct=60)).is_match
+    assert not compare(query, video(*entry), MatchRule(entry_threshold_pct=81)).is_match
+
+
+def test_no_matched_frame_is_never_a_match_even_at_zero_thresholds():
+    rule = MatchRule(entry_threshold_pct=0, query_threshold_pct=0)
+    assert not compare(video(random_hash()), video(random_hash()), rule).is_match
+
+
+def test_low_quality_frames_are_left_out_and_repeated_frames_count_once():
+    a, b = random_hash(), random_hash()
+    dull = [FrameHash(PLAIN, random_hash(), 49)]
+    entry = video(a, a, a, b, dull)
+    assert hash_rows(entry, MatchRule(), mirrored=False).frame_count == 2
+    assert compare(video(a), entry).entry_matched_pct == 50.0
+    assert compare(video(a, b, dull), entry).query_matched_pct == 100.0
+    assert compare(video(dull), entry).query_frames == 0
+
+
+def test_mirrored_hashes_are_used_on_the_query_side_only():
+    a, m = random_hash(), random_hash()
+    query = video([FrameHash(PLAIN, random_hash(), 100), FrameHash(PLAIN, m, 100, mirrored=True)])
+    assert compare(query, video(flip(m, 3))).is_match
+    # the same mirrored hash in the bank entry does not take part
+    entry = video([FrameHash(PLAIN, a, 100), FrameHash(PLAIN, m, 100, mirrored=True)])
+    assert not compare(video(flip(m, 3)), entry).is_match
+
+
+def test_known_good_frames_never_count_as_a_match():
+    intro, bad = [random_hash() for _ in range(4)], [random_hash() for _ in range(4)]
+    careless_entry = video(*intro[:4], bad[0])  # mostly the common intro
+    query = video(*intro, *bad[1:])
+    positives = {"careless": careless_entry, "bad": video(*bad)}
+    assert [m.entry_id for m in linear_search(query, positives)] == ["careless"]
+    found = linear_search(query, positives, {"intro": video(*intro)})
+    assert [(m.entry_id, m.negative) for m in found] == [("intro", True)]
+    # frames of the query that are known-good no longer count in its share either
+    upload = video(*intro, *bad)
+    found = linear_search(upload, positives, {"intro": video(*intro)})
+    assert [(m.entry_id, m.negative, m.query_matched_pct, m.query_frames) for m in found] == [
+        ("bad", False, 100.0, 4), ("intro", True, 50.0, 8)]
+
+
+def synthetic_bank(entries: int = 60, frames: int = 6):
+    bank = {f"e{i}": video(*[random_hash() for _ in range(frames)]) for i in range(entries)}
+    queries = []
+    for i in range(0, entries, 3):
+        hashes = [f.plain.hash for f in bank[f"e{i}"].frames]
+        near = [flip(h, int(RNG.integers(0, 40)), seed=j) for j, h in enumerate(hashes)]
+        queries.append(video(*near, random_hash()))
+    return bank, queries
+
+
+def test_the_index_finds_what_the_linear_scan_finds():
+    bank, queries = synthetic_bank()
+    negatives = {"neg": video(*[f.plain.hash for f in bank["e3"].frames[:3]])}
+    index = BankIndex(exact=True)
+    for entry_id, fp in bank.items():
+        index.add(entry_id, fp)
+    index.add("neg", negatives["neg"], negative=True)
+    found_any = 0
+    for query in queries:
+        expected = linear_search(query, bank, negatives)
+        assert index.search(query) == expected
+        found_any += bool(expected)
+    assert found_any >= len(queries) // 2
+
+
+def test_the_default_probes_find_close_pairs_and_may_miss_far_ones():
+    near_hashes = [random_hash() for _ in range(50)]
+    index = BankIndex()
+    index.add_many((f"e{i}", video(h)) for i, h in enumerate(near_hashes))
+    assert all(index.search(video(flip(h, 16, seed=i))) for i, h in enumerate(near_hashes))
+    # at 31 bits a pair is missed when all 16 chunks differ; the exact index never misses
+    exact = BankIndex(exact=True)
+    exact.add_many((f"e{i}", video(h)) for i, h in enumerate(near_hashes))
+    assert all(exact.search(video(flip(h, 31, seed=i))) for i, h in enumerate(near_hashes))
+
+
+def test_removal_replacement_and_rebuild_keep_the_index_exact():
+    bank, queries = synthetic_bank(entries=300)
+    index = BankIndex(exact=True)
+    index.add_many(bank.items())
+    for i in range(300):  # enough tombstones to trigger a rebuild
+        if i % 3:
+            assert index.remove(f"e{i}")
+            del bank[f"e{i}"]
+    assert not index.remove("e1") and "e1" not in index and "e3" in index
+    stats = index.stats()
+    assert stats.entries == 100 and stats.rows < 300 * 6  # rebuilt without the dead rows
+    index.add("e3", bank["e6"])  # replaces
+    bank["e3"] = bank["e6"]
+    for query in queries:
+        assert index.search(query) == linear_search(query, bank)
+
+
+def test_searches_run_while_the_bank_is_written():
+    bank, queries = synthetic_bank(entries=90)
+    index = BankIndex(exact=True)
+    index.add_many(list(bank.items())[:30])
+    errors = []
+
+    def search():
+        try:
+            for _ in range(20):
+                for query in queries:
+                    index.search(query)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    readers = [threading.Thread(target=search) for _ in range(3)]
+    for reader in readers:
+        reader.start()
+    for entry_id, fp in list(bank.items())[30:]:
+        index.add(entry_id, fp)
+        index.remove("e0")
+    for reader in readers:
+        reader.join()
+    assert not errors
+    del bank["e0"]
+    for query in queries:
+        assert index.search(query) == linear_search(query, bank)
+
+
+def test_an_empty_index_or_an_unusable_query_finds_nothing():
+    index = BankIndex()
+    assert index.search(video(random_hash())) == []
+    index.add("a", video(random_hash()))
+    assert index.search(video(random_hash(), quality=10)) == []
+
+
+def test_the_rule_is_validated():
+    for bad in (dict(max_distance=256), dict(min_quality=101), dict(entry_threshold_pct=120)):
+        with pytest.raises(ValueError):
+            MatchRule(**bad)

@@ -1,0 +1,269 @@
+"""Video fingerprints: PDQ hashes of frames sampled about once a second, as vPDQ has them.
+
+Each sampled frame keeps its plain PDQ hash (the whole frame, as ThreatExchange's vPDQ
+reference hashes it), which is what ``to_vpdq_text`` exports, so other platforms can use
+our hashes and we can use theirs. Plain per-frame PDQ does not survive a 5% crop, an added
+border or letterbox bars, a caption bar, or a mirror, so each frame also carries flagged
+extra hashes that stay in our own bank: the frame with uniform borders trimmed, centre
+crops at a few scales (so that a crop of the video lines up with a crop of the original),
+and the mirror image of each of those.
+
+Frames are downscaled before hashing (the plain hash to at most ``plain_max_side``, the
+extra hashes to ``variant_max_side``): a 720p frame costs 54 ms a hash at full size and
+2 ms at 512 px, and hashing every region at one size makes a half-size copy hash like its
+original. ``plain_max_side=None`` hashes plain frames at full size, exactly as the reference.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pdqhash
+from PIL import Image
+
+PLAIN = "plain"
+TRIM = "trim"
+HASH_BYTES = 32
+_FORMAT = "vpdq-variants/1"
+
+
+@dataclass(frozen=True)
+class FrameHash:
+    """One PDQ hash of one region of a frame. ``mirrored``: of the left-right mirror image."""
+
+    kind: str
+    hash: bytes
+    quality: int
+    mirrored: bool = False
+
+    def __post_init__(self):
+        if len(self.hash) != HASH_BYTES:
+            raise ValueError(f"a PDQ hash is {HASH_BYTES} bytes, not {len(self.hash)}")
+        if not 0 <= self.quality <= 100:
+            raise ValueError(f"PDQ quality is 0..100, not {self.quality}")
+
+    @property
+    def hex(self) -> str:
+        return self.hash.hex()
+
+
+@dataclass(frozen=True)
+class FrameFingerprint:
+    """A sampled frame: its index and timestamp in the video, and its hashes, plain first."""
+
+    frame_index: int
+    timestamp_s: float
+    hashes: tuple[FrameHash, ...]
+
+    def __post_init__(self):
+        if not self.hashes or self.hashes[0].kind != PLAIN or self.hashes[0].mirrored:
+            raise ValueError("a frame's first hash is its plain, unmirrored hash")
+        if self.frame_index < 0 or self.timestamp_s < 0:
+            raise ValueError("frame index and timestamp must not be negative")
+
+    @property
+    def plain(self) -> FrameHash:
+        return self.hashes[0]
+
+
+@dataclass(frozen=True)
+class VideoFingerprint:
+    frames: tuple[FrameFingerprint, ...]
+
+    def plain_only(self) -> VideoFingerprint:
+        """The part that vPDQ text carries: plain hashes only."""
+        return VideoFingerprint(tuple(FrameFingerprint(f.frame_index, f.timestamp_s, (f.plain,))
+                                      for f in self.frames))
+
+    def to_vpdq_text(self) -> str:
+        """ThreatExchange vPDQ lines: ``frame,quality,hex,timestamp`` (3 decimals)."""
+        return "".join(f"{f.frame_index},{f.plain.quality},{f.plain.hex},{f.timestamp_s:.3f}\n"
+                       for f in self.frames)
+
+    @classmethod
+    def from_vpdq_text(cls, text: str) -> VideoFingerprint:
+        frames = []
+        for number, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            # Like the reference reader: four fields at least, any further ones ignored.
+            parts = line.strip().split(",")
+            if len(parts) < 4:
+                raise ValueError(f"vPDQ line {number}: expected frame,quality,hash,timestamp")
+            try:
+                plain = FrameHash(PLAIN, _hash_from_hex(parts[2]), int(parts[1]))
+                frames.append(FrameFingerprint(int(parts[0]), round(float(parts[3]), 3), (plain,)))
+            except ValueError as exc:
+                raise ValueError(f"vPDQ line {number}: {exc}") from None
+        return cls(tuple(frames))
+
+    def to_json(self) -> str:
+        """Everything, extra hashes included: the form our own bank stores."""
+        return json.dumps({"format": _FORMAT, "frames": [
+            {"frame": f.frame_index, "timestamp": f.timestamp_s,
+             "hashes": [[h.kind, h.hex, h.quality, h.mirrored] for h in f.hashes]}
+            for f in self.frames]}, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str) -> VideoFingerprint:
+        doc = json.loads(text)
+        if not isinstance(doc, dict) or doc.get("format") != _FORMAT:
+            raise ValueError(f"not a {_FORMAT} fingerprint")
+        return cls(tuple(
+            FrameFingerprint(int(f["frame"]), float(f["timestamp"]), tuple(
+                FrameHash(str(kind), _hash_from_hex(hex_), int(quality), bool(mirrored))
+                for kind, hex_, quality, mirrored in f["hashes"]))
+            for f in doc["frames"]))
+
+
+@dataclass(frozen=True)
+class HashingConfig:
+    """How frames are sampled and which extra hashes they get."""
+
+    seconds_per_hash: float = 1.0
+    plain_max_side: int | None = 512
+    variant_max_side: int = 256
+    centre_scales: tuple[float, ...] = (0.9, 0.8, 0.7)
+    trim_borders: bool = True
+    mirror: bool = True
+    border_tolerance: int = 10
+    extra_hashes: bool = True
+
+    def __post_init__(self):
+        if self.seconds_per_hash < 0:
+            raise ValueError("seconds_per_hash must not be negative (0: every frame)")
+        if any(not 0.2 <= s < 1.0 for s in self.centre_scales):
+            raise ValueError("centre_scales must lie in [0.2, 1)")
+
+    @classmethod
+    def reference(cls) -> HashingConfig:
+        """Plain vPDQ: whole frames at full size, nothing extra."""
+        return cls(plain_max_side=None, extra_hashes=False)
+
+
+def fingerprint_frames(frames: np.ndarray | Sequence[np.ndarray], timestamps_s: Sequence[float],
+                       frame_indices: Sequence[int] | None = None,
+                       config: HashingConfig = HashingConfig()) -> VideoFingerprint:
+    """Fingerprint decoded RGB uint8 frames (N, H, W, 3) with their timestamps in seconds.
+
+    About one frame per ``config.seconds_per_hash`` is hashed (the frame nearest each step);
+    ``frame_indices`` are the frames' numbers in the video (default: their positions).
+    """
+    if len(frames) != len(timestamps_s):
+        raise ValueError("one timestamp per frame")
+    indices = list(range(len(frames))) if frame_indices is None else list(frame_indices)
+    if len(indices) != len(frames):
+        raise ValueError("one frame index per frame")
+    return VideoFingerprint(tuple(
+        FrameFingerprint(int(indices[i]), round(max(0.0, float(timestamps_s[i])), 3),
+                         hash_frame(np.asarray(frames[i]), config))
+        for i in select_frames(timestamps_s, config.seconds_per_hash)))
+
+
+def select_frames(timestamps_s: Sequence[float], seconds_per_hash: float) -> list[int]:
+    """Positions of the frames nearest to first, first + step, first + 2 step, ..."""
+    times = np.asarray(timestamps_s, dtype=np.float64)
+    if len(times) <= 1 or seconds_per_hash <= 0:
+        return list(range(len(times)))
+    order = np.argsort(times, kind="stable")
+    times = times[order]
+    grid = np.arange(times[0], times[-1] + seconds_per_hash / 2, seconds_per_hash)
+    after = np.searchsorted(times, grid).clip(1, len(times) - 1)
+    nearest = np.where(grid - times[after - 1] <= times[after] - grid, after - 1, after)
+    return sorted({int(order[i]) for i in nearest})
+
+def hash_frame(frame: np.ndarray, config: HashingConfig = HashingConfig()) -> tuple[FrameHash, ...]:
+    """The plain hash of a frame, then (if configured) its trimmed, cropped and mirrored ones."""
+    if frame.ndim != 3 or frame.shape[2] != 3 or frame.dtype != np.uint8:
+        raise ValueError(f"expected an RGB uint8 frame (H, W, 3), got {frame.dtype} {frame.shape}")
+    base = shrink(frame, config.plain_max_side)
+    hashes = [_hash(PLAIN, base, False)]
+    if not config.extra_hashes:
+        return tuple(hashes)
+    if config.mirror:
+        hashes.append(_hash(PLAIN, base[:, ::-1], True))
+    regions: list[tuple[str, np.ndarray]] = []
+    if config.trim_borders:
+        # Found on a small copy (cheap), then cut from the larger one.
+        small = shrink(base, config.variant_max_side)
+        top, bottom, left, right = uniform_borders(small, config.border_tolerance)
+        if (top, bottom, left, right) != (0, 0, 0, 0):
+            ky, kx = base.shape[0] / small.shape[0], base.shape[1] / small.shape[1]
+            base = base[round(top * ky): base.shape[0] - round(bottom * ky),
+                        round(left * kx): base.shape[1] - round(right * kx)]
+            regions.append((TRIM, base))
+    for scale in config.centre_scales:
+        regions.append((f"centre{round(scale * 100)}", centre_crop(base, scale)))
+    for kind, region in regions:
+        region = shrink(region, config.variant_max_side)
+        hashes.append(_hash(kind, region, False))
+        if config.mirror:
+            hashes.append(_hash(kind, region[:, ::-1], True))
+    return tuple(hashes)
+
+
+def pdq_hash(image: np.ndarray) -> tuple[bytes, int]:
+    """PDQ hash (32 bytes, in the order of the reference's hex form) and quality 0..100."""
+    bits, quality = pdqhash.compute(np.ascontiguousarray(image))
+    return np.packbits(bits.astype(np.uint8)).tobytes(), int(quality)
+
+
+def shrink(image: np.ndarray, max_side: int | None) -> np.ndarray:
+    """The image scaled down (area-averaged) so that its longer side is at most ``max_side``."""
+    height, width = image.shape[:2]
+    if max_side is None or max(height, width) <= max_side:
+        return image
+    scale = max_side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    return np.asarray(Image.fromarray(np.ascontiguousarray(image)).resize(size, Image.BOX))
+
+
+def centre_crop(image: np.ndarray, scale: float) -> np.ndarray:
+    height, width = image.shape[:2]
+    h, w = max(1, round(height * scale)), max(1, round(width * scale))
+    y, x = (height - h) // 2, (width - w) // 2
+    return image[y:y + h, x:x + w]
+
+
+def uniform_borders(image: np.ndarray, tolerance: int = 10,
+                    min_keep: float = 0.5) -> tuple[int, int, int, int]:
+    """Widths (top, bottom, left, right) of uniform bars around the picture.
+
+    A bar is a run of edge rows (columns) whose pixels are nearly all within ``tolerance``
+    of the border colour. Only bars on both opposite sides count, as letterboxing and added
+    borders are: a caption bar along one edge stays, so the crops of a captioned copy still
+    line up with those of its original.
+    """
+    pixels = image.astype(np.int16)
+    ring = np.concatenate([pixels[0], pixels[-1], pixels[:, 0], pixels[:, -1]])
+    near = (np.abs(pixels - np.median(ring, axis=0)).max(axis=2) <= tolerance)
+    rows, cols = near.mean(axis=1) >= 0.98, near.mean(axis=0) >= 0.98
+    top, bottom = _run(rows), _run(rows[::-1])
+    left, right = _run(cols), _run(cols[::-1])
+    height, width = near.shape
+    if not (top and bottom) or height - top - bottom < height * min_keep:
+        top = bottom = 0
+    if not (left and right) or width - left - right < width * min_keep:
+        left = right = 0
+    return top, bottom, left, right
+
+
+def _run(flags: np.ndarray) -> int:
+    """How many leading entries are True."""
+    false = np.flatnonzero(~flags)
+    return int(false[0]) if len(false) else len(flags)
+
+
+def _hash(kind: str, image: np.ndarray, mirrored: bool) -> FrameHash:
+    digest, quality = pdq_hash(image)
+    return FrameHash(kind, digest, quality, mirrored)
+
+
+def _hash_from_hex(text: str) -> bytes:
+    text = text.strip()
+    if len(text) != 2 * HASH_BYTES:
+        raise ValueError(f"a PDQ hash is {2 * HASH_BYTES} hex digits")
+    return bytes.fromhex(text)
+
