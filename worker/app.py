@@ -12,9 +12,11 @@ from pathlib import Path
 import torch  # before decord (imported by .media): see README, "Pitfalls"
 from prometheus_client import CollectorRegistry
 
-from .config import Config, MediaConfig, ModelConfig
+from .config import BankConfig, Config, MediaConfig, ModelConfig
 from .faces import MtcnnDetector
-from .kafka_io import build_consumer, build_delivery
+from .bank.follower import BankFollower
+from .bank.service import HashBank
+from .kafka_io import build_bank_consumer, build_consumer, build_delivery
 from .media import Fetcher
 from .metrics import Health, HealthServer, WorkerMetrics
 from .models.timm_classifier import TimmFaceClassifier
@@ -55,9 +57,12 @@ def _gpu_utilisation() -> float | None:
         return None
 
 
-def build_sampler(media: MediaConfig):
-    """Decoding in the sandboxed child process, or (``media.sandbox = false``) in-process."""
-    limits = {"max_pixels": media.max_pixels, "max_duration_s": media.max_duration_s}
+def build_sampler(media: MediaConfig, bank: BankConfig):
+    """Decoding in the sandboxed child process, or (``media.sandbox = false``) in-process;
+    with the bank on, it also returns about ``bank.hash_rate_hz`` small frames a second."""
+    limits = {"max_pixels": media.max_pixels, "max_duration_s": media.max_duration_s,
+              "hash_rate_hz": bank.hash_rate_hz if bank.enabled else 0.0,
+              "hash_max_frames": bank.max_hash_frames}
     if media.sandbox:
         return SandboxedSampler(media.decode_timeout_s, media.decoder_memory_bytes,
                                 media.decode_threads, **limits)
@@ -77,7 +82,7 @@ def build_pipeline(cfg: Config) -> Pipeline:
     log.info("loading models on %s", device)
     return Pipeline(
         fetcher=build_fetcher(cfg.media),
-        sampler=build_sampler(cfg.media),
+        sampler=build_sampler(cfg.media, cfg.bank),
         detector=MtcnnDetector(device, max_side=cfg.faces.max_side,
                                min_face_size=cfg.faces.min_face_size,
                                min_confidence=cfg.faces.min_confidence,
@@ -98,12 +103,20 @@ def serve(cfg: Config, stop: threading.Event, pipeline: Pipeline | None = None,
     """
     registry = registry or CollectorRegistry()
     metrics = WorkerMetrics(registry)
-    health = Health(metrics, stall_after_s=cfg.worker.stall_after_s)
+    health = Health(metrics, stall_after_s=cfg.worker.stall_after_s,
+                    extra_checks=("bank_loaded",) if cfg.bank.enabled else ())
     server = HealthServer(registry, health, cfg.metrics.host, cfg.metrics.port).start()
     if on_http is not None:
         on_http(server.port)
+    follower = None
     try:
         pipeline = pipeline or build_pipeline(cfg)
+        if cfg.bank.enabled:
+            bank = HashBank()
+            follower = BankFollower(lambda: build_bank_consumer(cfg.kafka), cfg.bank.topic,
+                                    bank.apply, bank.remove,
+                                    on_loaded=lambda: health.set("bank_loaded", True)).start()
+            pipeline = pipeline.with_bank(bank, cfg.bank.score_matches)
         if torch.cuda.is_available() and select_device(cfg.model.device).type == "cuda":
             metrics.watch_gpu(_gpu_memory, _gpu_utilisation)
         if pipeline.classifier is not None:
@@ -112,9 +125,17 @@ def serve(cfg: Config, stop: threading.Event, pipeline: Pipeline | None = None,
         consumer = build_consumer(cfg.kafka)
         delivery = build_delivery(cfg.kafka, cfg.worker.id, commit=consumer.commit,
                                   on_abort=metrics.transaction_aborts.inc)
-        runner = Runner(consumer, delivery, pipeline, cfg.kafka, cfg.worker, metrics, health)
+        if follower is not None:
+            # Uploads are checked against the whole bank or not at all: wait for it.
+            while not follower.loaded.wait(5.0) and not stop.is_set():
+                log.info("waiting for the hash bank (%s) to load", cfg.bank.topic)
+        bank_topic = cfg.bank.topic if cfg.bank.enabled and cfg.bank.add_takedowns else None
+        runner = Runner(consumer, delivery, pipeline, cfg.kafka, cfg.worker, metrics, health,
+                        bank_topic=bank_topic)
         log.info("consuming %s as group %s (%s)", cfg.kafka.upload_topic, cfg.kafka.group_id,
                  cfg.kafka.delivery)
         runner.run(stop)
     finally:
+        if follower is not None:
+            follower.stop()
         server.stop()

@@ -91,6 +91,18 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True)
+class BankConfig:
+    """The known-content hash bank, shared by all workers through a compacted topic."""
+
+    enabled: bool = True
+    topic: str = "moderation.hash-bank.v1"
+    add_takedowns: bool = True     # a model's takedown adds the video to the bank
+    score_matches: bool = False    # run the models on matched uploads too (the verdict waits)
+    hash_rate_hz: float = 1.0
+    max_hash_frames: int = 300
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     host: str = "0.0.0.0"
     port: int = 9400
@@ -114,6 +126,7 @@ class Config:
     faces: FacesConfig = field(default_factory=FacesConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
+    bank: BankConfig = field(default_factory=BankConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
 

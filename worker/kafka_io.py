@@ -143,14 +143,26 @@ def build_admin(cfg: KafkaConfig) -> KafkaAdminClient:
     return KafkaAdminClient(**_common(cfg))
 
 
-def ensure_topics(cfg: KafkaConfig, partitions: int = 1, replication: int = 1) -> None:
-    """Create the upload, verdict and dead-letter topics if they are missing."""
+def ensure_topics(cfg: KafkaConfig, partitions: int = 1, replication: int = 1,
+                  bank_topic: str | None = None) -> None:
+    """Create the upload, verdict and dead-letter topics (and the compacted bank topic) if
+    they are missing."""
+    topics = [NewTopic(name, partitions, replication)
+              for name in (cfg.upload_topic, cfg.verdict_topic, cfg.dead_letter_topic)]
+    if bank_topic:
+        topics.append(NewTopic(bank_topic, 1, replication, topic_configs={"cleanup.policy": "compact"}))
     admin = build_admin(cfg)
     try:
-        for name in (cfg.upload_topic, cfg.verdict_topic, cfg.dead_letter_topic):
+        for topic in topics:
             try:
-                admin.create_topics([NewTopic(name, partitions, replication)])
+                admin.create_topics([topic])
             except TopicAlreadyExistsError:
                 pass
     finally:
         admin.close()
+
+
+def build_bank_consumer(cfg: KafkaConfig) -> KafkaConsumer:
+    """A reader of the whole bank topic, outside any group: every worker reads all of it."""
+    return KafkaConsumer(group_id=None, enable_auto_commit=False, isolation_level="read_committed",
+                         auto_offset_reset="earliest", **_common(cfg))

@@ -93,6 +93,11 @@ class Pipeline:
         self.frames_per_video = frames_per_video
         self.clock = clock
 
+    def with_bank(self, bank: KnownContentBank | None, score_matches: bool = False) -> "Pipeline":
+        """The same stages and models, with this hash bank in front of them."""
+        return Pipeline(self.fetcher, self.sampler, self.detector, self.classifier, self.policy,
+                        self.frames_per_video, self.clock, bank, score_matches)
+
     def process(self, event: UploadEvent) -> Verdict:
         seconds: dict[str, float] = {}
         started = self.clock()

@@ -73,8 +73,9 @@ def kafka_config(kafka_broker, base_config) -> Config:
     cfg = base_config.replace(kafka={
         "bootstrap_servers": kafka_broker.bootstrap_servers, "group_id": f"group-{run}",
         "upload_topic": f"uploads-{run}", "verdict_topic": f"verdicts-{run}",
-        "dead_letter_topic": f"dead-letters-{run}", "poll_timeout_ms": 200})
-    ensure_topics(cfg.kafka)
+        "dead_letter_topic": f"dead-letters-{run}", "poll_timeout_ms": 200},
+        bank={"topic": f"bank-{run}"})
+    ensure_topics(cfg.kafka, bank_topic=cfg.bank.topic)
     return cfg
 
 

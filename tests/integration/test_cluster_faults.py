@@ -24,7 +24,7 @@ def cluster_config(base_config, cluster: LocalKafkaCluster, name: str):
         "bootstrap_servers": cluster.bootstrap_servers, "group_id": f"{name}-group",
         "upload_topic": f"{name}-uploads", "verdict_topic": f"{name}-verdicts",
         "dead_letter_topic": f"{name}-dead"})
-    ensure_topics(cfg.kafka, replication=3)
+    ensure_topics(cfg.kafka, replication=3, bank_topic=cfg.bank.topic)
     return cfg
 
 

@@ -36,6 +36,7 @@ class WorkerProcess:
                     "MODERATION_KAFKA_UPLOAD_TOPIC": cfg.kafka.upload_topic,
                     "MODERATION_KAFKA_VERDICT_TOPIC": cfg.kafka.verdict_topic,
                     "MODERATION_KAFKA_DEAD_LETTER_TOPIC": cfg.kafka.dead_letter_topic,
+                    "MODERATION_BANK_TOPIC": cfg.bank.topic,
                     "MODERATION_KAFKA_SESSION_TIMEOUT_MS": "6000",
                     "MODERATION_KAFKA_POLL_TIMEOUT_MS": "200",
                     "MODERATION_MEDIA_FRAMES_PER_VIDEO": "8",
@@ -171,7 +172,7 @@ def test_two_workers_in_a_group_lose_one(kafka_broker, base_config, tmp_path, ca
         "bootstrap_servers": kafka_broker.bootstrap_servers, "group_id": f"pair-{run}",
         "upload_topic": f"pair-uploads-{run}", "verdict_topic": f"pair-verdicts-{run}",
         "dead_letter_topic": f"pair-dead-{run}"})
-    ensure_topics(cfg.kafka, partitions=2)
+    ensure_topics(cfg.kafka, partitions=2, bank_topic=cfg.bank.topic)
     inputs = publish_stream(cfg, 20)
     first = WorkerProcess(cfg, "pair-a", tmp_path).start()
     second = WorkerProcess(cfg, "pair-b", tmp_path).start()
@@ -197,7 +198,7 @@ def test_broker_restart_mid_stream(base_config, tmp_path, capsys):
             "bootstrap_servers": broker.bootstrap_servers, "group_id": "restart-group",
             "upload_topic": "restart-uploads", "verdict_topic": "restart-verdicts",
             "dead_letter_topic": "restart-dead"})
-        ensure_topics(cfg.kafka)
+        ensure_topics(cfg.kafka, bank_topic=cfg.bank.topic)
         inputs = publish_stream(cfg, 15)
         outputs = stream_through_fault(cfg, inputs, WorkerProcess(cfg, "restart-worker", tmp_path),
                                        broker.restart)

@@ -157,7 +157,8 @@ def test_metrics_and_health_endpoints(kafka_config, pipeline_without_model):
         base = f"http://127.0.0.1:{port}"
         assert urllib.request.urlopen(f"{base}/livez").status == 200
         ready = json.loads(urllib.request.urlopen(f"{base}/readyz").read())
-        assert ready == {"model_loaded": True, "kafka_reachable": True, "partitions_assigned": True}
+        assert ready == {"model_loaded": True, "kafka_reachable": True, "partitions_assigned": True,
+                         "bank_loaded": True}
         text = urllib.request.urlopen(f"{base}/metrics").read().decode()
 
     def sample(name: str) -> float:

@@ -52,9 +52,13 @@ class BankFollower:
         consumer = self._make_consumer()
         try:
             partitions = None
+            waited = 0
             while not partitions and not self._stop.is_set():
                 partitions = consumer.partitions_for_topic(self.topic)
                 if not partitions:
+                    if waited % 60 == 0:
+                        log.warning("the bank topic %s does not exist (yet); waiting", self.topic)
+                    waited += 1
                     self._stop.wait(0.5)
             tps = [TopicPartition(self.topic, p) for p in sorted(partitions or ())]
             consumer.assign(tps)

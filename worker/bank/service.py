@@ -1,0 +1,56 @@
+"""The known-content bank as the pipeline sees it: fingerprint an upload's hash frames and
+look them up in this worker's index, which the bank-topic follower keeps current."""
+from __future__ import annotations
+
+import threading
+from typing import Sequence
+
+import numpy as np
+
+from ..pipeline import BankCheck
+from ..policy import KnownContentMatch
+from .entries import NEGATIVE, BankEntry
+from .fingerprint import HashingConfig, VideoFingerprint, fingerprint_frames
+from .index import BankIndex
+
+
+def entry_fingerprint(entry: BankEntry) -> VideoFingerprint:
+    """The full fingerprint (with the robustness hashes) when the entry has one; else the
+    plain vPDQ frames that another platform shared."""
+    if entry.fingerprint:
+        return VideoFingerprint.from_json(entry.fingerprint)
+    return VideoFingerprint.from_vpdq_text(entry.fingerprint_vpdq)
+
+
+class HashBank:
+    """``KnownContentBank`` over a :class:`BankIndex`; the follower calls ``apply``/``remove``."""
+
+    def __init__(self, index: BankIndex | None = None, hashing: HashingConfig = HashingConfig()):
+        self.index = index or BankIndex()
+        self.hashing = hashing
+        self._sources: dict[str, str | None] = {}
+        self._lock = threading.Lock()
+
+    def apply(self, entry: BankEntry) -> None:
+        self.index.add(entry.entry_id, entry_fingerprint(entry), negative=entry.bank == NEGATIVE)
+        with self._lock:
+            self._sources[entry.entry_id] = entry.source_video_id
+
+    def remove(self, entry_id: str) -> None:
+        self.index.remove(entry_id)
+        with self._lock:
+            self._sources.pop(entry_id, None)
+
+    def check(self, frames: np.ndarray, frame_indices: Sequence[int],
+              timestamps_s: Sequence[float]) -> BankCheck:
+        fingerprint = fingerprint_frames(frames, timestamps_s, frame_indices, self.hashing)
+        positives = [m for m in self.index.search(fingerprint) if not m.negative]
+        match = None
+        if positives:
+            best = positives[0]
+            with self._lock:
+                source = self._sources.get(best.entry_id)
+            match = KnownContentMatch(best.entry_id, source, best.query_matched_pct,
+                                      best.entry_matched_pct, best.median_distance)
+        return BankCheck(fingerprint=fingerprint.to_vpdq_text(), match=match,
+                         fingerprint_full=fingerprint.to_json())
