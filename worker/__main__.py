@@ -151,6 +151,36 @@ def cmd_demo(args) -> int:
     return 0 if seen == expected else 1
 
 
+def cmd_bank(args) -> int:
+    """Export the hash bank to vPDQ files, or import vPDQ files into it."""
+    from kafka import KafkaProducer
+
+    from .bank.transfer import export_bank, load_hash_list, publish_entries, read_bank
+    from .kafka_io import build_bank_consumer, client_options
+
+    cfg = _config(args)
+    if args.action == "export":
+        consumer = build_bank_consumer(cfg.kafka)
+        try:
+            entries = read_bank(consumer, cfg.bank.topic)
+        finally:
+            consumer.close()
+        print(f"exported {export_bank(entries.values(), args.folder)} entries to {args.folder}")
+        return 0
+    entries = load_hash_list(args.folder, bank=args.bank, reason=args.reason, added_by=args.added_by)
+    producer = KafkaProducer(acks="all", enable_idempotence=True, **client_options(cfg.kafka))
+    try:
+        acks = []
+        count = publish_entries(entries, cfg.bank.topic,
+                                lambda topic, key, value: acks.append(producer.send(topic, key=key, value=value)))
+        for ack in acks:
+            ack.get(timeout=cfg.kafka.publish_timeout_s)
+    finally:
+        producer.close()
+    print(f"imported {count} entries into {cfg.bank.topic}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m worker", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -165,6 +195,15 @@ def main(argv: list[str] | None = None) -> int:
     _add_config_args(p)
     p.add_argument("video", help="a path, file:// or http(s):// URI")
     p.set_defaults(func=cmd_score)
+    p = sub.add_parser("bank", help="export or import the hash bank as vPDQ files")
+    _add_config_args(p)
+    p.add_argument("action", choices=["export", "import"])
+    p.add_argument("folder", type=Path, help="folder of vPDQ .txt files (and entries.jsonl)")
+    p.add_argument("--bank", choices=["positive", "negative"], default="positive",
+                   help="for files without entries.jsonl metadata")
+    p.add_argument("--reason", default="imported")
+    p.add_argument("--added-by", default="cli-import")
+    p.set_defaults(func=cmd_bank)
     p = sub.add_parser("broker", help="run the local development Kafka broker")
     p.set_defaults(func=cmd_broker)
     args = parser.parse_args(argv)

@@ -14,7 +14,7 @@ from .config import KafkaConfig
 log = logging.getLogger("worker.kafka_io")
 
 
-def _common(cfg: KafkaConfig) -> dict[str, Any]:
+def client_options(cfg: KafkaConfig) -> dict[str, Any]:
     options: dict[str, Any] = {"bootstrap_servers": cfg.bootstrap_servers.split(","),
                                "client_id": cfg.client_id,
                                "security_protocol": cfg.security_protocol}
@@ -43,7 +43,7 @@ def build_consumer(cfg: KafkaConfig) -> KafkaConsumer:
         max_poll_interval_ms=cfg.max_poll_interval_ms,
         session_timeout_ms=cfg.session_timeout_ms,
         fetch_max_bytes=max(cfg.max_event_bytes * cfg.max_poll_records, 1 << 20),
-        **_common(cfg),
+        **client_options(cfg),
     )
     _unstick_parked_partitions(consumer)
     return consumer
@@ -81,7 +81,7 @@ def build_producer(cfg: KafkaConfig, transactional_id: str | None = None) -> Kaf
         options.update(transactional_id=transactional_id, transaction_timeout_ms=60_000)
     producer = KafkaProducer(acks="all", enable_idempotence=True, linger_ms=5,
                              max_block_ms=int(cfg.publish_timeout_s * 1000), **options,
-                             **_common(cfg))
+                             **client_options(cfg))
     if transactional_id:
         _retry_requests_to_a_dead_coordinator(producer)
     return producer
@@ -136,11 +136,11 @@ def build_results_consumer(cfg: KafkaConfig, **options) -> KafkaConsumer:
     """A reader of the verdict and dead-letter topics that sees committed results only."""
     return KafkaConsumer(cfg.verdict_topic, cfg.dead_letter_topic, isolation_level="read_committed",
                          auto_offset_reset="earliest", enable_auto_commit=False,
-                         **{**_common(cfg), **options})
+                         **{**client_options(cfg), **options})
 
 
 def build_admin(cfg: KafkaConfig) -> KafkaAdminClient:
-    return KafkaAdminClient(**_common(cfg))
+    return KafkaAdminClient(**client_options(cfg))
 
 
 def ensure_topics(cfg: KafkaConfig, partitions: int = 1, replication: int = 1,
@@ -165,4 +165,4 @@ def ensure_topics(cfg: KafkaConfig, partitions: int = 1, replication: int = 1,
 def build_bank_consumer(cfg: KafkaConfig) -> KafkaConsumer:
     """A reader of the whole bank topic, outside any group: every worker reads all of it."""
     return KafkaConsumer(group_id=None, enable_auto_commit=False, isolation_level="read_committed",
-                         auto_offset_reset="earliest", **_common(cfg))
+                         auto_offset_reset="earliest", **client_options(cfg))

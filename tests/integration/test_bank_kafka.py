@@ -50,3 +50,47 @@ def test_a_takedown_on_one_worker_catches_a_re_upload_on_another(kafka_config, p
     assert verdicts["unrelated"]["reasons"] != ["known_content_match"]
     assert caught["fingerprint_vpdq"].count("\n") >= 3  # about one hashed frame a second
     assert caught_after < 60
+
+
+def test_hash_lists_export_and_import_round_trip(kafka_config, tmp_path):
+    """vPDQ files in, the bank topic, vPDQ files out, into a second bank and out again."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from worker.bank.fingerprint import fingerprint_frames
+    from worker.kafka_io import ensure_topics
+
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    for name in ("carphone_pristine.mp4", "bikes.mp4"):
+        frames, rate = decode_all(sample_video(name))
+        times = [i / rate for i in range(len(frames))]
+        (shared / f"{name.split('.')[0]}.txt").write_text(fingerprint_frames(frames, times).to_vpdq_text())
+
+    def bank_cli(topic: str, *args: str) -> str:
+        env = {**os.environ, "MODERATION_KAFKA_BOOTSTRAP_SERVERS": kafka_config.kafka.bootstrap_servers,
+               "MODERATION_BANK_TOPIC": topic}
+        result = subprocess.run([sys.executable, "-m", "worker", "bank", *args], cwd=repo, env=env,
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        return result.stdout + result.stderr
+
+    second_topic = kafka_config.bank.topic + "-second"
+    ensure_topics(kafka_config.kafka, bank_topic=second_topic)
+    assert "imported 2 entries" in bank_cli(kafka_config.bank.topic, "import", str(shared),
+                                            "--bank", "negative", "--reason", "industry-list")
+    first_out, second_out = tmp_path / "out1", tmp_path / "out2"
+    log = bank_cli(kafka_config.bank.topic, "export", str(first_out))
+    assert "exported 2 entries" in log and "reading the bank" in log  # the progress bar
+    assert bank_cli(second_topic, "import", str(first_out)).count("imported 2 entries") == 1
+    bank_cli(second_topic, "export", str(second_out))
+
+    for name in ("carphone_pristine.txt", "bikes.txt"):
+        assert (first_out / name).read_text() == (shared / name).read_text()
+        assert (second_out / name).read_text() == (shared / name).read_text()
+    manifest = [json.loads(line) for line in (second_out / "entries.jsonl").read_text().splitlines()]
+    assert {(m["entry_id"], m["bank"], m["reason"]) for m in manifest} == {
+        ("carphone_pristine", "negative", "industry-list"), ("bikes", "negative", "industry-list")}

@@ -1,0 +1,93 @@
+"""Exporting and importing hash lists, to share them with other platforms and hash-sharing
+programmes: one ThreatExchange vPDQ text file per entry, plus ``entries.jsonl`` with each
+entry's metadata (bank, source video, reason, who added it, when)."""
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from tqdm import tqdm
+
+from ..events import format_time, parse_time
+from .entries import POSITIVE, BankEntry, entry_record, parse_entry_record
+from .fingerprint import VideoFingerprint
+
+MANIFEST = "entries.jsonl"
+
+
+def read_bank(consumer: Any, topic: str, timeout_s: float = 60.0) -> dict[str, BankEntry]:
+    """The bank as it stands: the topic read to its end offsets, tombstones applied."""
+    from kafka.structs import TopicPartition
+
+    partitions = consumer.partitions_for_topic(topic) or set()
+    tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(tps)
+    consumer.seek_to_beginning(*tps)
+    ends = consumer.end_offsets(tps)
+    entries: dict[str, BankEntry] = {}
+    deadline = datetime.now(timezone.utc).timestamp() + timeout_s
+    with tqdm(total=sum(ends.values()), unit="record", desc="reading the bank", file=sys.stderr) as bar:
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            if datetime.now(timezone.utc).timestamp() > deadline:
+                raise TimeoutError(f"the bank topic {topic} was not read to its end in {timeout_s} s")
+            for records in consumer.poll(timeout_ms=500).values():
+                for record in records:
+                    bar.update(1)
+                    entry = parse_entry_record(record.key, record.value)
+                    if isinstance(entry, str):
+                        entries.pop(entry, None)
+                    else:
+                        entries[entry.entry_id] = entry
+    return entries
+
+
+def export_bank(entries: Iterable[BankEntry], folder: Path) -> int:
+    folder.mkdir(parents=True, exist_ok=True)
+    count = 0
+    with open(folder / MANIFEST, "w") as manifest:
+        for entry in tqdm(list(entries), unit="entry", desc="exporting", file=sys.stderr):
+            (folder / f"{_safe(entry.entry_id)}.txt").write_text(entry.fingerprint_vpdq)
+            manifest.write(json.dumps({
+                "entry_id": entry.entry_id, "file": f"{_safe(entry.entry_id)}.txt",
+                "bank": entry.bank, "source_video_id": entry.source_video_id,
+                "reason": entry.reason, "added_by": entry.added_by,
+                "added_at": format_time(entry.added_at)}) + "\n")
+            count += 1
+    return count
+
+
+def load_hash_list(folder: Path, bank: str = POSITIVE, reason: str = "imported",
+                   added_by: str = "import") -> list[BankEntry]:
+    """Entries from a folder of vPDQ files: with ``entries.jsonl`` its metadata is used,
+    else every ``*.txt`` file is an entry named after the file."""
+    now = datetime.now(timezone.utc)
+    manifest = folder / MANIFEST
+    if manifest.exists():
+        rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+    else:
+        rows = [{"entry_id": p.stem, "file": p.name} for p in sorted(folder.glob("*.txt"))]
+    entries = []
+    for row in rows:
+        text = (folder / row["file"]).read_text()
+        VideoFingerprint.from_vpdq_text(text)  # refuse a malformed file before publishing
+        entries.append(BankEntry(
+            entry_id=row["entry_id"], bank=row.get("bank", bank), fingerprint_vpdq=text,
+            reason=row.get("reason", reason), added_by=row.get("added_by", added_by),
+            added_at=parse_time(row["added_at"]) if row.get("added_at") else now,
+            source_video_id=row.get("source_video_id")))
+    return entries
+
+
+def publish_entries(entries: list[BankEntry], topic: str,
+                    send: Callable[[str, bytes, bytes], Any]) -> int:
+    for entry in tqdm(entries, unit="entry", desc="importing", file=sys.stderr):
+        key, value = entry_record(entry)
+        send(topic, key, value)
+    return len(entries)
+
+
+def _safe(entry_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in entry_id)
