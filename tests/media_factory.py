@@ -90,3 +90,13 @@ def corrupt_moov(path: Path, out: Path) -> Path:
     data[at + 4: at + 260] = bytes(range(256))
     out.write_bytes(bytes(data))
     return out
+
+
+def write_zero_frames(path: Path) -> Path:
+    """An MP4 with a video track whose sample table is empty."""
+    out = av.open(str(path), "w", format="mp4")
+    stream = out.add_stream("libx264", rate=25)
+    stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+    out.start_encoding()
+    out.close()
+    return path

@@ -147,3 +147,40 @@ def mp4_video_track(stream: BinaryIO, size: int) -> VideoTrack | None:
             width, height = struct.unpack(">II", header[matrix_at + 36:matrix_at + 44])
             return VideoTrack(width >> 16, height >> 16, _rotation(matrix), tkhd_at + matrix_at)
     return None
+
+
+def mp4_video_sample_count(stream: BinaryIO, size: int) -> int | None:
+    """How many samples (frames) the first video track's sample table lists, or None."""
+    def child(start: int, end: int, kind: bytes):
+        return next(((s, e) for k, s, e in iter_boxes(stream, start, end) if k == kind), None)
+
+    for kind, start, end in iter_boxes(stream, 0, size):
+        if kind != b"moov":
+            continue
+        for trak_kind, trak_start, trak_end in iter_boxes(stream, start, end):
+            mdia = child(trak_start, trak_end, b"mdia") if trak_kind == b"trak" else None
+            hdlr = child(*mdia, b"hdlr") if mdia else None
+            if hdlr is None:
+                continue
+            stream.seek(hdlr[0] + 8)
+            if stream.read(4) != b"vide":
+                continue
+            minf = child(*mdia, b"minf")
+            stbl = child(*minf, b"stbl") if minf else None
+            stsz = child(*stbl, b"stsz") if stbl else None
+            if stsz is None:
+                return None
+            stream.seek(stsz[0] + 8)
+            raw = stream.read(4)
+            return struct.unpack(">I", raw)[0] if len(raw) == 4 else None
+    return None
+
+
+def mp4_without_tracks(stream: BinaryIO, size: int) -> bool:
+    """True for an MP4 whose moov box is well formed but describes no track at all."""
+    for kind, start, end in iter_boxes(stream, 0, size):
+        if kind == b"moov":
+            children = list(iter_boxes(stream, start, end))
+            covered = sum(child_end - child_start + 8 for _, child_start, child_end in children)
+            return covered == end - start and all(k != b"trak" for k, _, _ in children)
+    return False

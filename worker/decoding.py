@@ -16,7 +16,7 @@ from PIL import Image
 
 from . import errors
 from .container import (IDENTITY_MATRIX, iso_bmff_truncated, mp4_track_handlers,
-                        mp4_video_track, sniff)
+                        mp4_video_sample_count, mp4_video_track, mp4_without_tracks, sniff)
 from .errors import DeadLetter
 from .pipeline import SampledFrames
 
@@ -116,9 +116,13 @@ class DecordSampler:
             if family == "iso-bmff":
                 with open(path, "rb") as stream:
                     handlers = mp4_track_handlers(stream, path.stat().st_size)
+                    samples = mp4_video_sample_count(stream, path.stat().st_size)
+                    no_tracks = mp4_without_tracks(stream, path.stat().st_size)
                 if handlers and b"vide" not in handlers:
                     kinds = ", ".join(h.decode("latin-1") for h in handlers)
                     raise DeadLetter(errors.NOT_A_VIDEO, f"an MP4 without a video track ({kinds})") from None
+                if samples == 0 or no_tracks:
+                    raise DeadLetter(errors.NO_FRAMES, "the MP4 has no video frames") from None
             raise DeadLetter(errors.CORRUPT_VIDEO, f"cannot open as video: {message}") from None
 
     def _check_pixels(self, width: int, height: int) -> None:

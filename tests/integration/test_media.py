@@ -23,7 +23,7 @@ from worker.sandbox import SandboxedSampler
 from worker.samples import sample_video
 
 from ..media_factory import (CODECS, corrupt_moov, set_mp4_rotation, write_audio_only,
-                             write_video)
+                             write_video, write_zero_frames)
 
 REPO = Path(__file__).resolve().parents[2]
 LOOPBACK = ["127.0.0.0/8"]
@@ -252,6 +252,7 @@ def _truncated(path: Path) -> Path:
     (_truncated, "video_truncated"),
     (lambda p: corrupt_moov(sample_video("carphone_pristine.mp4"), p), "corrupt_video"),
     (lambda p: write_audio_only(p), "not_a_video"),
+    (lambda p: write_zero_frames(p), "no_frames"),
     (lambda p: _random(p, b"\x89PNG\r\n\x1a\n", 2000), "not_a_video"),
 ])
 def test_broken_files_have_specific_reasons(sandbox, tmp_path, make, reason):
