@@ -213,6 +213,11 @@ def wait_ready(proc: subprocess.Popen, port: int, timeout_s: float) -> float:
     raise RuntimeError(f"the worker was not ready within {timeout_s:.0f}s")
 
 
+COUNTERS = ("events_consumed", "transaction_aborts", "publish_failures", "video_deadline_exceeded",
+            "rebalances", "dead_letters", "decisions")
+TIMINGS = {"stage_duration_seconds": "stage_mean_s", "queue_wait_seconds": "queue_wait_mean_s"}
+
+
 def worker_counters(port: int) -> dict[str, float]:
     """The worker's own counters from /metrics, and the mean seconds of each pipeline stage
     (``stage_mean_s{publish}`` is the delivery: the Kafka transaction); empty if it does not
@@ -222,21 +227,18 @@ def worker_counters(port: int) -> dict[str, float]:
     status, body = http_get(port, "/metrics")
     if status != 200:
         return {}
-    wanted = ("events_consumed", "transaction_aborts", "publish_failures",
-              "video_deadline_exceeded", "rebalances", "dead_letters", "decisions")
-    out, sums = {}, {}
+    out, timings = {}, {}
     for family in text_string_to_metric_families(body.decode()):
         name = family.name.removeprefix("moderation_")
         for sample in family.samples:
-            label = ",".join(f"{v}" for v in sample.labels.values())
-            if name in wanted and sample.name.endswith("_total"):
-                out[sample.name.removeprefix("moderation_") + (f"{{{label}}}" if label else "")] = sample.value
-            elif name in ("stage_duration_seconds", "queue_wait_seconds") and sample.name[-4:] in ("_sum", "ount"):
-                sums.setdefault(f"{name.removesuffix('_seconds').removesuffix('_duration')}_mean_s"
-                                + (f"{{{label}}}" if label else ""), {})[sample.name[-4:]] = sample.value
-    for key, parts in sums.items():
-        if parts.get("ount"):
-            out[key] = round(parts["_sum"] / parts["ount"], 3)
+            labels = ",".join(sample.labels.values())
+            labels = f"{{{labels}}}" if labels else ""
+            if name in COUNTERS and sample.name.endswith("_total"):
+                out[f"{name}_total{labels}"] = sample.value
+            elif name in TIMINGS and sample.name.endswith(("_sum", "_count")):
+                part = sample.name.rsplit("_", 1)[1]
+                timings.setdefault(f"{TIMINGS[name]}{labels}", {})[part] = sample.value
+    out.update({key: round(t["sum"] / t["count"], 3) for key, t in timings.items() if t.get("count")})
     return out
 
 
@@ -313,11 +315,19 @@ def spread(values: list[float]) -> dict:
             "p99": percentile(values, 99), "max": max(values) if values else None}
 
 
-def slope_per_min(points: list[tuple[float, float]]) -> float | None:
-    """Least-squares slope of (seconds, value) points, per minute."""
+def fit(points: list[tuple[float, float]]) -> tuple[float | None, float | None]:
+    """Least-squares slope of (seconds, value) points and its standard error, both per minute."""
     if len(points) < 3 or len({x for x, _ in points}) < 2:
-        return None
-    return statistics.linear_regression([x for x, _ in points], [y for _, y in points]).slope * 60
+        return None, None
+    xs, ys = [x for x, _ in points], [y for _, y in points]
+    line = statistics.linear_regression(xs, ys)
+    residuals = sum((y - line.intercept - line.slope * x) ** 2 for x, y in points)
+    spread_x = sum((x - statistics.fmean(xs)) ** 2 for x in xs)
+    return line.slope * 60, math.sqrt(residuals / (len(points) - 2) / spread_x) * 60
+
+
+def slope_per_min(points: list[tuple[float, float]]) -> float | None:
+    return fit(points)[0]
 
 
 def match(sent: list[Sent], results: list[Result]) -> tuple[dict[int, list[Result]], list[Result]]:
@@ -352,22 +362,44 @@ def analyse(sent: list[Sent], results: list[Result], samples: list[dict], commit
     half = load_start + (load_end - load_start) / 2
     matched, unknown = match(sent, results)
     first = {i: min(outs, key=lambda r: r.read_at) for i, outs in matched.items()}
+    latency = {i: first[i].read_at - sent[i].sent_at for i in first}
+    load_samples = [s for s in samples if load_start <= s["wall"] <= load_end] or samples
+    in_window = [r for r in results if load_start <= r.read_at <= load_end]
+    return {
+        **outcome_figures(sent, results, matched, first, unknown, committed),
+        "throughput": throughput_figures(results, in_window, window, rate),
+        "latency_s": {"all": spread(list(latency.values())),
+                      "verdicts": spread([latency[i] for i in latency if first[i].verdict]),
+                      "dead_letters": spread([latency[i] for i in latency if not first[i].verdict])},
+        "worker_latency_s": {
+            "end_to_end": spread([r.worker_end_to_end for r in results if r.worker_end_to_end is not None]),
+            "processing": spread([r.worker_processing for r in results if r.worker_processing is not None])},
+        "capacity": capacity_figures(sent, latency, load_samples, load_start, half, rate),
+        "rss_mib": rss_figures(samples, load_samples, load_start, half, rss_limit,
+                               len(sent) / max(1e-9, load_end - load_start)),
+        "machine": machine_figures(load_samples, len(in_window)),
+    }
+
+
+def capacity_figures(sent, latency, load_samples, load_start, half, rate) -> dict:
+    """Over capacity when the backlog (sent minus read) grows faster than 5% of the offered
+    rate over the second half of the load; latency then grows with it."""
+    backlog = slope_per_min([(s["wall"] - load_start, s["backlog"]) for s in load_samples
+                             if s["wall"] >= half])
+    return {"saturated": backlog is not None and backlog / 60 > 0.05 * rate,
+            "backlog_slope_per_min": backlog,
+            "latency_slope_s_per_min": slope_per_min([(sent[i].sent_at - load_start, latency[i])
+                                                      for i in latency if sent[i].sent_at >= half]),
+            "max_backlog": max((s["backlog"] for s in load_samples), default=None)}
+
+
+def outcome_figures(sent, results, matched, first, unknown, committed) -> dict:
+    """What each input turned into; inputs without an output, split by the committed offsets."""
+    verdicts = [r for r in results if r.verdict]
     missing = [s for i, s in enumerate(sent) if i not in matched]
     lost_committed = [s for s in missing if s.offset < committed.get(s.partition, 0)]
     mismatched = Counter(f"{s.kind}->{outcome(first[i])}" for i, s in enumerate(sent)
                          if i in first and outcome(first[i]) != expected(s))
-    latency = {i: first[i].read_at - sent[i].sent_at for i in first}
-    verdicts = [r for r in results if r.verdict]
-    in_window = [r for r in results if load_start <= r.read_at <= load_end]
-    second_half = [r for r in in_window if r.read_at >= half]
-    backlog_slope = slope_per_min([(s["wall"] - load_start, s["backlog"]) for s in samples
-                                   if half <= s["wall"] <= load_end])
-    latency_slope = slope_per_min([(sent[i].sent_at - load_start, latency[i]) for i in latency
-                                   if sent[i].sent_at >= half])
-    saturated = backlog_slope is not None and backlog_slope / 60 > 0.05 * rate
-    load_samples = [s for s in samples if load_start <= s["wall"] <= load_end] or samples
-    rss_slope = slope_per_min([(s["wall"] - load_start, s["rss_mib"]) for s in load_samples
-                               if s["wall"] >= half])
     return {
         "events_in": {"total": len(sent), "good": sum(s.kind in GOOD_VIDEOS for s in sent),
                       "by_kind": dict(sorted(Counter(s.kind for s in sent).items()))},
@@ -383,27 +415,20 @@ def analyse(sent: list[Sent], results: list[Result], samples: list[dict], commit
         "duplicates": sum(len(outs) - 1 for outs in matched.values()),
         "duplicate_output_ids": len(results) - len({r.output_id for r in results}),
         "unknown_outputs": len(unknown),
-        "throughput": {
-            "offered_events_per_s": rate,
-            "results_per_s_during_load": len(in_window) / max(1e-9, load_end - load_start),
-            "results_per_s_second_half": len(second_half) / max(1e-9, load_end - half),
-            "videos_per_s_second_half": sum(r.verdict for r in second_half) / max(1e-9, load_end - half),
-            "results_per_s_overall": len(results) / max(1e-9, max((r.read_at for r in results),
-                                                                  default=load_end) - load_start),
-        },
-        "latency_s": {"all": spread(list(latency.values())),
-                      "verdicts": spread([latency[i] for i in latency if first[i].verdict]),
-                      "dead_letters": spread([latency[i] for i in latency if not first[i].verdict])},
-        "worker_latency_s": {"end_to_end": spread([r.worker_end_to_end for r in verdicts
-                                                   if r.worker_end_to_end is not None]),
-                             "processing": spread([r.worker_processing for r in verdicts
-                                                   if r.worker_processing is not None])},
-        "capacity": {"saturated": saturated, "backlog_slope_per_min": backlog_slope,
-                     "latency_slope_s_per_min": latency_slope,
-                     "max_backlog": max((s["backlog"] for s in load_samples), default=None)},
-        "rss_mib": rss_figures(samples, load_samples, half, rss_slope, rss_limit,
-                               len(sent) / max(1e-9, load_end - load_start)),
-        "machine": machine_figures(load_samples, len(in_window)),
+    }
+
+
+def throughput_figures(results, in_window, window, rate) -> dict:
+    load_start, load_end = window
+    half = load_start + (load_end - load_start) / 2
+    second_half = [r for r in in_window if r.read_at >= half]
+    last_read = max((r.read_at for r in results), default=load_end)
+    return {
+        "offered_events_per_s": rate,
+        "results_per_s_during_load": len(in_window) / max(1e-9, load_end - load_start),
+        "results_per_s_second_half": len(second_half) / max(1e-9, load_end - half),
+        "videos_per_s_second_half": sum(r.verdict for r in second_half) / max(1e-9, load_end - half),
+        "results_per_s_overall": len(results) / max(1e-9, last_read - load_start),
     }
 
 
@@ -420,16 +445,39 @@ def machine_figures(load_samples: list[dict], results: int) -> dict:
             "load1_max": max(loads)}
 
 
-def rss_figures(samples, load_samples, half, slope, limit, event_rate) -> dict:
+def rss_trend(slope: float | None, stderr: float | None, limit: float) -> str:
+    """growing: the fitted slope is above ``limit`` by more than two standard errors; flat: it
+    is at most ``limit``, and the fit is precise enough to say so (standard error at most
+    ``limit``); inconclusive otherwise (a short or noisy run)."""
+    if slope is None:
+        return "unknown"
+    if slope - 2 * stderr > limit:
+        return "growing"
+    return "flat" if slope <= limit and stderr <= limit else "inconclusive"
+
+
+def rss_figures(samples, load_samples, load_start, half, limit, event_rate) -> dict:
+    """RSS at points of the load and its trend. The raw samples swing by tens of MiB with each
+    video (decoded frames, MTCNN buffers); each minute's lowest sample, the floor, is what a
+    leak raises, so it is given too."""
     middle = min(load_samples, key=lambda s: abs(s["wall"] - half)) if load_samples else None
+    slope, stderr = fit([(s["wall"] - load_start, s["rss_mib"]) for s in load_samples if s["wall"] >= half])
+    minutes: dict[int, list[float]] = {}
+    for s in load_samples:
+        minutes.setdefault(int((s["wall"] - load_start) // 60), []).append(s["rss_mib"])
+    floors = [(60 * m + 30, min(v)) for m, v in sorted(minutes.items()) if len(v) >= 3]
     return {
+        "slope_stderr_mib_per_min": stderr,
+        "floor_by_minute": [round(v, 1) for _, v in floors],
+        "floor_slope_mib_per_min_second_half": slope_per_min(
+            [(t, v) for t, v in floors if load_start + t >= half]),
         "start": load_samples[0]["rss_mib"] if load_samples else None,
         "middle": middle["rss_mib"] if middle else None,
         "end": load_samples[-1]["rss_mib"] if load_samples else None,
         "peak": max((s["rss_mib"] for s in samples), default=None),
         "slope_mib_per_min_second_half": slope,
         "kib_per_event": None if slope is None or not event_rate else slope * 1024 / (event_rate * 60),
-        "flat": slope is not None and abs(slope) <= limit,
+        "trend": rss_trend(slope, stderr, limit),
         "limit_mib_per_min": limit,
         "threads": sorted({s["threads"] for s in load_samples}),
         # t_s: seconds since the worker process started
@@ -494,11 +542,15 @@ def report(f: dict, run: dict) -> str:
         _spread("processing", f["worker_latency_s"]["processing"]),
         f"Worker RSS, MiB: start {_s(rss['start'], 1)}, middle {_s(rss['middle'], 1)}, end {_s(rss['end'], 1)}, "
         f"peak {_s(rss['peak'], 1)}; slope over the second half {_s(rss['slope_mib_per_min_second_half'], 3)} "
-        f"MiB/min ({_s(rss['kib_per_event'], 2)} KiB/event): "
-        + ("flat" if rss["flat"] else f"NOT FLAT (limit {rss['limit_mib_per_min']} MiB/min)")
+        f"± {_s(rss['slope_stderr_mib_per_min'], 3)} MiB/min ({_s(rss['kib_per_event'], 2)} KiB/event): "
+        + (rss["trend"] if rss["trend"] == "flat" else
+           f"{rss['trend'].upper()} (flat is at most {rss['limit_mib_per_min']} MiB/min)")
         + f"; threads {rss['threads']}",
         f"  RSS by minute (m:ss MiB since the worker started; load from {_mmss(rss['load_window_t_s'][0])} "
         f"to {_mmss(rss['load_window_t_s'][1])}): {timeline}",
+        f"  RSS floor (lowest sample) by minute of the load, MiB: "
+        f"{' '.join(f'{v:.0f}' for v in rss['floor_by_minute'])}; its slope over the second half "
+        f"{_s(rss['floor_slope_mib_per_min_second_half'], 3)} MiB/min",
         f"Machine: worker used {_s(m.get('worker_cpu_cores'))} of {m.get('cpus')} cores during the load, "
         f"{_s(m.get('worker_cpu_s_per_result'))} CPU-s per result; load average (1 min) "
         f"min {_s(m.get('load1_min'))} median {_s(m.get('load1_median'))} max {_s(m.get('load1_max'))}",
@@ -653,7 +705,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             args.json.write_text(json.dumps({"run": run, "figures": figures}, indent=2))
         clean = (figures["lost"] == 0 and figures["duplicates"] == 0 and figures["unknown_outputs"] == 0
-                 and not figures["unexpected_outcomes"] and figures["rss_mib"]["flat"] and exit_code == 0)
+                 and not figures["unexpected_outcomes"] and figures["rss_mib"]["trend"] == "flat"
+                 and exit_code == 0)
         return 0 if clean else 1
     finally:
         if sampler is not None:
