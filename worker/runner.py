@@ -212,7 +212,9 @@ class Runner:
     def step(self, threads: Any, fetch: bool = True) -> None:
         """One turn of the poll loop: poll, start work, pause or resume, deliver results."""
         self.health.beat()
-        busy = bool(self._parts.in_flight)
+        # With work in flight or waiting, poll briefly: the paused partitions have nothing to
+        # fetch, and a long poll would leave the processing threads idle.
+        busy = bool(self._parts.in_flight) or any(self._parts.buffered.values())
         try:
             batch = self.consumer.poll(timeout_ms=50 if busy else self.kafka.poll_timeout_ms,
                                        max_records=self.kafka.max_poll_records)
