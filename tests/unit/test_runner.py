@@ -442,3 +442,15 @@ def test_a_partition_handed_straight_back_in_a_rebalance_loses_nothing(make_pipe
     world.settle()
     assert [v["data"]["video_id"] for v in world.verdicts()] == ["vid-a", "vid-b", "vid-c", "vid-d"]
     assert world.committed() == 4
+
+
+def test_buffered_events_are_not_left_waiting_for_a_full_poll_timeout(make_pipeline, make_event):
+    world = World(make_pipeline())
+    timeouts = []
+    real_poll = world.consumer.poll
+    world.consumer.poll = lambda timeout_ms=0, **kw: timeouts.append(timeout_ms) or real_poll(**kw)
+    for name in "abc":
+        world.upload(make_event(f"vid-{name}", f"file:///videos/{name}.mp4"))
+    world.settle(3)
+    assert timeouts[0] == KAFKA.poll_timeout_ms  # nothing to do yet: a normal poll
+    assert timeouts[1:3] == [50, 50]  # events waiting in the buffer: brief polls
