@@ -3,9 +3,9 @@
 Each copy is a real file written with PyAV (a low-bitrate re-encode in another codec, half
 size, a 5% crop, the middle half, a caption bar, a mirror image, letterbox bars, a border),
 decoded by the worker's own decoder as the pipeline does (32 frames spread evenly), and
-fingerprinted. Every copy must match its original, no copy may match another video, and the
-FAISS index must find exactly what the linear scan finds. The copies are built once per
-session in a temporary folder.
+fingerprinted. Every copy must match its original (the trimmed one by its own share of
+frames, see its test), no copy may match another video, and the FAISS index must find exactly
+what the linear scan finds. The copies are built once per session in a temporary folder.
 """
 from __future__ import annotations
 
