@@ -38,6 +38,9 @@ class KafkaConfig:
     sasl_username: str = ""
     sasl_password: str = ""
     ssl_cafile: str = ""
+    ssl_certfile: str = ""   # mTLS: the worker's client certificate
+    ssl_keyfile: str = ""
+    ssl_password: str = ""
     max_event_bytes: int = 256 * 1024
     poll_timeout_ms: int = 500
     max_poll_records: int = 8

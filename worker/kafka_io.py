@@ -21,8 +21,9 @@ def client_options(cfg: KafkaConfig) -> dict[str, Any]:
     if cfg.sasl_mechanism:
         options.update(sasl_mechanism=cfg.sasl_mechanism, sasl_plain_username=cfg.sasl_username,
                        sasl_plain_password=cfg.sasl_password)
-    if cfg.ssl_cafile:
-        options["ssl_cafile"] = cfg.ssl_cafile
+    for key in ("ssl_cafile", "ssl_certfile", "ssl_keyfile", "ssl_password"):
+        if getattr(cfg, key):
+            options[key] = getattr(cfg, key)
     return options
 
 

@@ -160,3 +160,22 @@ def test_replace_validates_and_keeps_the_rest():
         Config().replace(kafka={"nope": 1})
     with pytest.raises(ConfigError):
         Config().replace(policy={"review_threshold": 0.95})
+
+
+def test_kafka_security_settings_reach_the_client():
+    from worker.kafka_io import client_options
+
+    cfg = load_config(env={"MODERATION_KAFKA_SECURITY_PROTOCOL": "SSL",
+                           "MODERATION_KAFKA_SSL_CAFILE": "/etc/kafka/ca.pem",
+                           "MODERATION_KAFKA_SSL_CERTFILE": "/etc/kafka/client.pem",
+                           "MODERATION_KAFKA_SSL_KEYFILE": "/etc/kafka/client.key"})
+    options = client_options(cfg.kafka)
+    assert options["security_protocol"] == "SSL"
+    assert (options["ssl_cafile"], options["ssl_certfile"], options["ssl_keyfile"]) == (
+        "/etc/kafka/ca.pem", "/etc/kafka/client.pem", "/etc/kafka/client.key")
+    scram = load_config(env={}, overrides=["kafka.security_protocol=SASL_SSL",
+                                           "kafka.sasl_mechanism=SCRAM-SHA-512",
+                                           "kafka.sasl_username=worker", "kafka.sasl_password=s3cret"])
+    options = client_options(scram.kafka)
+    assert (options["sasl_mechanism"], options["sasl_plain_username"], options["sasl_plain_password"]) == (
+        "SCRAM-SHA-512", "worker", "s3cret")
