@@ -659,7 +659,10 @@ def main(argv: list[str] | None = None) -> int:
             f"kafka.bootstrap_servers={bootstrap}", f"kafka.group_id=soak-{run_id}",
             f"kafka.upload_topic=soak-uploads-{run_id}", f"kafka.verdict_topic=soak-verdicts-{run_id}",
             f"kafka.dead_letter_topic=soak-dead-letters-{run_id}"]).kafka
-        ensure_topics(kafka_cfg, partitions=args.partitions)
+        if not any("bank.topic" in a for a in worker_argv):  # a fresh, empty hash bank per run
+            worker_argv += ["--set", f"bank.topic=soak-bank-{run_id}"]
+        bank_topic = next(a.split("=", 1)[1] for a in worker_argv if a.startswith("bank.topic="))
+        ensure_topics(kafka_cfg, partitions=args.partitions, bank_topic=bank_topic)
         limit_s = args.startup_timeout + args.duration + args.drain_timeout + 300
         reader = ResultsReader(kafka_cfg, max_s=limit_s)
         reader.start()
