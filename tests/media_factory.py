@@ -37,15 +37,21 @@ def write_video(path: Path, fmt: str = "mp4", codec: str = "libx264", width: int
     stream = out.add_stream(codec, rate=fps)
     stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
     stream.time_base = fractions.Fraction(1, 1000 if frame_ms else fps)
+    pictures = []
     pts = 0
     for i in range(frames):
         frame = av.VideoFrame.from_ndarray(frame_image(i, width, height), format="rgb24")
         frame.pts = pts
         pts += frame_ms[i % len(frame_ms)] if frame_ms else 1
-        for packet in stream.encode(frame):
-            out.mux(packet)
-    for packet in stream.encode():
-        out.mux(packet)
+        pictures.append(frame)
+    return _encode(out, stream, pictures, path)
+
+
+def _encode(out, stream, frames, path: Path) -> Path:
+    """Encode and mux ``frames``, flush the encoder, close the file."""
+    for frame in frames:
+        out.mux(stream.encode(frame))
+    out.mux(stream.encode())
     out.close()
     return path
 
@@ -53,15 +59,12 @@ def write_video(path: Path, fmt: str = "mp4", codec: str = "libx264", width: int
 def write_audio_only(path: Path) -> Path:
     out = av.open(str(path), "w", format="mp4")
     stream = out.add_stream("aac", rate=44100)
+    frames = []
     for i in range(20):
         frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
         frame.sample_rate, frame.pts = 44100, i * 1024
-        for packet in stream.encode(frame):
-            out.mux(packet)
-    for packet in stream.encode():
-        out.mux(packet)
-    out.close()
-    return path
+        frames.append(frame)
+    return _encode(out, stream, frames, path)
 
 
 _ROTATION_MATRIX = {90: (0, 1 << 16, 0, -(1 << 16), 0, 0, 0, 0, 1 << 30)}

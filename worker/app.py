@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Callable
 from pathlib import Path
 
 import torch  # before decord (imported by .media): see README, "Pitfalls"
@@ -95,7 +96,7 @@ def build_pipeline(cfg: Config) -> Pipeline:
 
 def serve(cfg: Config, stop: threading.Event, pipeline: Pipeline | None = None,
           registry: CollectorRegistry | None = None,
-          on_http: "callable | None" = None) -> None:
+          on_http: Callable[[int], None] | None = None) -> None:
     """Run the worker until ``stop`` is set.
 
     The health server starts first, so the liveness probe passes during the model load;
