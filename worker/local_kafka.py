@@ -52,8 +52,15 @@ def _free_port() -> int:
 
 
 def _kafka_uuid() -> str:
-    """A random id in Kafka's text form (cluster ids, directory ids)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A random id in Kafka's text form (cluster ids, directory ids).
+
+    Like Kafka's own ``Uuid.randomUuid()``, ids whose text starts with "-" are drawn again:
+    a command line would read such an id as an option (kafka-storage format -t -x... fails).
+    """
+    while True:
+        text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not text.startswith("-"):
+            return text
 
 
 _LOG4J2 = """\
@@ -134,7 +141,7 @@ class _Node:
     def format(self, cluster_id: str, *quorum_flags: str) -> None:
         fmt = subprocess.run(
             self._java("kafka.tools.StorageTool", "format", *quorum_flags,
-                       "-t", cluster_id, "-c", str(self.config_path)),
+                       f"--cluster-id={cluster_id}", f"--config={self.config_path}"),
             capture_output=True, text=True,
         )
         if fmt.returncode != 0:
