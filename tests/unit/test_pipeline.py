@@ -8,7 +8,7 @@ import pytest
 from worker.errors import DeadLetter
 from worker.events import parse_upload_event
 from worker.fakes import FakeClassifier, FakeDetector, FakeSampler
-from worker.policy import Policy
+from worker.policy import Policy, policy_version
 
 from .conftest import FACE
 
@@ -44,7 +44,8 @@ def test_a_faked_face_is_a_takedown_with_its_evidence(make_pipeline, event):
     assert [d.timestamp_s for d in detections] == pytest.approx([i / 25 for i in expected.indices])
     assert all(d.box == FACE and d.confidence == 0.99 and d.score == 0.95 for d in detections)
     assert verdict.model == classifier.info
-    assert verdict.policy_version == Policy().version
+    assert verdict.policy_version == policy_version(Policy(), classifier.info.calibration)
+    assert verdict.raw_video_score == pytest.approx(0.95) and verdict.decisive_track_id == 0
     assert verdict.event is event
     assert classifier.calls == 1  # every face of the video in one call
 
