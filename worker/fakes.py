@@ -57,7 +57,7 @@ class FakeSampler:
         self.hash_frames = hash_frames
 
     def sample(self, path: Path, count: int) -> SampledFrames:
-        indices = sorted({int(i) for i in np.linspace(0, self.frame_count - 1, count).round()}) \
+        indices = sorted({int(i) for i in np.linspace(0, self.frame_count - 1, count).astype(np.int64)}) \
             if self.frame_count else []
         frames = np.zeros((len(indices), *self.size, 3), np.uint8)
         hashed = tuple(range(0, self.frame_count, max(1, round(self.fps)))) if self.hash_frames else ()
