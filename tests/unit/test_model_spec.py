@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from worker.calibration import Calibration
-from worker.models.spec import ModelFileError, load_model_spec, save_calibration
+from worker.models.spec import ModelFileError, load_model_spec, save_calibration, write_model_file
 from worker.track_scores import Aggregation
 
 SHA_A, SHA_B = "a" * 64, "b" * 64
@@ -175,3 +175,15 @@ def test_save_calibration_refuses_a_broken_file(tmp_path):
     with pytest.raises(ModelFileError):
         save_calibration(path, Calibration("temperature", 0.9, 0.5))
     assert path.read_text() == before
+
+
+def test_write_model_file_round_trips(tmp_path):
+    calibration = Calibration("temperature", 0.97, 0.4, temperature=1.3)
+    spec = write_model_file(tmp_path / "m.toml", name="ours", version="3", backend="timm",
+                            architecture="efficientnet_b0",
+                            checkpoints=[(tmp_path / "w" / "a.pt", SHA_A), ("/elsewhere/b.pt", SHA_B)],
+                            preprocessing={"input_size": 224, "frames_per_video": 8},
+                            aggregation={"method": "mean"}, calibration=calibration)
+    assert 'path = "w/a.pt"' in (tmp_path / "m.toml").read_text()
+    assert [c.path for c in spec.checkpoints] == [tmp_path / "w" / "a.pt", Path("/elsewhere/b.pt")]
+    assert spec.calibration == calibration and spec.preprocessing.frames_per_video == 8

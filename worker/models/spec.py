@@ -17,7 +17,7 @@ import tempfile
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import tomli_w
 
@@ -211,7 +211,31 @@ def _aggregation(table: Any) -> Aggregation:
     return Aggregation(method=method, threshold=threshold)
 
 
-# --- writing the calibration back ----------------------------------------------------------
+# --- writing ---------------------------------------------------------------------------------
+
+def write_model_file(path: Path | str, *, name: str, version: str, backend: str, architecture: str,
+                     checkpoints: Sequence[tuple[Path | str, str]], preprocessing: Mapping[str, Any],
+                     aggregation: Mapping[str, Any], calibration: Calibration | None = None) -> ModelSpec:
+    """Write a model file (checkpoint paths relative to it where they can be) and read it back,
+    validated. For tools that produce models (training, tests, benchmarks)."""
+    path = Path(path).resolve()
+    entries = []
+    for checkpoint, sha in checkpoints:
+        checkpoint = Path(checkpoint).resolve()
+        try:
+            shown = checkpoint.relative_to(path.parent).as_posix()
+        except ValueError:
+            shown = str(checkpoint)
+        entries.append({"path": shown, "sha256": sha})
+    table: dict[str, Any] = {"name": name, "version": version, "backend": backend,
+                             "architecture": architecture, "checkpoints": entries,
+                             "preprocessing": dict(preprocessing), "aggregation": dict(aggregation)}
+    if calibration is not None:
+        table["calibration"] = calibration.to_mapping()
+    path.write_text(tomli_w.dumps(table))
+    return load_model_spec(path)
+
+
 
 _HEADER = re.compile(r"^\s*\[\[?\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\]?\s*(#.*)?$")
 
