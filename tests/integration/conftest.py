@@ -51,7 +51,7 @@ def write_test_model_file(path: Path, checkpoint: Path, sha256: str,
     are small), 32 frames, mean per track."""
     pre = {"input_size": 224, "frames_per_video": 32, "detector_scale": 1.0,
            "detector_thresholds": [0.6, 0.7, 0.7], **preprocessing}
-    return write_model_file(path, name=f"{ARCH}-test", version="test", backend="timm",
+    return write_model_file(path, name=ARCH, version="test", backend="timm",
                             architecture=ARCH, checkpoints=[(checkpoint, sha256)],
                             preprocessing=pre, aggregation={"method": "mean"}, calibration=calibration)
 
