@@ -65,8 +65,10 @@ def load_checkpoint(path: Path, expected_sha256: str) -> Checkpoint:
         with torch.serialization.safe_globals(_NUMPY_SCALARS):
             payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a pickle that is not a plain weights file
-        raise CheckpointError(f"checkpoint {path} is not a weights-only torch file: "
-                              f"{str(exc).strip().splitlines()[-1][:300]}") from None
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [repr(exc)]
+        reason = next((line for line in lines if "Unsupported global" in line), lines[0])
+        raise CheckpointError(f"checkpoint {path} cannot be read as a weights-only torch file: "
+                              f"{reason[:300]}") from None
     meta: dict = {}
     if isinstance(payload, dict) and isinstance(payload.get("state_dict"), dict):
         meta, payload = payload, payload["state_dict"]
