@@ -113,7 +113,8 @@ def crop_window(box: Sequence[int], width: int, height: int) -> tuple[int, int, 
 def crop_face(frame: np.ndarray, box: Sequence[int]) -> np.ndarray:
     top, bottom, left, right = crop_window(box, frame.shape[1], frame.shape[0])
     if bottom <= top or right <= left:
-        raise ValueError(f"face box {tuple(box)} leaves nothing of a {frame.shape[1]}x{frame.shape[0]} frame")
+        raise ValueError(f"face box {tuple(box)} leaves nothing of a "
+                         f"{frame.shape[1]}x{frame.shape[0]} frame")
     return frame[top:bottom, left:right]
 
 
