@@ -83,7 +83,7 @@ class FaceScorer:
             out[i] = self._crop(frames[pos], box, self.preprocessing)
         return out
 
-    def _batch(self, crops: np.ndarray) -> torch.Tensor:
+    def device_batch(self, crops: np.ndarray) -> torch.Tensor:
         """uint8 NHWC on the host to a normalised float NCHW batch on the device."""
         host = torch.from_numpy(np.ascontiguousarray(crops))
         if self.uses_cuda:
@@ -107,7 +107,7 @@ class FaceScorer:
         outputs: list[torch.Tensor] = []
         with self._lock, torch.inference_mode(), autocast:
             for start in range(0, count, self.batch_size):
-                batch = self._batch(crops[start:start + self.batch_size])
+                batch = self.device_batch(crops[start:start + self.batch_size])
                 logits = [self._logits(member, batch) for member in self.members]
                 outputs.append(torch.sigmoid(torch.stack(logits).float()))
             # one device-to-host copy, after every batch was queued
