@@ -209,7 +209,7 @@ def main() -> int:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         for n in threads:
-            result = end_to_end(model_file, device, n, 1 if args.quick else 3, names)
+            result = end_to_end(model_file, device, n, n if args.quick else 3, names)
             report["end_to_end"][n] = result
             stages = ", ".join(f"{k} {v:.3f}" for k, v in result["median_stage_s"].items())
             print(f"end to end, {n} video(s) in flight: {result['videos_per_s']:.2f} videos/s "
