@@ -1,0 +1,149 @@
+"""Training on a real video: real decord frames, real MTCNN landmarks, a real timm model.
+
+The run is small (a ResNet-10 at 64 px, 8 faces, one fixed self-blend per face) so that
+it can overfit within a few seconds on two cores: the loss must fall, a run broken off
+and resumed must end with the same weights as an unbroken one, and the checkpoint it
+writes must load in the worker and give the worker the same scores the trainer computes.
+"""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from worker.__main__ import main
+from worker.decoding import DecordSampler
+from worker.faces import MtcnnDetector
+from worker.models.checkpoint import load_checkpoint
+from worker.models.crops import normalise
+from worker.models.timm_classifier import TimmFaceClassifier
+from worker.samples import sample_video
+from worker.training.dataset import (DetectionSettings, SelfBlendedPairs, TrainingDataError, find_videos,
+                                     load_faces)
+from worker.training.train import ModelFileInfo, TrainingError, TrainSettings, train
+
+ARCH = "resnet10t"
+SIZE = 64
+DETECTION = DetectionSettings(frames_per_video=8)
+SETTINGS = TrainSettings(architecture=ARCH, input_size=SIZE, steps=24, batch_size=4, lr=1e-3,
+                         save_every=8, blend_pool=1, seed=3)
+INFO = ModelFileInfo(name="sbi-test", version="test-1")
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("face-cache")
+
+
+@pytest.fixture(scope="module")
+def faces(cache):
+    found, skipped = load_faces([sample_video("carphone_pristine.mp4")], DETECTION, cache)
+    assert skipped == {}
+    return found
+
+
+def _pairs(faces) -> SelfBlendedPairs:
+    return SelfBlendedPairs(faces, SIZE, SETTINGS.seed, blend_pool=SETTINGS.blend_pool)
+
+
+def test_faces_have_landmarks_inside_their_crops_and_come_from_the_cache(faces, cache):
+    assert len(faces) == 8  # carphone has one face in every frame
+    for face in faces:
+        height, width = face.image.shape[:2]
+        assert face.image.dtype == np.uint8 and min(height, width) >= 40
+        assert ((face.landmarks >= 0) & (face.landmarks < [width, height])).all()
+    assert len(list(cache.glob("*.npz"))) == 1
+    again, _ = load_faces([sample_video("carphone_pristine.mp4")], DETECTION, cache)
+    assert all(np.array_equal(a.image, b.image) and np.array_equal(a.landmarks, b.landmarks)
+               for a, b in zip(faces, again))
+
+
+def test_batches_pair_each_real_face_with_its_blend_in_a_seeded_order(faces):
+    pairs = _pairs(faces)
+    inputs, labels = pairs.batch(0, 4)
+    assert inputs.shape == (8, 3, SIZE, SIZE) and labels.tolist() == [0, 1] * 4
+    assert torch.equal(inputs, pairs.batch(0, 4)[0])
+    # Two steps of 4 cover all 8 faces once: one permutation per epoch.
+    seen = [index for step in (0, 1) for _, index in pairs.indices(step, 4)]
+    assert sorted(seen) == list(range(8))
+    assert not torch.equal(inputs[0], inputs[1])  # the blend changed the face
+
+
+def test_unreadable_and_faceless_videos_are_skipped_with_a_reason(tmp_path, cache):
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"this is not a video at all" * 10)
+    faces, skipped = load_faces([junk, sample_video("carphone_pristine.mp4")], DETECTION, cache)
+    assert len(faces) == 8 and "not_a_video" in skipped[str(junk)]
+    with pytest.raises(TrainingDataError, match="no face"):
+        load_faces([junk], DETECTION, tmp_path / "c")
+    with pytest.raises(TrainingDataError, match="neither"):
+        find_videos([tmp_path / "missing"])
+    assert find_videos([tmp_path]) == [junk.resolve()]
+
+
+def test_loss_falls_resume_matches_an_unbroken_run_and_the_worker_loads_it(faces, tmp_path):
+    broken, unbroken = tmp_path / "broken", tmp_path / "unbroken"
+    first = train(_pairs(faces), broken, SETTINGS, DETECTION, INFO, progress=False, stop_after=10)
+    assert first.step == 10 and first.model_file is None
+    with pytest.raises(TrainingError, match="--resume"):
+        train(_pairs(faces), broken, SETTINGS, DETECTION, INFO, progress=False)
+    resumed = train(_pairs(faces), broken, SETTINGS, DETECTION, INFO, progress=False, resume=True)
+    assert resumed.resumed_from == 10 and resumed.step == 24 and len(resumed.losses) == 24
+    assert resumed.losses[:10] == first.losses
+    whole = train(_pairs(faces), unbroken, SETTINGS, DETECTION, INFO, progress=False)
+    np.testing.assert_allclose(resumed.losses, whole.losses, rtol=1e-4, atol=1e-5)
+    a = load_checkpoint(resumed.checkpoint, resumed.sha256).state_dict
+    b = load_checkpoint(whole.checkpoint, whole.sha256).state_dict
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5)
+
+    losses = resumed.losses
+    print("loss per step:", " ".join(f"{v:.3f}" for v in losses))
+    assert np.mean(losses[:6]) > 0.6
+    assert np.mean(losses[-6:]) < 0.6 * np.mean(losses[:6])
+
+    # Only the last checkpoints are kept; the model file names the final one.
+    assert sorted(p.name for p in broken.glob("checkpoint-*.pt")) == [
+        "checkpoint-0000016.pt", "checkpoint-0000024.pt"]
+    spec = tomllib.loads(resumed.model_file.read_text())
+    assert spec["backend"] == "timm" and spec["architecture"] == ARCH and "calibration" not in spec
+    assert spec["preprocessing"]["input_size"] == SIZE
+    entry = spec["checkpoints"][0]
+    assert (broken / entry["path"]) == resumed.checkpoint and entry["sha256"] == resumed.sha256
+
+    # The worker's own path: decode, detect with the worker's MTCNN, crop, score.
+    classifier = TimmFaceClassifier(ARCH, broken / entry["path"], entry["sha256"], torch.device("cpu"),
+                                    input_size=SIZE, crop_margin=spec["preprocessing"]["crop_margin"])
+    assert classifier.info.version == "test-1"
+    sampled = DecordSampler().sample(sample_video("carphone_pristine.mp4"), DETECTION.frames_per_video)
+    boxes = [(pos, box) for pos, found in enumerate(MtcnnDetector(torch.device("cpu")).detect(sampled.frames))
+             for box, _ in found]
+    worker_scores = np.array(classifier.score(sampled.frames, boxes))
+    # Same pixels in training and serving: the trainer's view of the cached crops scores the same.
+    # (No claim about the scores' size: after a few steps at a high learning rate the batch-norm
+    # running statistics lag the weights, so eval-mode scores of an overfitted toy say little.)
+    with torch.inference_mode():
+        pairs = _pairs(faces)
+        real = normalise(torch.stack([pairs.tensor(face.image) for face in faces]))
+        trainer_real = torch.sigmoid(classifier.model(real)).squeeze(1).numpy()
+    assert len(worker_scores) == len(faces)
+    np.testing.assert_allclose(worker_scores, trainer_real, atol=1e-5)
+    print("worker scores of the real faces:", np.round(worker_scores, 3))
+
+def test_cli_trains_resumes_and_refuses_a_second_fresh_run(tmp_path, cache, capsys):
+    video = str(sample_video("carphone_pristine.mp4"))
+    common = [video, "--out", str(tmp_path / "run"), "--cache", str(cache), "--architecture", ARCH,
+              "--input-size", str(SIZE), "--frames-per-video", "8", "--batch-size", "2",
+              "--save-every", "2", "--no-progress"]
+    assert main(["train", *common, "--steps", "2"]) == 0
+    assert (tmp_path / "run" / "model.toml").is_file()
+    assert main(["train", *common, "--steps", "2"]) == 2
+    assert "--resume" in capsys.readouterr().err
+    assert main(["train", *common, "--steps", "3", "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert '"resumed_from": 2' in out and '"step": 3' in out
+    assert main(["train", *common, "--steps", "3", "--resume", "--lr", "0.5"]) == 2
+    assert "other settings" in capsys.readouterr().err

@@ -1,0 +1,240 @@
+"""Real face crops from the platform's videos, and real/self-blended training pairs.
+
+Decoding and face detection are the slow part of training and their result never changes,
+so each video is decoded (:class:`worker.decoding.DecordSampler`) and searched for faces
+with MTCNN (box + five landmarks) once; the crops are cached in an ``.npz`` per video,
+keyed by the file's identity and the settings that shape the crops. Epochs then only
+blend and resize.
+
+A crop is the face box plus ``crop_margin`` on each side, exactly the window the worker
+scores (:func:`worker.models.crops.expand_box`); the pair's tensors go through the same
+:func:`crop_tensor` and :func:`normalise` as inference, so training and serving see the
+same pixels.
+
+Every random choice (which faces form a batch, each blend, each flip) derives from
+``(seed, step)``, so a run resumed at step N sees the same data as one that never stopped.
+
+In a process that also runs torch, import torch before this module (decord; see README).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..decoding import DecordSampler
+from ..errors import DeadLetter
+from ..models.crops import IMAGENET_MEAN, IMAGENET_STD, crop_tensor, expand_box, normalise
+from .sbi import self_blend
+
+log = logging.getLogger(__name__)
+
+VIDEO_SUFFIXES = (".mp4", ".mov", ".m4v", ".mkv", ".webm", ".avi")
+CACHE_FORMAT = 1
+
+
+class TrainingDataError(RuntimeError):
+    """No usable faces: no videos, none decodable, or no face found in any of them."""
+
+
+@dataclass(frozen=True)
+class FaceCrop:
+    image: np.ndarray       # (H, W, 3) uint8: box + margin, cut from the frame
+    landmarks: np.ndarray   # (5, 2) float32, x, y in the crop's pixels
+    video: str
+    frame_index: int
+
+
+@dataclass(frozen=True)
+class DetectionSettings:
+    frames_per_video: int = 16
+    crop_margin: float = 1 / 3
+    detector_scale: float = 1.0           # frames are downscaled by this before MTCNN
+    detector_thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
+    min_face_size: int = 20
+    min_confidence: float = 0.9
+
+
+def find_videos(paths: Iterable[Path]) -> list[Path]:
+    """Files as given, folders searched recursively for video suffixes; sorted, no repeats."""
+    found: set[Path] = set()
+    for path in map(Path, paths):
+        if path.is_dir():
+            found.update(p.resolve() for p in path.rglob("*")
+                         if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+        elif path.is_file():
+            found.add(path.resolve())
+        else:
+            raise TrainingDataError(f"{path} is neither a video file nor a folder")
+    return sorted(found)
+
+
+class LandmarkDetector:
+    """MTCNN boxes and five landmarks, with the worker's detector settings."""
+
+    def __init__(self, settings: DetectionSettings, device: torch.device, batch_size: int = 16):
+        from facenet_pytorch import MTCNN
+        self.settings = settings
+        self.batch_size = batch_size
+        self._mtcnn = MTCNN(keep_all=True, device=device, min_face_size=settings.min_face_size,
+                            thresholds=list(settings.detector_thresholds), post_process=False)
+        self._device = device
+
+    def detect(self, frames: np.ndarray) -> list[list[tuple[np.ndarray, np.ndarray]]]:
+        """Per frame: (box x1 y1 x2 y2, landmarks (5, 2)) in frame pixels, confident ones only."""
+        scale = self.settings.detector_scale
+        found = []
+        for start in range(0, len(frames), self.batch_size):
+            batch = torch.from_numpy(frames[start:start + self.batch_size]).to(self._device)
+            if scale != 1.0:
+                nchw = batch.permute(0, 3, 1, 2).float()
+                size = (max(1, round(nchw.shape[2] * scale)), max(1, round(nchw.shape[3] * scale)))
+                batch = (F.interpolate(nchw, size=size, mode="bilinear", antialias=scale < 1,
+                                       align_corners=False)
+                         .clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous())
+            boxes, probs, points = self._mtcnn.detect(batch, landmarks=True)
+            for frame_boxes, frame_probs, frame_points in zip(boxes, probs, points):
+                kept = []
+                if frame_boxes is not None:
+                    for box, prob, pts in zip(frame_boxes, frame_probs, frame_points):
+                        if prob is not None and prob >= self.settings.min_confidence:
+                            kept.append((np.asarray(box, np.float64) / scale,
+                                         np.asarray(pts, np.float64) / scale))
+                found.append(kept)
+        return found
+
+
+def _cache_key(video: Path, settings: DetectionSettings) -> str:
+    stat = video.stat()
+    identity = {"format": CACHE_FORMAT, "path": str(video), "size": stat.st_size,
+                "mtime_ns": stat.st_mtime_ns, "settings": [settings.frames_per_video,
+                settings.crop_margin, settings.detector_scale, list(settings.detector_thresholds),
+                settings.min_face_size, settings.min_confidence]}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def video_faces(video: Path, settings: DetectionSettings, detector: LandmarkDetector,
+                sampler: DecordSampler) -> list[FaceCrop]:
+    """Decode, detect, cut: the face crops of one video (no cache)."""
+    sampled = sampler.sample(video, settings.frames_per_video)
+    frames = sampled.frames
+    height, width = frames.shape[1:3]
+    crops = []
+    for frame, index, faces in zip(frames, sampled.indices, detector.detect(frames)):
+        for box, points in faces:
+            left, top, right, bottom = expand_box(box, settings.crop_margin, width, height)
+            if right - left < 8 or bottom - top < 8:
+                continue
+            crops.append(FaceCrop(image=np.ascontiguousarray(frame[top:bottom, left:right]),
+                                  landmarks=(points - [left, top]).astype(np.float32),
+                                  video=str(video), frame_index=int(index)))
+    return crops
+
+
+def load_faces(videos: Sequence[Path], settings: DetectionSettings, cache_dir: Path,
+               device: torch.device = torch.device("cpu")) -> tuple[list[FaceCrop], dict[str, str]]:
+    """The face crops of all videos (cached), and the videos skipped with the reason why."""
+    if not videos:
+        raise TrainingDataError("no videos to train on")
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    detector: LandmarkDetector | None = None
+    sampler = DecordSampler()
+    faces: list[FaceCrop] = []
+    skipped: dict[str, str] = {}
+    for video in videos:
+        cached = cache_dir / f"{_cache_key(video, settings)}.npz"
+        if cached.is_file():
+            faces.extend(_read_cache(cached, video))
+            continue
+        detector = detector or LandmarkDetector(settings, device)
+        try:
+            found = video_faces(video, settings, detector, sampler)
+        except DeadLetter as failure:
+            skipped[str(video)] = f"{failure.reason}: {failure.message}"
+            log.warning("skipping %s: %s", video, skipped[str(video)])
+            continue
+        if not found:
+            skipped[str(video)] = "no face found"
+        _write_cache(cached, found)
+        faces.extend(found)
+    if not faces:
+        raise TrainingDataError(f"no face found in {len(videos)} video(s); skipped: {skipped}")
+    return faces, skipped
+
+
+def _write_cache(path: Path, crops: list[FaceCrop]) -> None:
+    arrays = {f"crop_{i}": c.image for i, c in enumerate(crops)}
+    arrays["landmarks"] = np.array([c.landmarks for c in crops], np.float32).reshape(-1, 5, 2)
+    arrays["frame_indices"] = np.array([c.frame_index for c in crops], np.int64)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **arrays)
+    tmp.replace(path)
+
+
+def _read_cache(path: Path, video: Path) -> list[FaceCrop]:
+    with np.load(path, allow_pickle=False) as data:
+        return [FaceCrop(image=data[f"crop_{i}"], landmarks=data["landmarks"][i], video=str(video),
+                         frame_index=int(index)) for i, index in enumerate(data["frame_indices"])]
+
+
+class SelfBlendedPairs:
+    """Batches of (real crop, 0) and (its self-blend, 1), as the backend's input tensors.
+
+    ``blend_pool`` = 0 gives every face a fresh blend each epoch; k > 0 cycles through k
+    fixed blends per face (1 = a fixed set, for overfitting checks).
+    """
+
+    def __init__(self, faces: Sequence[FaceCrop], input_size: int, seed: int,
+                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                 blend_pool: int = 0):
+        if not faces:
+            raise TrainingDataError("no faces")
+        self.faces = list(faces)
+        self.input_size = input_size
+        self.seed = seed
+        self.mean, self.std = tuple(mean), tuple(std)
+        self.blend_pool = blend_pool
+
+    def __len__(self) -> int:
+        return len(self.faces)
+
+    def indices(self, step: int, batch_size: int) -> list[tuple[int, int]]:
+        """(epoch, face index) for the batch of ``step``: a seeded permutation per epoch."""
+        picked = []
+        n = len(self.faces)
+        for position in range(step * batch_size, (step + 1) * batch_size):
+            epoch, offset = divmod(position, n)
+            order = np.random.default_rng([self.seed, epoch]).permutation(n)
+            picked.append((epoch, int(order[offset])))
+        return picked
+
+    def pair(self, index: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The real crop and its self-blend, as un-normalised (3, S, S) tensors in [0, 255]."""
+        face = self.faces[index]
+        variant = epoch % self.blend_pool if self.blend_pool > 0 else epoch
+        rng = np.random.default_rng([self.seed, index, variant])
+        fake = self_blend(face.image, face.landmarks, rng).image
+        real = face.image
+        if rng.random() < 0.5:
+            real, fake = real[:, ::-1], fake[:, ::-1]
+        return self.tensor(real), self.tensor(fake)
+
+    def tensor(self, crop: np.ndarray) -> torch.Tensor:
+        height, width = crop.shape[:2]
+        return crop_tensor(crop, (0, 0, width, height), 0.0, self.input_size)
+
+    def batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(2B, 3, S, S) normalised inputs, real then fake for each face, and their labels."""
+        images, labels = [], []
+        for epoch, index in self.indices(step, batch_size):
+            real, fake = self.pair(index, epoch)
+            images += [real, fake]
+            labels += [0.0, 1.0]
+        return normalise(torch.stack(images), self.mean, self.std), torch.tensor(labels)
