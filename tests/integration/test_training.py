@@ -7,7 +7,6 @@ writes must load in the worker and give the worker the same scores the trainer c
 """
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -16,14 +15,13 @@ import torch
 
 from worker.__main__ import main
 from worker.decoding import DecordSampler
-from worker.faces import MtcnnDetector
 from worker.models.checkpoint import load_checkpoint
-from worker.models.crops import normalise
-from worker.models.timm_classifier import TimmFaceClassifier
+from worker.models.loading import load_detector_model, load_face_detector
+from worker.models.spec import load_model_spec
 from worker.samples import sample_video
 from worker.training.dataset import (DetectionSettings, SelfBlendedPairs, TrainingDataError, find_videos,
                                      load_faces)
-from worker.training.train import ModelFileInfo, TrainingError, TrainSettings, train
+from worker.training.train import ModelFileInfo, TrainingError, TrainSettings, preprocessing_of, train
 
 ARCH = "resnet10t"
 SIZE = 64
@@ -46,7 +44,8 @@ def faces(cache):
 
 
 def _pairs(faces) -> SelfBlendedPairs:
-    return SelfBlendedPairs(faces, SIZE, SETTINGS.seed, blend_pool=SETTINGS.blend_pool)
+    return SelfBlendedPairs(faces, preprocessing_of(SETTINGS, DETECTION), SETTINGS.seed,
+                            blend_pool=SETTINGS.blend_pool)
 
 
 def test_faces_have_landmarks_inside_their_crops_and_come_from_the_cache(faces, cache):
@@ -108,29 +107,28 @@ def test_loss_falls_resume_matches_an_unbroken_run_and_the_worker_loads_it(faces
     # Only the last checkpoints are kept; the model file names the final one.
     assert sorted(p.name for p in broken.glob("checkpoint-*.pt")) == [
         "checkpoint-0000016.pt", "checkpoint-0000024.pt"]
-    spec = tomllib.loads(resumed.model_file.read_text())
-    assert spec["backend"] == "timm" and spec["architecture"] == ARCH and "calibration" not in spec
-    assert spec["preprocessing"]["input_size"] == SIZE
-    entry = spec["checkpoints"][0]
-    assert (broken / entry["path"]) == resumed.checkpoint and entry["sha256"] == resumed.sha256
+    spec = load_model_spec(resumed.model_file)
+    assert spec.backend == "timm" and spec.architecture == ARCH and spec.calibration is None
+    assert spec.preprocessing == preprocessing_of(SETTINGS, DETECTION)
+    assert spec.version == "test-1" and spec.aggregation.method == "mean"
+    assert [(c.path, c.sha256) for c in spec.checkpoints] == [(resumed.checkpoint.resolve(), resumed.sha256)]
 
-    # The worker's own path: decode, detect with the worker's MTCNN, crop, score.
-    classifier = TimmFaceClassifier(ARCH, broken / entry["path"], entry["sha256"], torch.device("cpu"),
-                                    input_size=SIZE, crop_margin=spec["preprocessing"]["crop_margin"])
-    assert classifier.info.version == "test-1"
-    sampled = DecordSampler().sample(sample_video("carphone_pristine.mp4"), DETECTION.frames_per_video)
-    boxes = [(pos, box) for pos, found in enumerate(MtcnnDetector(torch.device("cpu")).detect(sampled.frames))
-             for box, _ in found]
-    worker_scores = np.array(classifier.score(sampled.frames, boxes))
+    # The worker's own path from the model file: decode, its MTCNN, its crop, its scorer.
+    scorer = load_detector_model(spec, torch.device("cpu"))
+    sampled = DecordSampler().sample(sample_video("carphone_pristine.mp4"), spec.preprocessing.frames_per_video)
+    found = load_face_detector(spec, torch.device("cpu")).detect(sampled.frames)
+    boxes = [(pos, box) for pos, faces_in_frame in enumerate(found) for box, _ in faces_in_frame]
+    assert len(boxes) == len(faces)
+    worker_scores = np.array(scorer.score(sampled.frames, boxes)[0])
     # Same pixels in training and serving: the trainer's view of the cached crops scores the same.
     # (No claim about the scores' size: after a few steps at a high learning rate the batch-norm
     # running statistics lag the weights, so eval-mode scores of an overfitted toy say little.)
+    pairs = _pairs(faces)
+    model = scorer.members[0]
     with torch.inference_mode():
-        pairs = _pairs(faces)
-        real = normalise(torch.stack([pairs.tensor(face.image) for face in faces]))
-        trainer_real = torch.sigmoid(classifier.model(real)).squeeze(1).numpy()
-    assert len(worker_scores) == len(faces)
-    np.testing.assert_allclose(worker_scores, trainer_real, atol=1e-5)
+        real = pairs.inputs(np.stack([pairs.resize(face.image) for face in faces]))
+        trainer_scores = torch.sigmoid(model(real)).squeeze(1).numpy()
+    np.testing.assert_allclose(worker_scores, trainer_scores, atol=1e-5)
     print("worker scores of the real faces:", np.round(worker_scores, 3))
 
 def test_cli_trains_resumes_and_refuses_a_second_fresh_run(tmp_path, cache, capsys):

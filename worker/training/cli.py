@@ -46,8 +46,9 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from ..models.checkpoint import CheckpointError
+    from ..models.spec import ModelFileError
     from .dataset import DetectionSettings, SelfBlendedPairs, TrainingDataError, find_videos, load_faces
-    from .train import ModelFileInfo, TrainingError, TrainSettings, train
+    from .train import ModelFileInfo, TrainingError, TrainSettings, preprocessing_of, train
 
     device = torch.device(args.device)
     detection = DetectionSettings(frames_per_video=args.frames_per_video, crop_margin=args.crop_margin,
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         faces, skipped = load_faces(videos, detection, args.cache or args.out / "face-cache", device)
         for video, reason in skipped.items():
             print(f"skipped {video}: {reason}", file=sys.stderr)
-        pairs = SelfBlendedPairs(faces, settings.input_size, settings.seed, settings.mean, settings.std,
+        pairs = SelfBlendedPairs(faces, preprocessing_of(settings, detection), settings.seed,
                                  blend_pool=settings.blend_pool)
         result = train(pairs, args.out, settings, detection, info, device=device,
                        init_checkpoint=args.init_checkpoint, init_sha256=args.init_sha256,
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"interrupted; the last step is saved in {args.out}: --resume continues", file=sys.stderr)
         return 130
-    except (TrainingError, TrainingDataError, CheckpointError) as exc:
+    except (TrainingError, TrainingDataError, CheckpointError, ModelFileError) as exc:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     print(json.dumps({"videos": len(videos), "faces": len(faces), "skipped": len(skipped),

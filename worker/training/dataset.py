@@ -7,9 +7,10 @@ keyed by the file's identity and the settings that shape the crops. Epochs then 
 blend and resize.
 
 A crop is the face box plus ``crop_margin`` on each side, exactly the window the worker
-scores (:func:`worker.models.crops.expand_box`); the pair's tensors go through the same
-:func:`crop_tensor` and :func:`normalise` as inference, so training and serving see the
-same pixels.
+scores (:func:`worker.models.crops.expand_box`); it is resized by the worker's own
+:func:`~worker.models.crops.face_crop` and normalised as
+:class:`~worker.models.inference.FaceScorer` does, so training and serving see the same
+pixels. The blend is made on the crop at frame resolution, before the resize.
 
 Every random choice (which faces form a batch, each blend, each flip) derives from
 ``(seed, step)``, so a run resumed at step N sees the same data as one that never stopped.
@@ -21,17 +22,18 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..decoding import DecordSampler
 from ..errors import DeadLetter
-from ..models.crops import IMAGENET_MEAN, IMAGENET_STD, crop_tensor, expand_box, normalise
+from ..faces import MtcnnDetector
+from ..models.crops import expand_box, face_crop
+from ..models.spec import Preprocessing
 from .sbi import self_blend
 
 log = logging.getLogger(__name__)
@@ -93,12 +95,8 @@ class LandmarkDetector:
         found = []
         for start in range(0, len(frames), self.batch_size):
             batch = torch.from_numpy(frames[start:start + self.batch_size]).to(self._device)
-            if scale != 1.0:
-                nchw = batch.permute(0, 3, 1, 2).float()
-                size = (max(1, round(nchw.shape[2] * scale)), max(1, round(nchw.shape[3] * scale)))
-                batch = (F.interpolate(nchw, size=size, mode="bilinear", antialias=scale < 1,
-                                       align_corners=False)
-                         .clamp_(0, 255).round_().to(torch.uint8).permute(0, 2, 3, 1).contiguous())
+            if scale != 1.0:  # the worker's own downscale, so boxes match its detector's
+                batch = MtcnnDetector._downscale(batch, scale)
             boxes, probs, points = self._mtcnn.detect(batch, landmarks=True)
             for frame_boxes, frame_probs, frame_points in zip(boxes, probs, points):
                 kept = []
@@ -187,20 +185,25 @@ def _read_cache(path: Path, video: Path) -> list[FaceCrop]:
 class SelfBlendedPairs:
     """Batches of (real crop, 0) and (its self-blend, 1), as the backend's input tensors.
 
-    ``blend_pool`` = 0 gives every face a fresh blend each epoch; k > 0 cycles through k
-    fixed blends per face (1 = a fixed set, for overfitting checks).
+    ``preprocessing`` is the model file's: input size, mean and std (the margin was
+    applied when the crops were cut). ``blend_pool`` = 0 gives every face a fresh blend
+    each epoch; k > 0 cycles through k fixed blends per face (1 = a fixed set, for
+    overfitting checks).
     """
 
-    def __init__(self, faces: Sequence[FaceCrop], input_size: int, seed: int,
-                 mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+    def __init__(self, faces: Sequence[FaceCrop], preprocessing: Preprocessing, seed: int,
                  blend_pool: int = 0):
         if not faces:
             raise TrainingDataError("no faces")
         self.faces = list(faces)
-        self.input_size = input_size
+        self.preprocessing = preprocessing
+        self._resize = replace(preprocessing, crop_margin=0.0)
         self.seed = seed
-        self.mean, self.std = tuple(mean), tuple(std)
         self.blend_pool = blend_pool
+
+    @property
+    def input_size(self) -> int:
+        return self.preprocessing.input_size
 
     def __len__(self) -> int:
         return len(self.faces)
@@ -215,8 +218,8 @@ class SelfBlendedPairs:
             picked.append((epoch, int(order[offset])))
         return picked
 
-    def pair(self, index: int, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """The real crop and its self-blend, as un-normalised (3, S, S) tensors in [0, 255]."""
+    def pair(self, index: int, epoch: int) -> tuple[np.ndarray, np.ndarray]:
+        """The real crop and its self-blend, as (S, S, 3) uint8 network inputs."""
         face = self.faces[index]
         variant = epoch % self.blend_pool if self.blend_pool > 0 else epoch
         rng = np.random.default_rng([self.seed, index, variant])
@@ -224,17 +227,24 @@ class SelfBlendedPairs:
         real = face.image
         if rng.random() < 0.5:
             real, fake = real[:, ::-1], fake[:, ::-1]
-        return self.tensor(real), self.tensor(fake)
+        return self.resize(real), self.resize(fake)
 
-    def tensor(self, crop: np.ndarray) -> torch.Tensor:
+    def resize(self, crop: np.ndarray) -> np.ndarray:
+        """A cut crop (box + margin) to the network's (S, S, 3) uint8 square, as served."""
         height, width = crop.shape[:2]
-        return crop_tensor(crop, (0, 0, width, height), 0.0, self.input_size)
+        return face_crop(np.ascontiguousarray(crop), (0, 0, width, height), self._resize)
+
+    def inputs(self, crops: np.ndarray) -> torch.Tensor:
+        """(N, S, S, 3) uint8 to the normalised (N, 3, S, S) float batch, as FaceScorer makes it."""
+        batch = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 255.0
+        mean = torch.tensor(self.preprocessing.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.preprocessing.std, dtype=torch.float32).view(1, 3, 1, 1)
+        return ((batch - mean) / std).contiguous()
 
     def batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(2B, 3, S, S) normalised inputs, real then fake for each face, and their labels."""
-        images, labels = [], []
+        crops, labels = [], []
         for epoch, index in self.indices(step, batch_size):
-            real, fake = self.pair(index, epoch)
-            images += [real, fake]
+            crops += self.pair(index, epoch)
             labels += [0.0, 1.0]
-        return normalise(torch.stack(images), self.mean, self.std), torch.tensor(labels)
+        return self.inputs(np.stack(crops)), torch.tensor(labels)

@@ -25,8 +25,9 @@ from typing import Callable
 import torch
 from tqdm import tqdm
 
-from ..models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sha256_of
-from ..models.timm_classifier import build_model
+from ..models.checkpoint import save_checkpoint, sha256_of
+from ..models.spec import IMAGENET_MEAN, IMAGENET_STD, CheckpointRef, ModelSpec, Preprocessing, write_model_file
+from ..models.timm_backend import build_model, load_network
 from .dataset import DetectionSettings, SelfBlendedPairs
 
 STATE_FILE = "train-state.pt"
@@ -50,8 +51,8 @@ class TrainSettings:
     keep_checkpoints: int = 2
     seed: int = 0
     blend_pool: int = 0
-    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
-    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ class TrainResult:
     losses: list[float]
     checkpoint: Path
     sha256: str
-    model_file: Path | None = None
+    model_file: Path | None = None    # written once the run reaches its last step
     resumed_from: int | None = None
     extra: dict = field(default_factory=dict)
 
@@ -90,14 +91,9 @@ def _optimizer(model: torch.nn.Module, settings: TrainSettings) -> torch.optim.O
     raise TrainingError(f"unknown optimizer {settings.optimizer!r} (adamw or sgd)")
 
 
-def _load_into(model: torch.nn.Module, path: Path, sha256: str, architecture: str) -> None:
-    loaded = load_checkpoint(path, sha256)
-    if loaded.architecture and loaded.architecture != architecture:
-        raise CheckpointError(f"checkpoint {path} is for {loaded.architecture}, training {architecture}")
-    try:
-        model.load_state_dict(loaded.state_dict, strict=True)
-    except RuntimeError as exc:
-        raise CheckpointError(f"checkpoint {path} does not fit {architecture}: {str(exc)[:500]}") from None
+def _network(architecture: str, path: Path, sha256: str) -> torch.nn.Module:
+    """Weights through the worker's own loader: sha256 first, then a strict load."""
+    return load_network(architecture, CheckpointRef(path=Path(path).resolve(), sha256=sha256.strip().lower()))
 
 
 def train(pairs: SelfBlendedPairs, out_dir: Path, settings: TrainSettings, detection: DetectionSettings,
@@ -108,12 +104,10 @@ def train(pairs: SelfBlendedPairs, out_dir: Path, settings: TrainSettings, detec
     """Train until ``settings.steps`` (or ``stop_after`` steps in this call, for interruptions)."""
     if settings.steps < 1 or settings.batch_size < 1 or settings.save_every < 1:
         raise TrainingError("steps, batch size and save_every must be at least 1")
-    if pairs.input_size != settings.input_size or pairs.seed != settings.seed:
-        raise TrainingError("the pairs were built for another input size or seed")
+    if pairs.preprocessing != preprocessing_of(settings, detection) or pairs.seed != settings.seed:
+        raise TrainingError("the pairs were built with other preprocessing or another seed")
     out_dir.mkdir(parents=True, exist_ok=True)
     identity = _run_identity(settings, detection, init_sha256)
-    torch.manual_seed(settings.seed)  # the random init, when no checkpoint replaces it
-    model = build_model(settings.architecture)
     step, losses, resumed_from = 0, [], None
     state_path = out_dir / STATE_FILE
     if resume:
@@ -123,8 +117,7 @@ def train(pairs: SelfBlendedPairs, out_dir: Path, settings: TrainSettings, detec
         if state["identity"] != identity:
             raise TrainingError("the saved run used other settings; resume with the same ones "
                                 f"(saved: {json.dumps(state['identity'])})")
-        _load_into(model, out_dir / state["checkpoint"], state["sha256"], settings.architecture)
-        model.to(device)
+        model = _network(settings.architecture, out_dir / state["checkpoint"], state["sha256"]).to(device)
         optimizer = _optimizer(model, settings)
         optimizer.load_state_dict(state["optimizer"])
         step, losses, resumed_from = int(state["step"]), list(state["losses"]), int(state["step"])
@@ -134,7 +127,10 @@ def train(pairs: SelfBlendedPairs, out_dir: Path, settings: TrainSettings, detec
         if init_checkpoint is not None:
             if not init_sha256:
                 raise TrainingError("an initial checkpoint needs its pinned sha256")
-            _load_into(model, init_checkpoint, init_sha256, settings.architecture)
+            model = _network(settings.architecture, init_checkpoint, init_sha256)
+        else:
+            torch.manual_seed(settings.seed)  # a reproducible random init
+            model = build_model(settings.architecture)
         model.to(device)
         optimizer = _optimizer(model, settings)
 
@@ -174,7 +170,8 @@ def train(pairs: SelfBlendedPairs, out_dir: Path, settings: TrainSettings, detec
     result = TrainResult(step=step, losses=losses, checkpoint=checkpoint, sha256=sha,
                          resumed_from=resumed_from)
     if step >= settings.steps:
-        result.model_file = write_model_file(out_dir / MODEL_FILE, checkpoint, sha, settings, detection, info)
+        spec = write_model(out_dir / MODEL_FILE, checkpoint, sha, settings, detection, info)
+        result.model_file = spec.source
     return result
 
 
@@ -196,40 +193,26 @@ def _save(model, optimizer, out_dir: Path, step: int, losses: list[float], ident
     return checkpoint, sha
 
 
-def _toml(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)  # a TOML basic string: same escapes as JSON for what we write
-    if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml(v) for v in value) + "]"
-    raise TypeError(f"no TOML form for {type(value).__name__}")
+def preprocessing_of(settings: TrainSettings, detection: DetectionSettings) -> Preprocessing:
+    """The model file's [preprocessing]: how the worker must cut and feed faces to this model."""
+    return Preprocessing(input_size=settings.input_size, frames_per_video=detection.frames_per_video,
+                         crop_margin=float(detection.crop_margin), resize="isotropic",
+                         mean=tuple(settings.mean), std=tuple(settings.std),
+                         detector_scale=float(detection.detector_scale),
+                         detector_thresholds=tuple(float(t) for t in detection.detector_thresholds))
 
 
-def write_model_file(path: Path, checkpoint: Path, sha256: str, settings: TrainSettings,
-                     detection: DetectionSettings, info: ModelFileInfo) -> Path:
+def write_model(path: Path, checkpoint: Path, sha256: str, settings: TrainSettings,
+                detection: DetectionSettings, info: ModelFileInfo) -> ModelSpec:
     """The model file (MODEL_FILE.md) for the trained checkpoint; no [calibration]."""
+    pre = preprocessing_of(settings, detection)
     aggregation = {"method": info.aggregation}
     if info.aggregation == "confident_strategy":
         aggregation["threshold"] = float(info.aggregation_threshold)
-    sections = [
-        ({"name": info.name, "version": info.version, "backend": "timm",
-          "architecture": settings.architecture}, None),
-        ({"path": os.path.relpath(checkpoint, path.parent), "sha256": sha256}, "[[checkpoints]]"),
-        ({"frames_per_video": detection.frames_per_video, "input_size": settings.input_size,
-          "crop_margin": float(detection.crop_margin), "resize": "isotropic",
-          "mean": [float(v) for v in settings.mean], "std": [float(v) for v in settings.std],
-          "detector_scale": float(detection.detector_scale),
-          "detector_thresholds": [float(v) for v in detection.detector_thresholds]}, "[preprocessing]"),
-        (aggregation, "[aggregation]"),
-    ]
-    lines = ["# Written by `python -m worker train` (Self-Blended Images). Uncalibrated: a",
-             "# [calibration] table comes from a separate validation run."]
-    for table, header in sections:
-        if header:
-            lines += ["", header]
-        lines += [f"{key} = {_toml(value)}" for key, value in table.items()]
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return write_model_file(
+        path, name=info.name, version=info.version, backend="timm", architecture=settings.architecture,
+        checkpoints=[(checkpoint, sha256)], aggregation=aggregation,
+        preprocessing={"frames_per_video": pre.frames_per_video, "input_size": pre.input_size,
+                       "crop_margin": pre.crop_margin, "resize": pre.resize, "mean": list(pre.mean),
+                       "std": list(pre.std), "detector_scale": pre.detector_scale,
+                       "detector_thresholds": list(pre.detector_thresholds)})
