@@ -145,3 +145,16 @@ def test_cli_trains_resumes_and_refuses_a_second_fresh_run(tmp_path, cache, caps
     assert '"resumed_from": 2' in out and '"step": 3' in out
     assert main(["train", *common, "--steps", "3", "--resume", "--lr", "0.5"]) == 2
     assert "other settings" in capsys.readouterr().err
+
+    # Fine-tuning a published model file: its architecture, weights and preprocessing carry over.
+    first = tmp_path / "run" / "model.toml"
+    assert main(["train", video, "--out", str(tmp_path / "tuned"), "--cache", str(cache),
+                 "--init-model", str(first), "--steps", "1", "--batch-size", "2", "--no-progress",
+                 "--aggregation", "confident_strategy"]) == 0
+    tuned, origin = load_model_spec(tmp_path / "tuned" / "model.toml"), load_model_spec(first)
+    assert tuned.architecture == ARCH and tuned.preprocessing == origin.preprocessing
+    assert tuned.aggregation.method == "confident_strategy"
+    assert tuned.checkpoint_sha256s != origin.checkpoint_sha256s
+    assert main(["train", video, "--out", str(tmp_path / "bad"), "--cache", str(cache),
+                 "--init-model", str(tmp_path / "missing.toml"), "--no-progress"]) == 2
+    assert "ModelFileError" in capsys.readouterr().err
