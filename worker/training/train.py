@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -71,7 +70,6 @@ class TrainResult:
     sha256: str
     model_file: Path | None = None    # written once the run reaches its last step
     resumed_from: int | None = None
-    extra: dict = field(default_factory=dict)
 
 
 def _run_identity(settings: TrainSettings, detection: DetectionSettings, init_sha: str | None) -> dict:
@@ -99,8 +97,7 @@ def _network(architecture: str, path: Path, sha256: str) -> torch.nn.Module:
 def train(pairs: SelfBlendedPairs, out_dir: Path, settings: TrainSettings, detection: DetectionSettings,
           info: ModelFileInfo, device: torch.device = torch.device("cpu"),
           init_checkpoint: Path | None = None, init_sha256: str | None = None, resume: bool = False,
-          progress: bool = True, stop_after: int | None = None,
-          on_step: Callable[[int, float], None] | None = None) -> TrainResult:
+          progress: bool = True, stop_after: int | None = None) -> TrainResult:
     """Train until ``settings.steps`` (or ``stop_after`` steps in this call, for interruptions)."""
     if settings.steps < 1 or settings.batch_size < 1 or settings.save_every < 1:
         raise TrainingError("steps, batch size and save_every must be at least 1")
@@ -153,8 +150,6 @@ def train(pairs: SelfBlendedPairs, out_dir: Path, settings: TrainSettings, detec
             losses.append(float(loss.detach()))
             bar.update(1)
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
-            if on_step:
-                on_step(step, losses[-1])
             if step % settings.save_every == 0 or step == last:
                 checkpoint, sha = _save(model, optimizer, out_dir, step, losses, identity, settings, info)
                 saved_at = step
