@@ -23,6 +23,8 @@ from worker.training.dataset import (DetectionSettings, SelfBlendedPairs, Traini
                                      load_faces)
 from worker.training.train import ModelFileInfo, TrainingError, TrainSettings, preprocessing_of, train
 
+from ..media_factory import write_video
+
 ARCH = "resnet10t"
 SIZE = 64
 DETECTION = DetectionSettings(frames_per_video=8)
@@ -74,13 +76,17 @@ def test_batches_pair_each_real_face_with_its_blend_in_a_seeded_order(faces):
 def test_unreadable_and_faceless_videos_are_skipped_with_a_reason(tmp_path, cache):
     junk = tmp_path / "junk.mp4"
     junk.write_bytes(b"this is not a video at all" * 10)
-    faces, skipped = load_faces([junk, sample_video("carphone_pristine.mp4")], DETECTION, cache)
-    assert len(faces) == 8 and "not_a_video" in skipped[str(junk)]
+    blank = write_video(tmp_path / "blank.mp4", frames=10)  # flat colour blocks, no face
+    videos = [junk, blank, sample_video("carphone_pristine.mp4")]
+    for _ in range(2):  # the second time the faceless video comes from the cache
+        faces, skipped = load_faces(videos, DETECTION, cache)
+        assert len(faces) == 8 and set(skipped) == {str(junk), str(blank)}
+        assert "not_a_video" in skipped[str(junk)] and skipped[str(blank)] == "no face found"
     with pytest.raises(TrainingDataError, match="no face"):
-        load_faces([junk], DETECTION, tmp_path / "c")
+        load_faces([junk, blank], DETECTION, tmp_path / "c")
     with pytest.raises(TrainingDataError, match="neither"):
         find_videos([tmp_path / "missing"])
-    assert find_videos([tmp_path]) == [junk.resolve()]
+    assert find_videos([tmp_path]) == [blank.resolve(), junk.resolve()]
 
 
 def test_loss_falls_resume_matches_an_unbroken_run_and_the_worker_loads_it(faces, tmp_path):

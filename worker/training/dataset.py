@@ -149,18 +149,18 @@ def load_faces(videos: Sequence[Path], settings: DetectionSettings, cache_dir: P
     for video in videos:
         cached = cache_dir / f"{_cache_key(video, settings)}.npz"
         if cached.is_file():
-            faces.extend(_read_cache(cached, video))
-            continue
-        detector = detector or LandmarkDetector(settings, device)
-        try:
-            found = video_faces(video, settings, detector, sampler)
-        except DeadLetter as failure:
-            skipped[str(video)] = f"{failure.reason}: {failure.message}"
-            log.warning("skipping %s: %s", video, skipped[str(video)])
-            continue
+            found = _read_cache(cached, video)
+        else:
+            detector = detector or LandmarkDetector(settings, device)
+            try:
+                found = video_faces(video, settings, detector, sampler)
+            except DeadLetter as failure:
+                skipped[str(video)] = f"{failure.reason}: {failure.message}"
+                log.warning("skipping %s: %s", video, skipped[str(video)])
+                continue
+            _write_cache(cached, found)
         if not found:
             skipped[str(video)] = "no face found"
-        _write_cache(cached, found)
         faces.extend(found)
     if not faces:
         raise TrainingDataError(f"no face found in {len(videos)} video(s); skipped: {skipped}")
