@@ -7,6 +7,7 @@ writes must load in the worker and give the worker the same scores the trainer c
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from worker.models.loading import load_detector_model, load_face_detector
 from worker.models.spec import load_model_spec
 from worker.samples import sample_video
 from worker.training.dataset import (DetectionSettings, SelfBlendedPairs, TrainingDataError, find_videos,
-                                     load_faces)
+                                     load_faces, step_batches)
 from worker.training.train import ModelFileInfo, TrainingError, TrainSettings, preprocessing_of, train
 
 from ..media_factory import write_video
@@ -71,6 +72,12 @@ def test_batches_pair_each_real_face_with_its_blend_in_a_seeded_order(faces):
     seen = [index for step in (0, 1) for _, index in pairs.indices(step, 4)]
     assert sorted(seen) == list(range(8))
     assert not torch.equal(inputs[0], inputs[1])  # the blend changed the face
+    # Blends made in worker processes come in the same order with the same pixels.
+    here = list(step_batches(pairs, 4, 1, 4, workers=0))
+    there = list(step_batches(pairs, 4, 1, 4, workers=2))
+    assert len(here) == len(there) == 3
+    for (a, la), (b, lb) in zip(here, there):
+        assert torch.equal(a, b) and torch.equal(la, lb)
 
 
 def test_unreadable_and_faceless_videos_are_skipped_with_a_reason(tmp_path, cache):
@@ -98,7 +105,8 @@ def test_loss_falls_resume_matches_an_unbroken_run_and_the_worker_loads_it(faces
     resumed = train(_pairs(faces), broken, SETTINGS, DETECTION, INFO, progress=False, resume=True)
     assert resumed.resumed_from == 10 and resumed.step == 24 and len(resumed.losses) == 24
     assert resumed.losses[:10] == first.losses
-    whole = train(_pairs(faces), unbroken, SETTINGS, DETECTION, INFO, progress=False)
+    # The unbroken run makes its blends in a worker process: the same data either way.
+    whole = train(_pairs(faces), unbroken, replace(SETTINGS, workers=1), DETECTION, INFO, progress=False)
     np.testing.assert_allclose(resumed.losses, whole.losses, rtol=1e-4, atol=1e-5)
     a = load_checkpoint(resumed.checkpoint, resumed.sha256).state_dict
     b = load_checkpoint(whole.checkpoint, whole.sha256).state_dict

@@ -46,6 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--blend-pool", type=int, default=0,
                         help="fixed blends per face (0 = a fresh blend every epoch)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="processes that make the blends ahead of the loop (0: in the loop)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--cache", type=Path, help="face-crop cache folder (default: OUT/face-cache)")
     parser.add_argument("--name", help="model name in the model file (default sbi-ARCHITECTURE)")
@@ -98,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
                                  steps=args.steps, batch_size=args.batch_size, optimizer=args.optimizer,
                                  lr=args.lr, weight_decay=args.weight_decay, save_every=args.save_every,
                                  keep_checkpoints=args.keep_checkpoints, seed=args.seed,
-                                 blend_pool=args.blend_pool, mean=tuple(chosen["mean"]),
+                                 blend_pool=args.blend_pool, workers=args.workers,
+                                 mean=tuple(chosen["mean"]),
                                  std=tuple(chosen["std"]))
         info = ModelFileInfo(name=args.name or f"sbi-{settings.architecture}",
                              version=args.version or f"sbi-{args.steps}steps",

@@ -248,3 +248,28 @@ class SelfBlendedPairs:
             crops += self.pair(index, epoch)
             labels += [0.0, 1.0]
         return self.inputs(np.stack(crops)), torch.tensor(labels)
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Step ``start + i``'s batch as item ``i``, so a DataLoader's worker processes can make
+    the blends in parallel; each batch depends only on its step, so the order of the data
+    does not depend on the number of workers."""
+
+    def __init__(self, pairs: SelfBlendedPairs, batch_size: int, start: int, stop: int):
+        self.pairs, self.batch_size, self.start, self.stop = pairs, batch_size, start, stop
+
+    def __len__(self) -> int:
+        return max(0, self.stop - self.start)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.pairs.batch(self.start + i, self.batch_size)
+
+
+def step_batches(pairs: SelfBlendedPairs, batch_size: int, start: int, stop: int, workers: int = 0):
+    """The batches of steps ``start`` .. ``stop - 1`` in order; ``workers`` > 0 makes them in
+    that many processes, a few steps ahead of the training loop."""
+    batches = StepBatches(pairs, batch_size, start, stop)
+    if workers <= 0:
+        return (batches[i] for i in range(len(batches)))
+    return iter(torch.utils.data.DataLoader(batches, batch_size=None, shuffle=False, num_workers=workers,
+                                            prefetch_factor=2, persistent_workers=False))

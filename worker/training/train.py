@@ -27,7 +27,7 @@ from tqdm import tqdm
 from ..models.checkpoint import save_checkpoint, sha256_of
 from ..models.spec import IMAGENET_MEAN, IMAGENET_STD, CheckpointRef, ModelSpec, Preprocessing, write_model_file
 from ..models.timm_backend import build_model, load_network
-from .dataset import DetectionSettings, SelfBlendedPairs
+from .dataset import DetectionSettings, SelfBlendedPairs, step_batches
 
 STATE_FILE = "train-state.pt"
 MODEL_FILE = "model.toml"
@@ -50,6 +50,7 @@ class TrainSettings:
     keep_checkpoints: int = 2
     seed: int = 0
     blend_pool: int = 0
+    workers: int = 0                      # processes making the blends (0: in the training loop)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
 
@@ -75,7 +76,7 @@ class TrainResult:
 def _run_identity(settings: TrainSettings, detection: DetectionSettings, init_sha: str | None) -> dict:
     """What must not change between a run and its resume (steps may grow, save_every may vary)."""
     fixed = asdict(settings)
-    for free in ("steps", "save_every", "keep_checkpoints"):
+    for free in ("steps", "save_every", "keep_checkpoints", "workers"):
         fixed.pop(free)
     return json.loads(json.dumps({"train": fixed, "detection": asdict(detection), "init_sha256": init_sha}))
 
@@ -138,9 +139,8 @@ def train(pairs: SelfBlendedPairs, out_dir: Path, settings: TrainSettings, detec
     saved_at = step
     bar = tqdm(total=settings.steps, initial=step, desc="train", unit="step", disable=not progress)
     try:
-        while step < last:
+        for inputs, labels in step_batches(pairs, settings.batch_size, step, last, settings.workers):
             torch.manual_seed(settings.seed * 1_000_003 + step)
-            inputs, labels = pairs.batch(step, settings.batch_size)
             logits = model(inputs.to(device)).float().squeeze(1)
             loss = loss_fn(logits, labels.to(device))
             optimizer.zero_grad(set_to_none=True)
