@@ -187,7 +187,8 @@ def main() -> int:
         for batch in batch_sizes:
             rate, peak = faces_per_second(scorer, batch, iterations, device)
             report["b7_380"][batch] = {"faces_per_s": rate, "peak_gpu_gib": peak}
-            print(f"B7 @380 batch {batch:>4}: {rate:9.1f} faces/s   peak GPU memory {peak:6.2f} GiB", flush=True)
+            memory = f"peak GPU memory {peak:6.2f} GiB" if device.type == "cuda" else "(no GPU memory on the CPU)"
+            print(f"B7 @380 batch {batch:>4}: {rate:9.1f} faces/s   {memory}", flush=True)
 
         baseline = baseline_faces_per_second(scorer.members[0], batch_sizes[0], iterations, device)
         best = max(v["faces_per_s"] for v in report["b7_380"].values())

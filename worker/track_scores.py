@@ -12,15 +12,14 @@ video scores. Plain Python, no torch.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from statistics import fmean
 from typing import Sequence
 
+from .models.aggregation import METHODS, aggregate, ensemble  # numpy only, no torch
 from .tracks import FaceTrack
 
 CONFIDENT_STRATEGY = "confident_strategy"
 MEAN = "mean"
-MAX = "max"
-AGGREGATIONS = (CONFIDENT_STRATEGY, MEAN, MAX)
+AGGREGATIONS = tuple(METHODS)
 
 
 @dataclass(frozen=True)
@@ -38,15 +37,7 @@ class Aggregation:
         return f"{self.method}(t={self.threshold!r})" if self.method == CONFIDENT_STRATEGY else self.method
 
     def apply(self, scores: Sequence[float]) -> float:
-        if not scores:
-            raise ValueError("nothing to aggregate")
-        if self.method == MEAN:
-            return fmean(scores)
-        if self.method == MAX:
-            return max(scores)
-        from .models.aggregation import confident_strategy  # pure numpy, no torch
-
-        return float(confident_strategy(list(scores), t=self.threshold))
+        return aggregate(self.method, scores, self.threshold)
 
 
 def score_tracks(tracks: Sequence[FaceTrack], aggregation: Aggregation) -> tuple[FaceTrack, ...]:
@@ -61,5 +52,5 @@ def score_tracks(tracks: Sequence[FaceTrack], aggregation: Aggregation) -> tuple
         if any(len(m) != count for m in members):
             raise ValueError("every detection needs one score per ensemble member")
         per_member = [aggregation.apply([m[i] for m in members]) for i in range(count)]
-        scored.append(replace(track, aggregated=fmean(per_member)))
+        scored.append(replace(track, aggregated=ensemble(per_member)))
     return tuple(scored)
