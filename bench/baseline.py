@@ -1,0 +1,88 @@
+"""The naive baseline: how DFDC-era inference loops processed videos.
+
+Per video and strictly in sequence: read the sampled frames with decord at full
+resolution, in the calling process; run MTCNN on them (frames resized with PIL by the
+model file's detector scale, its thresholds, every face kept); crop that video's faces with
+the model's own crop; classify them in one fp32 batch; then the next video. Nothing
+overlaps: no decoder process, no batching across videos, no reduced-resolution decode.
+
+It uses the same model file (networks, crop, frames per video) and the same MTCNN settings
+as the worker, so the benchmark's ratio measures the runtime, not the work.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch  # before decord: see README, "Pitfalls"
+import decord
+from facenet_pytorch import MTCNN
+from PIL import Image
+
+from worker.models.loading import _BACKEND_MODULES  # noqa: F401  (which backend module a spec names)
+from worker.models.spec import ModelSpec
+
+
+@dataclass
+class VideoResult:
+    frames: int
+    faces: int
+    seconds: float
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+
+
+class NaiveLoop:
+    def __init__(self, spec: ModelSpec, min_face_size: int = 20):
+        import importlib
+
+        backend = importlib.import_module(_BACKEND_MODULES[spec.backend])
+        self.spec = spec
+        self.pre = spec.preprocessing
+        self.crop = backend.crop
+        self.networks = [n.eval() for n in backend.networks(spec)]
+        self.mtcnn = MTCNN(keep_all=True, device="cpu", min_face_size=min_face_size,
+                           thresholds=list(self.pre.detector_thresholds), post_process=False)
+        self.mean = torch.tensor(self.pre.mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(self.pre.std).view(1, 3, 1, 1)
+
+    def process(self, path: Path) -> VideoResult:
+        started = time.perf_counter()
+        seconds: dict[str, float] = {}
+        mark = started
+
+        def lap(stage: str) -> None:
+            nonlocal mark
+            now = time.perf_counter()
+            seconds[stage] = now - mark
+            mark = now
+
+        reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
+        count = self.pre.frames_per_video
+        indices = sorted({int(i) for i in np.linspace(0, len(reader) - 1, num=count).astype(np.int64)})
+        frames = reader.get_batch(indices).asnumpy()
+        del reader
+        lap("decode")
+
+        scale = self.pre.detector_scale
+        images = [Image.fromarray(f) for f in frames]
+        if scale != 1.0:
+            images = [im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))))
+                      for im in images]
+        boxes, _ = self.mtcnn.detect(images)
+        faces = [(pos, tuple(float(c) / scale for c in box))
+                 for pos, frame_boxes in enumerate(boxes) if frame_boxes is not None
+                 for box in frame_boxes]
+        lap("detect_faces")
+
+        if faces:
+            crops = np.stack([self.crop(frames[pos], box, self.pre) for pos, box in faces])
+            with torch.no_grad():
+                x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255.0
+                x = (x - self.mean) / self.std
+                scores = [torch.sigmoid(net(x).flatten()).numpy() for net in self.networks]
+            assert all(len(s) == len(faces) for s in scores)
+            lap("classify")
+        return VideoResult(frames=len(indices), faces=len(faces), seconds=time.perf_counter() - started,
+                           stage_seconds=seconds)
