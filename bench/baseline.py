@@ -1,9 +1,9 @@
 """The naive baseline: how DFDC-era inference loops processed videos.
 
 Per video and strictly in sequence: read the sampled frames with decord at full
-resolution, in the calling process; run MTCNN on them (frames resized with PIL by the
+resolution, in the calling process; run MTCNN on them (on the same device as the worker) (frames resized with PIL by the
 model file's detector scale, its thresholds, every face kept); crop that video's faces with
-the model's own crop; classify them in one fp32 batch; then the next video. Nothing
+the model's own crop; classify them in one fp32 batch on the device; then the next video. Nothing
 overlaps: no decoder process, no batching across videos, no reduced-resolution decode.
 
 It uses the same model file (networks, crop, frames per video) and the same MTCNN settings
@@ -34,18 +34,19 @@ class VideoResult:
 
 
 class NaiveLoop:
-    def __init__(self, spec: ModelSpec, min_face_size: int = 20):
+    def __init__(self, spec: ModelSpec, device: torch.device, min_face_size: int = 20):
         import importlib
 
         backend = importlib.import_module(_BACKEND_MODULES[spec.backend])
         self.spec = spec
         self.pre = spec.preprocessing
         self.crop = backend.crop
-        self.networks = [n.eval() for n in backend.networks(spec)]
-        self.mtcnn = MTCNN(keep_all=True, device="cpu", min_face_size=min_face_size,
+        self.device = device
+        self.networks = [n.eval().to(device) for n in backend.networks(spec)]
+        self.mtcnn = MTCNN(keep_all=True, device=device, min_face_size=min_face_size,
                            thresholds=list(self.pre.detector_thresholds), post_process=False)
-        self.mean = torch.tensor(self.pre.mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(self.pre.std).view(1, 3, 1, 1)
+        self.mean = torch.tensor(self.pre.mean).view(1, 3, 1, 1).to(device)
+        self.std = torch.tensor(self.pre.std).view(1, 3, 1, 1).to(device)
 
     def process(self, path: Path) -> VideoResult:
         started = time.perf_counter()
@@ -79,9 +80,9 @@ class NaiveLoop:
         if faces:
             crops = np.stack([self.crop(frames[pos], box, self.pre) for pos, box in faces])
             with torch.no_grad():
-                x = torch.from_numpy(crops).permute(0, 3, 1, 2).float() / 255.0
+                x = torch.from_numpy(crops).to(self.device).permute(0, 3, 1, 2).float() / 255.0
                 x = (x - self.mean) / self.std
-                scores = [torch.sigmoid(net(x).flatten()).numpy() for net in self.networks]
+                scores = [torch.sigmoid(net(x).flatten()).cpu().numpy() for net in self.networks]
             assert all(len(s) == len(faces) for s in scores)
             lap("classify")
         return VideoResult(frames=len(indices), faces=len(faces), seconds=time.perf_counter() - started,

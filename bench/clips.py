@@ -13,7 +13,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import av
 import numpy as np
 
 from worker.samples import sample_video
@@ -46,6 +45,8 @@ LONG_FPS = 10
 
 def _face_frames(scale: int) -> list[np.ndarray]:
     """The carphone clip's frames (a man talking in a car), each pixel repeated ``scale`` times."""
+    import av  # PyAV (a test extra): only needed to make clips, not to reuse them
+
     with av.open(str(sample_video("carphone_pristine.mp4"))) as container:
         frames = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     return [np.ascontiguousarray(f.repeat(scale, axis=0).repeat(scale, axis=1)) for f in frames]
@@ -74,6 +75,8 @@ def make_clip(spec: ClipSpec, path: Path) -> Path:
     canvas = _background(spec.width, spec.height, rng)
     span_x, span_y = canvas.shape[1] - spec.width, canvas.shape[0] - spec.height
     fps = LONG_FPS if spec.seconds > 60 else FPS
+    import av
+
     tmp = path.with_suffix(".part.mp4")
     with av.open(str(tmp), "w") as container:
         stream = container.add_stream("libx264", rate=fps)

@@ -133,10 +133,10 @@ class WorkerSide:
 class BaselineSide:
     child_pids: set[int] = set()  # it decodes in this process
 
-    def __init__(self, spec, warm_up: Path):
+    def __init__(self, spec, device: torch.device, warm_up: Path):
         from baseline import NaiveLoop
 
-        self.loop = NaiveLoop(spec)
+        self.loop = NaiveLoop(spec, device)
         self.loop.process(warm_up)
 
     def run(self, videos: list[Path]) -> list[dict]:
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
     sides: list[tuple[str, object]] = []
     started = time.perf_counter()
     if not args.no_baseline:
-        sides.append(("baseline (naive loop)", BaselineSide(spec, warm)))
+        sides.append(("baseline (naive loop)", BaselineSide(spec, device, warm)))
     workers = []
     for threads in args.threads:
         side = WorkerSide(worker_config(model_file, device_name, threads, roots, args.overrides), warm)
