@@ -1,4 +1,4 @@
-"""Command line: ``python -m worker {run,demo,score,broker}``."""
+"""Command line: ``python -m worker {run,demo,score,eval,calibrate,bank,broker}``."""
 from __future__ import annotations
 
 import argparse
@@ -204,6 +204,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reason", default="imported")
     p.add_argument("--added-by", default="cli-import")
     p.set_defaults(func=cmd_bank)
+    from .evaluation.commands import add_parsers as add_evaluation_parsers
+    add_evaluation_parsers(sub, _add_config_args, _config)  # eval, calibrate
     p = sub.add_parser("broker", help="run the local development Kafka broker")
     p.set_defaults(func=cmd_broker)
     args = parser.parse_args(argv)
