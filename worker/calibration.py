@@ -4,8 +4,9 @@ A detector's raw score is not a probability a platform can defend: a published c
 run on another platform's uploads is over- or under-confident. A calibration is fitted on
 the platform's own labelled validation run (``python -m worker calibrate``). It holds a
 monotone map from raw to calibrated score (a temperature on the logit, or an isotonic
-step map), the ``takedown`` threshold chosen for a target precision and the ``review``
-threshold chosen for a target recall, and the validation figures that justify both.
+step map), the ``takedown`` threshold chosen for a target precision (which must hold at a
+stated confidence, not just on a lucky handful of videos) and the ``review`` threshold chosen
+for a target recall, and the validation figures that justify both.
 
 The model acts on its own (``takedown``) only when it carries a calibration; see
 :func:`worker.policy.decide`. It is stored as the ``[calibration]`` table of the model's
@@ -16,6 +17,7 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any, Mapping
 
 import numpy as np
@@ -154,6 +156,7 @@ class Calibration:
 
 DEFAULT_TARGET_PRECISION = 0.99
 DEFAULT_TARGET_RECALL = 0.95
+DEFAULT_CONFIDENCE = 0.95
 TEMPERATURE_BOUNDS = (0.01, 100.0)
 
 
@@ -224,30 +227,54 @@ def fit_isotonic(raw, labels) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(px), tuple(py)
 
 
+def precision_lower_bound(true_positive, flagged, confidence: float = DEFAULT_CONFIDENCE):
+    """The one-sided Wilson lower confidence bound of a precision tp/flagged (elementwise);
+    ``confidence`` <= 0.5 gives the point estimate."""
+    tp = np.asarray(true_positive, dtype=np.float64)
+    n = np.asarray(flagged, dtype=np.float64)
+    p = tp / n
+    z = NormalDist().inv_cdf(confidence) if confidence > 0.5 else 0.0
+    if z == 0.0:
+        return p
+    centre = p + z * z / (2 * n)
+    spread = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - spread) / (1 + z * z / n)
+
+
 def choose_thresholds(calibrated, labels, target_precision: float = DEFAULT_TARGET_PRECISION,
-                      target_recall: float = DEFAULT_TARGET_RECALL) -> tuple[float, float]:
+                      target_recall: float = DEFAULT_TARGET_RECALL,
+                      confidence: float = DEFAULT_CONFIDENCE) -> tuple[float, float]:
     """(takedown, review) on calibrated validation scores.
 
-    ``takedown`` is the lowest score whose rule ``score >= t`` reaches ``target_precision``;
-    if none does, the calibration is refused (:class:`CalibrationError`): a model that cannot
-    act precisely enough must stay uncalibrated, and so never takes down on its own.
+    ``takedown`` is the lowest score whose rule ``score >= t`` reaches ``target_precision``
+    with the given ``confidence`` (the Wilson lower bound of its precision on the validation
+    videos, so two lucky videos at the top do not make a 99 % claim); if none does, the
+    calibration is refused (:class:`CalibrationError`): a model that cannot be shown to act
+    precisely enough stays uncalibrated, and so never takes down on its own.
     ``review`` is the highest score whose rule still reaches ``target_recall``, lowered to
     ``takedown`` if it lies above it (everything at or above takedown is acted on anyway).
     """
-    from .evaluation.metrics import precision_recall_by_threshold
-
     if not 0 < target_precision <= 1 or not 0 < target_recall <= 1:
         raise CalibrationError("target precision and recall must lie in (0, 1]")
+    if not 0 <= confidence < 1:
+        raise CalibrationError("the confidence must lie in [0, 1)")
     x, y = _labelled(calibrated, labels)
-    thresholds, precision, recall = precision_recall_by_threshold(y.astype(int), x)
-    reached = precision >= target_precision
+    order = np.argsort(-x, kind="mergesort")
+    xs, ys = x[order], y[order]
+    last = np.r_[np.flatnonzero(np.diff(xs)), len(xs) - 1]  # ties enter together
+    thresholds, tp, flagged = xs[last], np.cumsum(ys)[last], last + 1.0
+    bound = precision_lower_bound(tp, flagged, confidence)
+    reached = bound >= target_precision
     if not reached.any():
-        best = int(precision.argmax())
+        best = int(bound.argmax())
         raise CalibrationError(
-            f"no threshold reaches precision {target_precision} on the validation data (best "
-            f"{precision[best]:.4f} at {thresholds[best]:.4f}): refusing to calibrate, so the "
-            f"model cannot recommend takedown on its own")
+            f"no threshold reaches precision {target_precision} at confidence {confidence} on the "
+            f"validation data ({int(y.sum())} fake, {int(len(y) - y.sum())} real videos; best lower "
+            f"bound {bound[best]:.4f}: {int(tp[best])} of {int(flagged[best])} flagged videos fake at "
+            f"{thresholds[best]:.4f}): refusing to calibrate, so the model cannot recommend "
+            f"takedown on its own")
     takedown = float(thresholds[np.flatnonzero(reached)[-1]])
+    recall = tp / y.sum()
     review = float(thresholds[np.flatnonzero(recall >= target_recall)[0]])
     return takedown, min(review, takedown)
 
@@ -255,7 +282,8 @@ def choose_thresholds(calibrated, labels, target_precision: float = DEFAULT_TARG
 def fit_calibration(raw, labels, method: str = TEMPERATURE,
                     target_precision: float = DEFAULT_TARGET_PRECISION,
                     target_recall: float = DEFAULT_TARGET_RECALL,
-                    dataset: str = "", fitted_at: str | None = None) -> Calibration:
+                    dataset: str = "", fitted_at: str | None = None,
+                    confidence: float = DEFAULT_CONFIDENCE) -> Calibration:
     """Fit the map, choose both thresholds, and record the validation figures that justify
     them (TOML-serialisable: no null values)."""
     from datetime import datetime, timezone
@@ -272,7 +300,7 @@ def fit_calibration(raw, labels, method: str = TEMPERATURE,
         raise CalibrationError(f"calibration method must be one of {METHODS}, not {method!r}")
     draft = Calibration(method, takedown_threshold=1.0, review_threshold=0.0, **shape)
     calibrated = np.array([draft.apply(float(v)) for v in x])
-    takedown, review = choose_thresholds(calibrated, y, target_precision, target_recall)
+    takedown, review = choose_thresholds(calibrated, y, target_precision, target_recall, confidence)
     labels_int = y.astype(int)
     eer, _ = metrics.equal_error_rate(labels_int, x)
     figures: dict[str, Any] = {
@@ -287,6 +315,10 @@ def fit_calibration(raw, labels, method: str = TEMPERATURE,
         figures[f"{name}_precision"] = at.precision
         figures[f"{name}_recall"] = at.recall
         figures[f"{name}_videos"] = at.predicted_positive
+        if name == "takedown":
+            figures["takedown_precision_lower_bound"] = float(
+                precision_lower_bound(at.true_positive, at.predicted_positive, confidence))
+    figures["confidence"] = confidence
     figures["fitted_at"] = fitted_at or datetime.now(timezone.utc).isoformat(timespec="seconds")
     return Calibration(method, takedown_threshold=takedown, review_threshold=review,
                        target_precision=target_precision, target_recall=target_recall,

@@ -8,7 +8,7 @@ import tomli_w
 from sklearn.isotonic import IsotonicRegression
 
 from worker.calibration import (Calibration, CalibrationError, choose_thresholds, fit_calibration,
-                                fit_isotonic, fit_temperature)
+                                fit_isotonic, fit_temperature, precision_lower_bound)
 from worker.evaluation import metrics
 
 
@@ -59,20 +59,23 @@ def test_isotonic_map_is_monotone_and_matches_sklearn(seed, rounding):
 @pytest.mark.parametrize("method", ["temperature", "isotonic"])
 @pytest.mark.parametrize("precision, recall", [(0.99, 0.95), (0.9, 0.8)])
 def test_thresholds_meet_their_targets_on_the_validation_data(method, precision, recall):
-    raw, labels = _synthetic(1.5, 4000, seed=11)
+    raw, labels = _synthetic(0.6, 20000, seed=11)  # sharp: many videos are surely fake
     cal = fit_calibration(raw, labels, method, precision, recall, dataset="synthetic")
     calibrated = np.array([cal.apply(r) for r in raw])
     takedown = metrics.at_threshold(labels, calibrated, cal.takedown_threshold)
     review = metrics.at_threshold(labels, calibrated, cal.review_threshold)
     assert takedown.precision >= precision
     assert review.recall >= recall
-    # Lowest such takedown threshold: one step lower misses the precision target.
+    # With its confidence, too: the Wilson lower bound of the precision reaches the target.
+    assert precision_lower_bound(takedown.true_positive, takedown.predicted_positive) >= precision
+    # The lowest such threshold: one step lower, the bound misses the target.
     below = calibrated[calibrated < cal.takedown_threshold]
     if len(below):
-        assert metrics.at_threshold(labels, calibrated, below.max()).precision < precision
+        lower = metrics.at_threshold(labels, calibrated, below.max())
+        assert precision_lower_bound(lower.true_positive, lower.predicted_positive) < precision
     assert cal.validation["takedown_precision"] == takedown.precision
     assert cal.validation["review_recall"] == review.recall
-    assert cal.validation["videos"] == 4000
+    assert cal.validation["videos"] == 20000
 
 
 def test_unreachable_precision_is_refused():
@@ -87,8 +90,24 @@ def test_unreachable_precision_is_refused():
 def test_review_threshold_never_exceeds_takedown():
     labels = np.array([0, 0, 0, 1, 1, 1])
     scores = np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])  # separable: precision 1 from 0.7 down
-    takedown, review = choose_thresholds(scores, labels, 0.99, 0.5)
+    takedown, review = choose_thresholds(scores, labels, 0.99, 0.5, confidence=0)
     assert takedown == 0.7 and review == 0.7
+
+
+def test_a_few_lucky_videos_at_the_top_do_not_make_a_precision_claim():
+    labels = np.array([1, 0] * 50 + [1, 1])
+    scores = np.r_[np.linspace(0.1, 0.8, 100), 0.95, 0.97]  # two fakes on top, then chance
+    with pytest.raises(CalibrationError, match="refusing to calibrate"):
+        choose_thresholds(scores, labels, 0.99, 0.9)
+    assert choose_thresholds(scores, labels, 0.99, 0.9, confidence=0)[0] == 0.95  # point estimate
+
+
+def test_wilson_lower_bound_known_values():
+    # 50 of 100 at 97.5 % one-sided (95 % two-sided): the textbook interval is 0.4038..0.5962.
+    assert precision_lower_bound(50, 100, 0.975) == pytest.approx(0.4038, abs=1e-4)
+    assert precision_lower_bound(7, 10, 0.5) == pytest.approx(0.7)
+    # All n flagged are fake: bound n / (n + z^2).
+    assert precision_lower_bound(300, 300, 0.95) == pytest.approx(300 / (300 + 1.6448536**2), abs=1e-6)
 
 
 @pytest.mark.parametrize("method", ["temperature", "isotonic"])

@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from ..calibration import (DEFAULT_TARGET_PRECISION, DEFAULT_TARGET_RECALL, METHODS, TEMPERATURE,
+from ..calibration import (DEFAULT_CONFIDENCE, DEFAULT_TARGET_PRECISION, DEFAULT_TARGET_RECALL, METHODS, TEMPERATURE,
                            CalibrationError, fit_calibration)
 from .datasets import LAYOUTS, DatasetError, load_dataset
 from .predictions import NO_FACES, SCORED, PredictionsError, read_predictions
@@ -67,6 +67,9 @@ def add_parsers(sub, add_config_args: Callable[[argparse.ArgumentParser], None],
                    help="precision the takedown threshold must reach (default %(default)s)")
     p.add_argument("--target-recall", type=float, default=DEFAULT_TARGET_RECALL,
                    help="recall the review threshold must keep (default %(default)s)")
+    p.add_argument("--confidence", type=float, default=DEFAULT_CONFIDENCE,
+                   help="the takedown precision must hold at this one-sided confidence (Wilson "
+                        "lower bound; 0 = point estimate; default %(default)s)")
     p.add_argument("--no-face-score", type=float, default=None,
                    help="include videos without faces with this raw score (default: leave them out)")
     p.set_defaults(func=cmd_calibrate)
@@ -169,7 +172,7 @@ def cmd_calibrate(args) -> int:
         if report.is_file():
             dataset = json.loads(report.read_text(encoding="utf-8")).get("dataset", {}).get("root", dataset)
         calibration = fit_calibration(raw, labels, args.method, args.target_precision,
-                                      args.target_recall, dataset=dataset)
+                                      args.target_recall, dataset=dataset, confidence=args.confidence)
         if args.model_file is not None:
             write_calibration(args.model_file, calibration)
     except (PredictionsError, CalibrationError) as exc:

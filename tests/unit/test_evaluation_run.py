@@ -1,0 +1,198 @@
+"""The evaluation loop with the in-memory scorer: failures counted, interruption and resume,
+torn lines, the report from the predictions file, and ``calibrate`` on a predictions file."""
+import json
+import tomllib
+
+import numpy as np
+import pytest
+from sklearn import metrics as sk
+
+from worker.__main__ import main
+from worker.calibration import Calibration
+from worker.errors import CORRUPT_VIDEO, DeadLetter
+from worker.evaluation.datasets import Dataset, LabelledVideo
+from worker.evaluation.predictions import (FAILED, NO_FACES, SCORED, PredictionLog, VideoPrediction,
+                                           read_predictions)
+from worker.evaluation.report import build_report
+from worker.evaluation.run import PREDICTIONS_FILE, evaluate
+from worker.fakes import FakeVideoScorer
+
+TABLE = {"r1.mp4": 0.1, "r2.mp4": 0.4, "r3.mp4": 0.35, "f1.mp4": 0.8, "f2.mp4": 0.35, "f3.mp4": 0.9,
+         "broken.mp4": DeadLetter(CORRUPT_VIDEO, "moov atom not found"), "empty.mp4": None}
+LABELS = {"r1.mp4": 0, "r2.mp4": 0, "r3.mp4": 0, "f1.mp4": 1, "f2.mp4": 1, "f3.mp4": 1,
+          "broken.mp4": 1, "empty.mp4": 0}
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    root = tmp_path / "data"
+    videos = tuple(LabelledVideo(root / name, f"clips/{name}", label, group=name[0])
+                   for name, label in LABELS.items())
+    return Dataset(root, "csv", videos)
+
+
+def test_every_video_gets_a_line_and_failures_are_not_fatal(dataset, tmp_path):
+    run = evaluate(dataset, FakeVideoScorer(TABLE), tmp_path / "out", progress=False)
+    assert run.scored_now == 8
+    status = {k: p.status for k, p in run.predictions.items()}
+    assert status["clips/broken.mp4"] == FAILED and status["clips/empty.mp4"] == NO_FACES
+    assert sum(s == SCORED for s in status.values()) == 6
+    lines = read_predictions(tmp_path / "out" / PREDICTIONS_FILE).predictions
+    assert [p.key for p in lines] == [v.key for v in dataset.videos]
+    broken = run.predictions["clips/broken.mp4"]
+    assert (broken.reason, broken.message) == (CORRUPT_VIDEO, "moov atom not found")
+
+
+def test_interrupted_run_resumes_with_the_videos_not_done(dataset, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        evaluate(dataset, FakeVideoScorer(TABLE, interrupt_after=3), out, progress=False)
+    assert len(read_predictions(out / PREDICTIONS_FILE).predictions) == 3
+    second = FakeVideoScorer(TABLE)
+    run = evaluate(dataset, second, out, progress=False)
+    assert second.calls == [v.path.name for v in dataset.videos[3:]]
+    assert run.scored_now == 5 and len(run.predictions) == 8
+    third = FakeVideoScorer(TABLE)
+    evaluate(dataset, third, out, progress=False)
+    assert third.calls == []  # everything done
+    assert len(read_predictions(out / PREDICTIONS_FILE).predictions) == 8
+
+
+def test_a_torn_last_line_is_dropped_and_its_video_redone(dataset, tmp_path):
+    out = tmp_path / "out"
+    evaluate(Dataset(dataset.root, "csv", dataset.videos[:2]), FakeVideoScorer(TABLE), out, progress=False)
+    whole = (out / PREDICTIONS_FILE).read_text()
+    third = VideoPrediction("clips/r3.mp4", 0, "fake-sha+settings", SCORED, 0.35, (0.35,), (0,), 1).to_json()
+    (out / PREDICTIONS_FILE).write_text(whole + third[: len(third) // 2])  # killed mid-write
+    back = read_predictions(out / PREDICTIONS_FILE)
+    assert back.torn_last_line and len(back.predictions) == 2
+    scorer = FakeVideoScorer(TABLE)
+    run = evaluate(dataset, scorer, out, progress=False)
+    assert run.torn_last_line and scorer.calls[0] == "r3.mp4" and len(scorer.calls) == 6
+    back = read_predictions(out / PREDICTIONS_FILE)
+    assert not back.torn_last_line and len(back.predictions) == 8
+
+
+def test_a_bad_line_in_the_middle_is_an_error(tmp_path):
+    path = tmp_path / PREDICTIONS_FILE
+    good = VideoPrediction("a.mp4", 0, "m", SCORED, 0.2).to_json()
+    path.write_text(f"{good}\nnot json\n{good}\n")
+    with pytest.raises(ValueError, match=f"{PREDICTIONS_FILE}:2"):
+        read_predictions(path)
+
+
+def test_predictions_of_another_model_are_not_reused(dataset, tmp_path):
+    evaluate(dataset, FakeVideoScorer(TABLE), tmp_path / "out", progress=False)
+    other = FakeVideoScorer(TABLE, model_key="other-sha+settings")
+    evaluate(dataset, other, tmp_path / "out", progress=False)
+    assert len(other.calls) == 8
+    assert len(read_predictions(tmp_path / "out" / PREDICTIONS_FILE).predictions) == 16
+
+
+def test_report_figures_equal_sklearn_on_the_predictions_file(dataset, tmp_path):
+    run = evaluate(dataset, FakeVideoScorer(TABLE), tmp_path / "out", progress=False)
+    predictions = [run.predictions[v.key] for v in dataset.videos]
+    report = build_report(predictions, {"takedown": 0.8, "review": 0.35}, {"root": "x"}, {"name": "fake"})
+    rows = [json.loads(line) for line in (tmp_path / "out" / PREDICTIONS_FILE).read_text().splitlines()]
+    scored = [r for r in rows if r["status"] == "scored"]
+    y = [r["label"] for r in scored]
+    s = [r["video_score"] for r in scored]
+    video = report["video_level"]
+    assert video["auc"] == pytest.approx(sk.roc_auc_score(y, s))  # 0.35 is tied across classes
+    assert video["average_precision"] == pytest.approx(sk.average_precision_score(y, s))
+    assert video["log_loss"] == pytest.approx(sk.log_loss(y, s))
+    assert video["at_thresholds"]["review"]["recall"] == pytest.approx(
+        sk.recall_score(y, np.array(s) >= 0.35))
+    fy = [r["label"] for r in scored for _ in r["face_scores"]]
+    fs = [v for r in scored for v in r["face_scores"]]
+    assert report["frame_level"]["count"] == 12
+    assert report["frame_level"]["auc"] == pytest.approx(sk.roc_auc_score(fy, fs))
+    assert report["videos"] == {"total": 8, "scored": 6, "no_faces": 1, "failed": 1, "in_video_metrics": 6}
+    assert report["failed"] == [{"path": "clips/broken.mp4", "reason": CORRUPT_VIDEO,
+                                 "message": "moov atom not found"}]
+    assert report["no_faces"] == ["clips/empty.mp4"]
+    with_empty = build_report(predictions, {}, {}, {}, no_face_score=0.5)
+    assert with_empty["video_level"]["count"] == 7
+
+
+def test_report_of_one_class_says_why_figures_are_missing():
+    preds = [VideoPrediction(f"{i}.mp4", 0, "m", SCORED, 0.1 * i, (0.1 * i,), (0,), 1) for i in range(3)]
+    report = build_report(preds, {"t": 0.5}, {}, {})
+    assert report["video_level"]["auc"] is None and report["video_level"]["notes"]
+    assert report["video_level"]["log_loss"] is not None
+
+
+# ---- calibrate, from a predictions file to the model file's [calibration] table ---------
+
+SHA = "ab" * 32
+MODEL_TOML = f"""name = "test-model"
+version = "v1"
+backend = "timm"
+architecture = "efficientnet_b0"
+
+[[checkpoints]]
+path = "model.pt"
+sha256 = "{SHA}"
+
+[preprocessing]
+frames_per_video = 8
+"""
+
+
+def _write_predictions(path, labels, scores, model=f"{SHA}+0123456789ab"):
+    log = PredictionLog(path)
+    for i, (label, score) in enumerate(zip(labels, scores)):
+        log.append(VideoPrediction(f"v{i}.mp4", int(label), model, SCORED, float(score), (float(score),), (0,), 1))
+
+
+def _separable(n=400, seed=0):
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 2, n)
+    z = rng.normal(0, 1, n) + 4 * (labels - 0.5)
+    return labels, 1 / (1 + np.exp(-z))
+
+
+@pytest.mark.parametrize("method", ["temperature", "isotonic"])
+def test_calibrate_writes_the_table_into_the_model_file(tmp_path, capsys, method):
+    labels, scores = _separable()
+    _write_predictions(tmp_path / "out" / PREDICTIONS_FILE, labels, scores)
+    model_file = tmp_path / "model.toml"
+    model_file.write_text(MODEL_TOML)
+    code = main(["calibrate", str(tmp_path / "out"), "--model-file", str(model_file), "--method", method,
+                 "--target-precision", "0.97", "--target-recall", "0.9"])
+    assert code == 0
+    document = tomllib.loads(model_file.read_text())
+    assert document["checkpoints"] == [{"path": "model.pt", "sha256": SHA}]  # the rest is kept
+    assert document["preprocessing"] == {"frames_per_video": 8}
+    cal = Calibration.from_mapping(document["calibration"])
+    assert cal == Calibration.from_mapping(tomllib.loads(capsys.readouterr().out)["calibration"])
+    calibrated = np.array([cal.apply(s) for s in scores])
+    assert np.mean(labels[calibrated >= cal.takedown_threshold]) >= 0.97
+    assert labels[calibrated >= cal.review_threshold].sum() >= 0.9 * labels.sum()
+    assert cal.validation["videos"] == 400 and cal.target_precision == 0.97
+
+
+def test_calibrate_refuses_unreachable_precision_and_leaves_the_file(tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    labels = rng.integers(0, 2, 300)
+    scores = rng.random(300)  # no signal: no threshold reaches 0.99
+    _write_predictions(tmp_path / PREDICTIONS_FILE, labels, scores)
+    model_file = tmp_path / "model.toml"
+    model_file.write_text(MODEL_TOML)
+    assert main(["calibrate", str(tmp_path / PREDICTIONS_FILE), "--model-file", str(model_file)]) == 2
+    assert "no threshold reaches precision 0.99" in capsys.readouterr().err
+    assert model_file.read_text() == MODEL_TOML
+
+
+def test_calibrate_refuses_predictions_of_another_checkpoint(tmp_path, capsys):
+    labels, scores = _separable()
+    _write_predictions(tmp_path / PREDICTIONS_FILE, labels, scores, model="cd" * 32 + "+0123456789ab")
+    model_file = tmp_path / "model.toml"
+    model_file.write_text(MODEL_TOML)
+    assert main(["calibrate", str(tmp_path), "--model-file", str(model_file)]) == 2
+    assert "does not pin" in capsys.readouterr().err
+    _write_predictions(tmp_path / PREDICTIONS_FILE, labels, scores)  # now two models in the file
+    assert main(["calibrate", str(tmp_path)]) == 2
+    assert "--model-key" in capsys.readouterr().err
+    assert main(["calibrate", str(tmp_path), "--model-key", f"{SHA}+0123456789ab",
+                 "--target-precision", "0.95"]) == 0
