@@ -1,0 +1,140 @@
+"""``python -m worker eval`` end to end: a FaceForensics++-layout dataset the test builds from
+the carphone sample (real segments, and face-swap stand-ins made from them), decord, the
+real MTCNN, a test-made EfficientNet checkpoint; the report checked against scikit-learn on
+the predictions file; an interrupted run resumed; calibrate refusing too small a set.
+
+The checkpoint is randomly initialised, so its AUC means nothing and is never asserted:
+these tests check the machinery, not a detector's quality.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from sklearn import metrics as sk
+
+from tests.media_factory import blend_mirrored_face, corrupt_moov, decode_frames, write_frames, write_video
+from worker.__main__ import main
+from worker.models.checkpoint import save_checkpoint
+from worker.models.timm_classifier import build_model
+from worker.samples import sample_video
+
+ARCH = "efficientnet_b0"
+
+
+@pytest.fixture(scope="module")
+def ffpp_dataset(tmp_path_factory):
+    """4 real and 4 fake carphone clips, one corrupt fake, one real clip without a face."""
+    root = tmp_path_factory.mktemp("ffpp")
+    real_dir = root / "original_sequences" / "youtube" / "c23" / "videos"
+    fake_dir = root / "manipulated_sequences" / "FaceSwap" / "c23" / "videos"
+    real_dir.mkdir(parents=True)
+    fake_dir.mkdir(parents=True)
+    frames = decode_frames(sample_video("carphone_pristine.mp4"))
+    for k, start in enumerate((0, 30, 60, 90)):
+        segment = frames[start:start + 16]
+        write_frames(real_dir / f"00{k}.mp4", segment)
+        write_frames(fake_dir / f"00{k}_00{(k + 1) % 4}.mp4", blend_mirrored_face(segment, 8))
+    corrupt_moov(real_dir / "000.mp4", fake_dir / "009_000.mp4")
+    write_video(real_dir / "005.mp4", frames=16)  # flat synthetic frames: no face
+    return root
+
+
+@pytest.fixture(scope="module")
+def random_checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "random-b0.pt"
+    return path, save_checkpoint(build_model(ARCH), path, ARCH, "test-random")
+
+
+def _eval(dataset, out, checkpoint, *extra):
+    path, sha = checkpoint
+    return main(["eval", str(dataset), "--out", str(out),
+                 "--set", f"model.checkpoint={path}", "--set", f"model.checkpoint_sha256={sha}",
+                 "--set", f"model.architecture={ARCH}", "--set", "model.device=cpu",
+                 "--set", "media.frames_per_video=4", "--set", "bank.enabled=false",
+                 # Small and in-process, for CI time: the same code paths as the defaults.
+                 "--set", "model.input_size=112", "--set", "faces.min_face_size=40",
+                 "--set", "media.sandbox=false", *extra])
+
+
+def _rows(out):
+    return [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+
+
+def test_eval_reports_figures_equal_to_sklearn_and_resumes(ffpp_dataset, random_checkpoint, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert _eval(ffpp_dataset, out, random_checkpoint, "--threshold", "strict=0.6") == 0
+    report = json.loads((out / "report.json").read_text())
+    rows = _rows(out)
+
+    assert report["dataset"]["layout"] == "faceforensics"
+    assert report["videos"] == {"total": 10, "scored": 8, "no_faces": 1, "failed": 1, "in_video_metrics": 8}
+    assert report["failed"][0]["path"].endswith("FaceSwap/c23/videos/009_000.mp4")
+    assert report["no_faces"] == ["original_sequences/youtube/c23/videos/005.mp4"]
+    assert report["model"]["checkpoint_sha256"] == random_checkpoint[1]
+    assert {r["label"] for r in rows if "manipulated" in r["path"]} == {1}
+    assert {r["label"] for r in rows if "original" in r["path"]} == {0}
+
+    scored = [r for r in rows if r["status"] == "scored"]
+    y = np.array([r["label"] for r in scored])
+    s = np.array([r["video_score"] for r in scored])
+    video = report["video_level"]
+    assert video["auc"] == pytest.approx(sk.roc_auc_score(y, s), abs=1e-12)
+    assert video["average_precision"] == pytest.approx(sk.average_precision_score(y, s), abs=1e-12)
+    assert video["log_loss"] == pytest.approx(sk.log_loss(y, s), abs=1e-12)
+    for name, t in (("takedown", 0.9), ("review", 0.5), ("strict", 0.6)):
+        at = video["at_thresholds"][name]
+        assert at["threshold"] == t
+        assert at["recall"] == pytest.approx(sk.recall_score(y, s >= t, zero_division=0.0))
+        assert at["precision"] == (sk.precision_score(y, s >= t) if (s >= t).any() else None)
+
+    fy = np.array([r["label"] for r in scored for _ in r["face_scores"]])
+    fs = np.array([v for r in scored for v in r["face_scores"]])
+    assert len(fs) >= 8 * 3  # about one face in each of the 4 sampled frames
+    frame = report["frame_level"]
+    assert frame["count"] == len(fs)
+    assert frame["auc"] == pytest.approx(sk.roc_auc_score(fy, fs), abs=1e-12)
+    assert frame["average_precision"] == pytest.approx(sk.average_precision_score(fy, fs), abs=1e-12)
+    # The video score is the pipeline's: the most suspicious track's mean face score.
+    assert all(min(r["face_scores"]) - 1e-9 <= r["video_score"] <= max(r["face_scores"]) + 1e-9
+               for r in scored)
+
+    with Image.open(out / "roc.png") as png:
+        assert png.format == "PNG" and png.size == (560, 560)
+    assert "video_level" in capsys.readouterr().out
+
+    # Killed while writing the 8th line: 7 lines and half of one remain.
+    lines = (out / "predictions.jsonl").read_text().splitlines(keepends=True)
+    (out / "predictions.jsonl").write_text("".join(lines[:7]) + lines[7][:40])
+    assert _eval(ffpp_dataset, out, random_checkpoint, "--no-progress") == 0
+    again = json.loads((out / "report.json").read_text())
+    assert again["run"] == {"scored_now": 3, "resumed": 7, "torn_last_line_dropped": True}
+    after = _rows(out)
+    assert len(after) == 10
+    for before, now in zip(rows, after):
+        assert (before["path"], before["status"]) == (now["path"], now["status"])
+        if before["status"] == "scored":  # the same model on the same frames scores the same
+            assert now["video_score"] == pytest.approx(before["video_score"], abs=1e-5)
+    assert again["video_level"]["auc"] == pytest.approx(video["auc"], abs=1e-9)
+
+    # Ten videos cannot show 99 % takedown precision: calibrate refuses, nothing is written.
+    model_file = tmp_path / "model.toml"
+    model_file.write_text(f'name = "b0"\n\n[[checkpoints]]\npath = "random-b0.pt"\n'
+                          f'sha256 = "{random_checkpoint[1]}"\n')
+    before_text = model_file.read_text()
+    assert main(["calibrate", str(out), "--model-file", str(model_file)]) == 2
+    assert "refusing to calibrate" in capsys.readouterr().err
+    assert model_file.read_text() == before_text
+
+
+def test_eval_refuses_a_bad_layout_and_a_missing_model(tmp_path, random_checkpoint, capsys):
+    (tmp_path / "clip.mp4").write_bytes(b"")
+    assert _eval(tmp_path, tmp_path / "out", random_checkpoint) == 2
+    assert "cannot tell the layout" in capsys.readouterr().err
+    (tmp_path / "labels.csv").write_text("path,label\nclip.mp4,1\n")
+    assert main(["eval", str(tmp_path), "--out", str(tmp_path / "out"), "--set", "model.device=cpu"]) == 2
+    assert "needs a model" in capsys.readouterr().err
