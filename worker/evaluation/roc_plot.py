@@ -38,9 +38,9 @@ def draw_roc(curves: Sequence[tuple[str, np.ndarray, np.ndarray]], path: Path, t
         lx = SIZE - MARGIN - 220
         draw.line([(lx, ly + 6), (lx + 20, ly + 6)], fill=colour, width=3)
         draw.text((lx + 26, ly), label, fill="black", font=font)
-    draw.text((MARGIN, MARGIN - 24), title, fill="black", font=font)
+    draw.text((MARGIN, 12), title, fill="black", font=font)
     draw.text((SIZE // 2 - 60, SIZE - MARGIN + 24), "false positive rate", fill="black", font=font)
-    draw.text((8, MARGIN - 24), "true positive rate", fill="black", font=font)
+    draw.text((8, MARGIN - 20), "true positive rate", fill="black", font=font)
     path = Path(path)
     image.save(path, format="PNG")
     return path
