@@ -110,8 +110,17 @@ def test_eval_reports_figures_equal_to_sklearn_and_resumes(ffpp_dataset, random_
     # Killed while writing the 8th line: 7 lines and half of one remain.
     lines = (out / "predictions.jsonl").read_text().splitlines(keepends=True)
     (out / "predictions.jsonl").write_text("".join(lines[:7]) + lines[7][:40])
-    assert _eval(ffpp_dataset, out, random_checkpoint, "--no-progress") == 0
+    model_file = tmp_path / "model.toml"
+    model_file.write_text(f'name = "b0"\n\n[[checkpoints]]\npath = "random-b0.pt"\n'
+                          f'sha256 = "{random_checkpoint[1]}"\n\n[calibration]\nmethod = "temperature"\n'
+                          f'temperature = 0.5\ntakedown_threshold = 0.6\nreview_threshold = 0.5\n')
+    assert _eval(ffpp_dataset, out, random_checkpoint, "--no-progress", "--model-file", str(model_file)) == 0
     again = json.loads((out / "report.json").read_text())
+    calibrated = again["video_level_calibrated"]
+    assert calibrated["calibration"].startswith("temperature:T=0.5")
+    s2 = np.array([r["video_score"] for r in _rows(out) if r["status"] == "scored"])
+    sharpened = 1 / (1 + np.exp(-np.log(s2 / (1 - s2)) / 0.5))
+    assert calibrated["at_thresholds"]["takedown"]["predicted_positive"] == int((sharpened >= 0.6).sum())
     assert again["run"] == {"scored_now": 3, "resumed": 7, "torn_last_line_dropped": True}
     after = _rows(out)
     assert len(after) == 10
@@ -122,9 +131,6 @@ def test_eval_reports_figures_equal_to_sklearn_and_resumes(ffpp_dataset, random_
     assert again["video_level"]["auc"] == pytest.approx(video["auc"], abs=1e-9)
 
     # Ten videos cannot show 99 % takedown precision: calibrate refuses, nothing is written.
-    model_file = tmp_path / "model.toml"
-    model_file.write_text(f'name = "b0"\n\n[[checkpoints]]\npath = "random-b0.pt"\n'
-                          f'sha256 = "{random_checkpoint[1]}"\n')
     before_text = model_file.read_text()
     assert main(["calibrate", str(out), "--model-file", str(model_file)]) == 2
     assert "refusing to calibrate" in capsys.readouterr().err

@@ -196,3 +196,17 @@ def test_calibrate_refuses_predictions_of_another_checkpoint(tmp_path, capsys):
     assert "--model-key" in capsys.readouterr().err
     assert main(["calibrate", str(tmp_path), "--model-key", f"{SHA}+0123456789ab",
                  "--target-precision", "0.95"]) == 0
+
+
+def test_report_with_a_calibration_adds_calibrated_figures_at_its_thresholds():
+    preds = [VideoPrediction(f"{i}.mp4", i % 2, "m", SCORED, s, (s,), (0,), 1)
+             for i, s in enumerate([0.2, 0.7, 0.4, 0.9, 0.6, 0.55])]
+    cal = Calibration("temperature", takedown_threshold=0.8, review_threshold=0.5, temperature=2.0)
+    report = build_report(preds, {"takedown": 0.9}, {}, {}, calibration=cal)
+    calibrated = [cal.apply(p.video_score) for p in preds]
+    figures = report["video_level_calibrated"]
+    assert figures["calibration"] == cal.version
+    assert figures["log_loss"] == pytest.approx(sk.log_loss([p.label for p in preds], calibrated))
+    assert figures["auc"] == report["video_level"]["auc"]  # a monotone map keeps the ranking
+    at = figures["at_thresholds"]["takedown"]
+    assert at["threshold"] == 0.8 and at["predicted_positive"] == sum(c >= 0.8 for c in calibrated)

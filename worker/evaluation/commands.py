@@ -54,6 +54,9 @@ def add_parsers(sub, add_config_args: Callable[[argparse.ArgumentParser], None],
                         "thresholds are always reported)")
     p.add_argument("--no-face-score", type=float, default=None,
                    help="count videos without faces with this score (default: leave them out)")
+    p.add_argument("--model-file", type=Path,
+                   help="also report calibrated video figures at the thresholds of this model "
+                        "file's [calibration] table")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=lambda args: cmd_eval(args, config_of))
 
@@ -88,9 +91,12 @@ def cmd_eval(args, config_of) -> int:
     from .roc_plot import draw_roc
     from .run import PipelineScorer, evaluate
 
+    from .model_file import read_calibration
+
     try:
         dataset = load_dataset(args.dataset, args.layout, args.compression)
-    except DatasetError as exc:
+        calibration = read_calibration(args.model_file) if args.model_file else None
+    except (DatasetError, CalibrationError) as exc:
         return _fail(exc)
     root = Path(os.path.commonpath([str(v.path.parent) for v in dataset.videos] + [str(dataset.root)]))
     cfg = config_of(args, overrides=["metrics.port=0", f"media.file_roots={root}"])
@@ -111,7 +117,7 @@ def cmd_eval(args, config_of) -> int:
                           dataset={"root": str(dataset.root), "layout": dataset.layout,
                                    "videos": len(dataset.videos), "fake": dataset.fakes},
                           model={**scorer.model, "key": scorer.model_key},
-                          no_face_score=args.no_face_score)
+                          calibration=calibration, no_face_score=args.no_face_score)
     report["run"] = {"scored_now": run.scored_now, "resumed": len(predictions) - run.scored_now,
                      "torn_last_line_dropped": run.torn_last_line}
     curves = []

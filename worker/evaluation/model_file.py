@@ -1,7 +1,7 @@
 """Reading a model file's checkpoint hashes and writing its ``[calibration]`` table.
 
 Stop-gap until the model-file loader (``worker.models.spec``, with ``save_calibration``)
-lands: the integrator should replace these two functions with it. The file is parsed with
+lands: the integrator should replace these functions with it. The file is parsed with
 tomllib and written back whole with tomli-w, atomically (a crash leaves the old file);
 comments in the file are not kept.
 """
@@ -31,6 +31,12 @@ def checkpoint_hashes(model_file: Path) -> tuple[str, ...]:
     if not hashes or not all(hashes):
         raise CalibrationError(f"model file {model_file} has no [[checkpoints]] with a sha256")
     return hashes
+
+
+def read_calibration(model_file: Path) -> Calibration | None:
+    """The file's ``[calibration]`` table, or None when it has none (uncalibrated)."""
+    table = _read(model_file).get("calibration")
+    return None if table is None else Calibration.from_mapping(table)
 
 
 def write_calibration(model_file: Path, calibration: Calibration) -> None:
