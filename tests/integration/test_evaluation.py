@@ -9,6 +9,12 @@ these tests check the machinery, not a detector's quality.
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -23,6 +29,7 @@ from worker.models.timm_classifier import build_model
 from worker.samples import sample_video
 
 ARCH = "efficientnet_b0"
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +57,39 @@ def random_checkpoint(tmp_path_factory):
     return path, save_checkpoint(build_model(ARCH), path, ARCH, "test-random")
 
 
-def _eval(dataset, out, checkpoint, *extra):
+def _eval_args(dataset, out, checkpoint, *extra):
     path, sha = checkpoint
-    return main(["eval", str(dataset), "--out", str(out),
-                 "--set", f"model.checkpoint={path}", "--set", f"model.checkpoint_sha256={sha}",
-                 "--set", f"model.architecture={ARCH}", "--set", "model.device=cpu",
-                 "--set", "media.frames_per_video=4", "--set", "bank.enabled=false",
-                 # Small and in-process, for CI time: the same code paths as the defaults.
-                 "--set", "model.input_size=112", "--set", "faces.min_face_size=40",
-                 "--set", "media.sandbox=false", *extra])
+    return ["eval", str(dataset), "--out", str(out),
+            "--set", f"model.checkpoint={path}", "--set", f"model.checkpoint_sha256={sha}",
+            "--set", f"model.architecture={ARCH}", "--set", "model.device=cpu",
+            "--set", "media.frames_per_video=4", "--set", "bank.enabled=false",
+            # Small and in-process, for CI time: the same code paths as the defaults.
+            "--set", "model.input_size=112", "--set", "faces.min_face_size=40",
+            "--set", "media.sandbox=false", *extra]
+
+
+def _eval(dataset, out, checkpoint, *extra):
+    return main(_eval_args(dataset, out, checkpoint, *extra))
+
+
+def _killed_after_first_video(dataset, out, checkpoint) -> int:
+    """``python -m worker eval`` in a child process, SIGKILLed once a prediction is on disk;
+    returns how many complete lines it left."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    child = subprocess.Popen([sys.executable, "-m", "worker", *_eval_args(dataset, out, checkpoint)],
+                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    predictions = out / "predictions.jsonl"
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline and child.poll() is None:
+            if predictions.exists() and predictions.read_bytes().count(b"\n") >= 1:
+                break
+            time.sleep(0.02)
+    finally:
+        child.kill()
+        _, err = child.communicate(timeout=30)
+    assert child.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    return predictions.read_bytes().count(b"\n")
 
 
 def _rows(out):
@@ -67,9 +98,14 @@ def _rows(out):
 
 def test_eval_reports_figures_equal_to_sklearn_and_resumes(ffpp_dataset, random_checkpoint, tmp_path, capsys):
     out = tmp_path / "eval"
+    # A run killed hard (as by the OOM killer) after its first video, then resumed.
+    left = _killed_after_first_video(ffpp_dataset, out, random_checkpoint)
+    assert 1 <= left < 10
     assert _eval(ffpp_dataset, out, random_checkpoint, "--threshold", "strict=0.6") == 0
     report = json.loads((out / "report.json").read_text())
+    assert report["run"]["resumed"] == left and report["run"]["scored_now"] == 10 - left
     rows = _rows(out)
+    assert sorted(r["path"] for r in rows) == sorted({r["path"] for r in rows})  # none twice
 
     assert report["dataset"]["layout"] == "faceforensics"
     assert report["videos"] == {"total": 10, "scored": 8, "no_faces": 1, "failed": 1, "in_video_metrics": 8}
@@ -107,7 +143,7 @@ def test_eval_reports_figures_equal_to_sklearn_and_resumes(ffpp_dataset, random_
         assert png.format == "PNG" and png.size == (560, 560)
     assert "video_level" in capsys.readouterr().out
 
-    # Killed while writing the 8th line: 7 lines and half of one remain.
+    # Killed while writing the 8th line: 7 lines and half of one remain; they are redone.
     lines = (out / "predictions.jsonl").read_text().splitlines(keepends=True)
     (out / "predictions.jsonl").write_text("".join(lines[:7]) + lines[7][:40])
     model_file = tmp_path / "model.toml"
@@ -124,7 +160,7 @@ def test_eval_reports_figures_equal_to_sklearn_and_resumes(ffpp_dataset, random_
     assert again["run"] == {"scored_now": 3, "resumed": 7, "torn_last_line_dropped": True}
     after = _rows(out)
     assert len(after) == 10
-    for before, now in zip(rows, after):
+    for before, now in zip(rows, after):  # same order: the torn line was rewritten last
         assert (before["path"], before["status"]) == (now["path"], now["status"])
         if before["status"] == "scored":  # the same model on the same frames scores the same
             assert now["video_score"] == pytest.approx(before["video_score"], abs=1e-5)

@@ -110,6 +110,10 @@ def cmd_eval(args, config_of) -> int:
         run = evaluate(dataset, scorer, args.out, progress=not args.no_progress)
     except (ValueError, PredictionsError) as exc:
         return _fail(exc)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted: what was scored is in {args.out / PREDICTIONS_FILE}; "
+              f"run the same command again to resume", file=sys.stderr)
+        return 130
     predictions = [run.predictions[v.key] for v in dataset.videos]
     thresholds = {"takedown": cfg.policy.takedown_threshold, "review": cfg.policy.review_threshold,
                   **dict(args.threshold)}

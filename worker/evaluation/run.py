@@ -63,7 +63,7 @@ class PipelineScorer:
                       "checkpoint_sha256": info.checkpoint_sha256, "settings": dict(settings)}
         self.model_key = model_key(info.checkpoint_sha256, settings)
         self._event = lambda path: parse_upload_event(
-            upload_event(path.stem or "video", path.resolve().as_uri(), "evaluation"), 1 << 20)
+            upload_event((path.stem or "video")[:256], path.resolve().as_uri(), "evaluation"), 1 << 20)
 
     def score(self, path: Path) -> ScoredVideo:
         verdict = self.pipeline.process(self._event(Path(path)))
