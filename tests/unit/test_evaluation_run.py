@@ -190,7 +190,7 @@ def test_calibrate_refuses_predictions_of_another_checkpoint(tmp_path, capsys):
     model_file = tmp_path / "model.toml"
     model_file.write_text(MODEL_TOML)
     assert main(["calibrate", str(tmp_path), "--model-file", str(model_file)]) == 2
-    assert "does not pin" in capsys.readouterr().err
+    assert "pins others" in capsys.readouterr().err
     _write_predictions(tmp_path / PREDICTIONS_FILE, labels, scores)  # now two models in the file
     assert main(["calibrate", str(tmp_path)]) == 2
     assert "--model-key" in capsys.readouterr().err
@@ -210,3 +210,12 @@ def test_report_with_a_calibration_adds_calibrated_figures_at_its_thresholds():
     assert figures["auc"] == report["video_level"]["auc"]  # a monotone map keeps the ranking
     at = figures["at_thresholds"]["takedown"]
     assert at["threshold"] == 0.8 and at["predicted_positive"] == sum(c >= 0.8 for c in calibrated)
+
+
+def test_model_key_names_every_checkpoint_and_changes_with_the_settings():
+    from worker.evaluation.run import key_checkpoints, model_key
+
+    key = model_key(("a" * 64, "b" * 64), {"frames_per_video": 32})
+    assert key_checkpoints(key) == ("a" * 64, "b" * 64)
+    assert key != model_key(("a" * 64, "b" * 64), {"frames_per_video": 16})
+    assert key == model_key(("a" * 64, "b" * 64), {"frames_per_video": 32})

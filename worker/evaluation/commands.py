@@ -19,7 +19,7 @@ from ..calibration import (DEFAULT_CONFIDENCE, DEFAULT_TARGET_PRECISION, DEFAULT
                            CalibrationError, fit_calibration)
 from .datasets import LAYOUTS, DatasetError, load_dataset
 from .predictions import NO_FACES, SCORED, PredictionsError, read_predictions
-from .run import PREDICTIONS_FILE
+from .run import PREDICTIONS_FILE, key_checkpoints
 
 REPORT_FILE = "report.json"
 ROC_FILE = "roc.png"
@@ -83,6 +83,14 @@ def _fail(exc: Exception) -> int:
     return 2
 
 
+def scoring_settings(cfg) -> dict:
+    """Besides the checkpoints, what changes raw scores: predictions made with other
+    settings are not reused. (Device, batch size and policy thresholds do not count.)"""
+    return {"architecture": cfg.model.architecture, "input_size": cfg.model.input_size,
+            "crop_margin": cfg.model.crop_margin, "frames_per_video": cfg.media.frames_per_video,
+            "faces": asdict(cfg.faces)}
+
+
 def cmd_eval(args, config_of) -> int:
     """Wire the worker's pipeline as the scorer, run, report."""
     from ..app import build_pipeline
@@ -102,11 +110,8 @@ def cmd_eval(args, config_of) -> int:
     cfg = config_of(args, overrides=["metrics.port=0", f"media.file_roots={root}"])
     args.out.mkdir(parents=True, exist_ok=True)
     setup_logging("WARNING")
-    settings = {"architecture": cfg.model.architecture, "input_size": cfg.model.input_size,
-                "crop_margin": cfg.model.crop_margin, "frames_per_video": cfg.media.frames_per_video,
-                "faces": asdict(cfg.faces)}
     try:
-        scorer = PipelineScorer(build_pipeline(cfg), settings)
+        scorer = PipelineScorer(build_pipeline(cfg), scoring_settings(cfg))
         run = evaluate(dataset, scorer, args.out, progress=not args.no_progress)
     except (ValueError, PredictionsError) as exc:
         return _fail(exc)
@@ -168,9 +173,9 @@ def cmd_calibrate(args) -> int:
         key = args.model_key or (keys[0] if len(keys) == 1 else None)
         if key is None or key not in keys:
             raise PredictionsError(f"{path} holds predictions of the models {keys}: name one with --model-key")
-        if args.model_file is not None and key.split("+")[0] not in checkpoint_hashes(args.model_file):
-            raise CalibrationError(f"the predictions were made with checkpoint {key.split('+')[0]}, "
-                                   f"which {args.model_file} does not pin")
+        if args.model_file is not None and set(key_checkpoints(key)) != set(checkpoint_hashes(args.model_file)):
+            raise CalibrationError(f"the predictions were made with the checkpoints {key_checkpoints(key)}, "
+                                   f"{args.model_file} pins others")
         latest = {p.key: p for p in rows if p.model == key}.values()
         raw, labels = [], []
         for p in latest:

@@ -13,7 +13,7 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping, Protocol, Sequence
 
 from tqdm import tqdm
 
@@ -40,10 +40,16 @@ class VideoScorer(Protocol):
         """Score one local video; raises DeadLetter when it cannot be fetched or decoded."""
 
 
-def model_key(checkpoint_sha256: str, settings: Mapping[str, Any]) -> str:
-    """The checkpoint hash plus a short digest of the settings that change scores."""
+def model_key(checkpoint_sha256s: Sequence[str], settings: Mapping[str, Any]) -> str:
+    """``<sha256>[,<sha256>...]+<digest>``: the checkpoint hashes (an ensemble has several)
+    and a short digest of the other settings that change raw scores."""
     digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()
-    return f"{checkpoint_sha256}+{digest[:12]}"
+    return f"{','.join(checkpoint_sha256s)}+{digest[:12]}"
+
+
+def key_checkpoints(key: str) -> tuple[str, ...]:
+    """The checkpoint hashes a model key names."""
+    return tuple(key.split("+", 1)[0].split(","))
 
 
 class PipelineScorer:
@@ -61,7 +67,7 @@ class PipelineScorer:
         info = pipeline.classifier.info
         self.model = {"name": info.name, "version": info.version,
                       "checkpoint_sha256": info.checkpoint_sha256, "settings": dict(settings)}
-        self.model_key = model_key(info.checkpoint_sha256, settings)
+        self.model_key = model_key((info.checkpoint_sha256,), settings)
         self._event = lambda path: parse_upload_event(
             upload_event((path.stem or "video")[:256], path.resolve().as_uri(), "evaluation"), 1 << 20)
 
