@@ -112,3 +112,12 @@ def test_unknown_layout_and_missing_path(tmp_path):
         load_dataset(tmp_path, layout="kinetics")
     with pytest.raises(DatasetError, match="no List_of_testing_videos.txt"):
         load_dataset(tmp_path, layout="celeb-df")
+
+
+def test_a_video_listed_twice_and_a_misplaced_compression_are_refused(tmp_path):
+    (tmp_path / "labels.csv").write_text("path,label\na.mp4,1\nb.mp4,0\na.mp4,0\n")
+    with pytest.raises(DatasetError, match="a.mp4 is listed twice"):
+        load_dataset(tmp_path / "labels.csv")
+    (tmp_path / "labels.csv").write_text("path,label\na.mp4,1\n")
+    with pytest.raises(DatasetError, match="only applies to FaceForensics"):
+        load_dataset(tmp_path, compression="c23")

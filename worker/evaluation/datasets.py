@@ -210,6 +210,18 @@ def load_dataset(path: Path, layout: str | None = None, compression: str | None 
     layout = layout or detect_layout(path)
     if layout not in LAYOUTS:
         raise DatasetError(f"layout is one of {LAYOUTS}, not {layout!r}")
+    if compression is not None and layout != FFPP:
+        raise DatasetError(f"a compression level only applies to FaceForensics++, not to {layout}")
+    dataset = _load(path, layout, compression)
+    seen: set[str] = set()
+    for video in dataset.videos:
+        if video.key in seen:
+            raise DatasetError(f"{video.key} is listed twice in {path}")
+        seen.add(video.key)
+    return dataset
+
+
+def _load(path: Path, layout: str, compression: str | None) -> Dataset:
     if layout == CSV:
         csv_path = path if path.is_file() else None
         if csv_path is None:
