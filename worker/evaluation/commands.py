@@ -95,11 +95,9 @@ def cmd_eval(args, config_of) -> int:
     """Wire the worker's pipeline as the scorer, run, report."""
     from ..app import build_pipeline
     from ..logs import setup_logging
-    from .report import build_report, face_arrays, roc_points, video_arrays
-    from .roc_plot import draw_roc
-    from .run import PipelineScorer, evaluate
-
     from .model_file import read_calibration
+    from .report import build_report
+    from .run import PipelineScorer, evaluate
 
     try:
         dataset = load_dataset(args.dataset, args.layout, args.compression)
@@ -129,18 +127,28 @@ def cmd_eval(args, config_of) -> int:
                           calibration=calibration, no_face_score=args.no_face_score)
     report["run"] = {"scored_now": run.scored_now, "resumed": len(predictions) - run.scored_now,
                      "torn_last_line_dropped": run.torn_last_line}
+    if _draw_curves(predictions, report, args.out / ROC_FILE, args.no_face_score,
+                    title=f"{dataset.layout}: {dataset.root.name}"):
+        report["roc_curve"] = ROC_FILE
+    (args.out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    _print_summary(report, args.out)
+    return 0
+
+
+def _draw_curves(predictions, report: dict, path: Path, no_face_score: float | None, title: str) -> bool:
+    """The video- and frame-level ROC curves that the data allows; False if none."""
+    from .report import face_arrays, roc_points, video_arrays
+    from .roc_plot import draw_roc
+
     curves = []
-    for name, (labels, scores) in (("video", video_arrays(predictions, args.no_face_score)),
+    for name, (labels, scores) in (("video", video_arrays(predictions, no_face_score)),
                                    ("frame", face_arrays(predictions))):
         points = roc_points(labels, scores)
         if points is not None:
             curves.append((f"{name} level, AUC {report[f'{name}_level']['auc']:.3f}", *points))
     if curves:
-        draw_roc(curves, args.out / ROC_FILE, title=f"{dataset.layout}: {dataset.root.name}")
-        report["roc_curve"] = ROC_FILE
-    (args.out / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-    _print_summary(report, args.out)
-    return 0
+        draw_roc(curves, path, title=title)
+    return bool(curves)
 
 
 def _fmt(value) -> str:
