@@ -366,7 +366,8 @@ class FakeVideoScorer:
                  interrupt_after: int | None = None):
         self.table = dict(table)
         self.model_key = model_key
-        self.model = {"name": "fake", "version": "test", "checkpoint_sha256": model_key.split("+")[0]}
+        self.model = {"name": "fake", "version": "test",
+                      "checkpoint_sha256s": model_key.split("+")[0].split(",")}
         self.interrupt_after = interrupt_after
         self.calls: list[str] = []
 

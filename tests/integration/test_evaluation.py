@@ -1,7 +1,9 @@
 """``python -m worker eval`` end to end: a FaceForensics++-layout dataset the test builds from
 the carphone sample (real segments, and face-swap stand-ins made from them), decord, the
-real MTCNN, a test-made EfficientNet checkpoint; the report checked against scikit-learn on
-the predictions file; an interrupted run resumed; calibrate refusing too small a set.
+real MTCNN, a test-made EfficientNet checkpoint named by a model file (``model.config``); the
+report checked against scikit-learn on the predictions file; an interrupted run resumed; the
+model file's calibration giving calibrated figures while the predictions stay raw; calibrate
+refusing too small a set, then writing a [calibration] the worker loads and acts on.
 
 The checkpoint is randomly initialised, so its AUC means nothing and is never asserted:
 these tests check the machinery, not a detector's quality.
@@ -14,6 +16,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +27,16 @@ from sklearn import metrics as sk
 
 from tests.media_factory import blend_mirrored_face, corrupt_moov, decode_frames, write_frames, write_video
 from worker.__main__ import main
+from worker.calibration import Calibration
 from worker.models.checkpoint import save_checkpoint
-from worker.models.timm_classifier import build_model
+from worker.models.spec import load_model_spec, save_calibration
+from worker.models.timm_backend import build_model
+from worker.policy import MODEL_UNCALIBRATED, REVIEW, TAKEDOWN, Policy, decide
 from worker.samples import sample_video
+from worker.tracks import Detection, FaceTrack
 
-ARCH = "efficientnet_b0"
+from .conftest import ARCH, write_test_model_file
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -57,26 +65,31 @@ def random_checkpoint(tmp_path_factory):
     return path, save_checkpoint(build_model(ARCH), path, ARCH, "test-random")
 
 
-def _eval_args(dataset, out, checkpoint, *extra):
+def _model_file(folder: Path, checkpoint) -> Path:
+    """An uncalibrated timm model file for the checkpoint: 4 frames, 112-pixel crops (small,
+    for CI time: the same code paths as a full-size model)."""
     path, sha = checkpoint
+    write_test_model_file(folder / "model.toml", path, sha, calibration=None,
+                          input_size=112, frames_per_video=4)
+    return folder / "model.toml"
+
+
+def _eval_args(dataset, out, model_file, *extra):
     return ["eval", str(dataset), "--out", str(out),
-            "--set", f"model.checkpoint={path}", "--set", f"model.checkpoint_sha256={sha}",
-            "--set", f"model.architecture={ARCH}", "--set", "model.device=cpu",
-            "--set", "media.frames_per_video=4", "--set", "bank.enabled=false",
-            # Small and in-process, for CI time: the same code paths as the defaults.
-            "--set", "model.input_size=112", "--set", "faces.min_face_size=40",
-            "--set", "media.sandbox=false", *extra]
+            "--set", f"model.config={model_file}", "--set", "model.device=cpu",
+            "--set", "bank.enabled=false", "--set", "faces.min_face_size=40",
+            "--set", "media.sandbox=false", *extra]  # in-process decoding, for CI time
 
 
-def _eval(dataset, out, checkpoint, *extra):
-    return main(_eval_args(dataset, out, checkpoint, *extra))
+def _eval(dataset, out, model_file, *extra):
+    return main(_eval_args(dataset, out, model_file, *extra))
 
 
-def _killed_after_first_video(dataset, out, checkpoint) -> int:
+def _killed_after_first_video(dataset, out, model_file) -> int:
     """``python -m worker eval`` in a child process, SIGKILLed once a prediction is on disk;
     returns how many complete lines it left."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    child = subprocess.Popen([sys.executable, "-m", "worker", *_eval_args(dataset, out, checkpoint)],
+    child = subprocess.Popen([sys.executable, "-m", "worker", *_eval_args(dataset, out, model_file)],
                              cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     predictions = out / "predictions.jsonl"
     deadline = time.monotonic() + 180
@@ -98,10 +111,11 @@ def _rows(out):
 
 def test_eval_reports_figures_equal_to_sklearn_and_resumes(ffpp_dataset, random_checkpoint, tmp_path, capsys):
     out = tmp_path / "eval"
+    model_file = _model_file(tmp_path, random_checkpoint)
     # A run killed hard (as by the OOM killer) after its first video, then resumed.
-    left = _killed_after_first_video(ffpp_dataset, out, random_checkpoint)
+    left = _killed_after_first_video(ffpp_dataset, out, model_file)
     assert 1 <= left < 10
-    assert _eval(ffpp_dataset, out, random_checkpoint, "--threshold", "strict=0.6") == 0
+    assert _eval(ffpp_dataset, out, model_file, "--threshold", "strict=0.6") == 0
     report = json.loads((out / "report.json").read_text())
     assert report["run"]["resumed"] == left and report["run"]["scored_now"] == 10 - left
     rows = _rows(out)
@@ -111,7 +125,9 @@ def test_eval_reports_figures_equal_to_sklearn_and_resumes(ffpp_dataset, random_
     assert report["videos"] == {"total": 10, "scored": 8, "no_faces": 1, "failed": 1, "in_video_metrics": 8}
     assert report["failed"][0]["path"].endswith("FaceSwap/c23/videos/009_000.mp4")
     assert report["no_faces"] == ["original_sequences/youtube/c23/videos/005.mp4"]
-    assert report["model"]["checkpoint_sha256"] == random_checkpoint[1]
+    assert report["model"]["checkpoint_sha256s"] == [random_checkpoint[1]]
+    assert report["model"]["model_file"] == str(model_file.resolve())
+    assert "video_level_calibrated" not in report  # the model file has no [calibration]
     assert {r["label"] for r in rows if "manipulated" in r["path"]} == {1}
     assert {r["label"] for r in rows if "original" in r["path"]} == {0}
 
@@ -143,14 +159,14 @@ def test_eval_reports_figures_equal_to_sklearn_and_resumes(ffpp_dataset, random_
         assert png.format == "PNG" and png.size == (560, 560)
     assert "video_level" in capsys.readouterr().out
 
-    # Killed while writing the 8th line: 7 lines and half of one remain; they are redone.
+    # Killed while writing the 8th line: 7 lines and half of one remain; they are redone, now
+    # with a calibration in the model file. The pipeline applies it, yet the predictions stay
+    # raw (the verdict's raw_video_score) and keep their model key: nothing else is redone.
     lines = (out / "predictions.jsonl").read_text().splitlines(keepends=True)
     (out / "predictions.jsonl").write_text("".join(lines[:7]) + lines[7][:40])
-    model_file = tmp_path / "model.toml"
-    model_file.write_text(f'name = "b0"\n\n[[checkpoints]]\npath = "random-b0.pt"\n'
-                          f'sha256 = "{random_checkpoint[1]}"\n\n[calibration]\nmethod = "temperature"\n'
-                          f'temperature = 0.5\ntakedown_threshold = 0.6\nreview_threshold = 0.5\n')
-    assert _eval(ffpp_dataset, out, random_checkpoint, "--no-progress", "--model-file", str(model_file)) == 0
+    save_calibration(model_file, Calibration("temperature", takedown_threshold=0.6, review_threshold=0.5,
+                                             temperature=0.5))
+    assert _eval(ffpp_dataset, out, model_file, "--no-progress") == 0
     again = json.loads((out / "report.json").read_text())
     calibrated = again["video_level_calibrated"]
     assert calibrated["calibration"].startswith("temperature:T=0.5")
@@ -167,15 +183,47 @@ def test_eval_reports_figures_equal_to_sklearn_and_resumes(ffpp_dataset, random_
     assert again["video_level"]["auc"] == pytest.approx(video["auc"], abs=1e-9)
 
     # Ten videos cannot show 99 % takedown precision: calibrate refuses, nothing is written.
+    save_calibration(model_file, None)
     before_text = model_file.read_text()
     assert main(["calibrate", str(out), "--model-file", str(model_file)]) == 2
     assert "refusing to calibrate" in capsys.readouterr().err
     assert model_file.read_text() == before_text
+    _calibrate_then_the_worker_may_take_down(out, model_file, [r for r in after if r["status"] == "scored"],
+                                             capsys)
+
+
+def _calibrate_then_the_worker_may_take_down(out, model_file, scored, capsys):
+    """A target these eight videos can meet (flagging all of them reaches precision 0.5):
+    calibrate writes the table, the worker's loader reads back exactly what it printed, and
+    the policy takes a video down only with that calibration."""
+    capsys.readouterr()
+    assert load_model_spec(model_file).calibration is None
+    assert main(["calibrate", str(out), "--model-file", str(model_file), "--method", "isotonic",
+                 "--target-precision", "0.5", "--target-recall", "0.5", "--confidence", "0"]) == 0
+    printed = Calibration.from_mapping(tomllib.loads(capsys.readouterr().out)["calibration"])
+    spec = load_model_spec(model_file)
+    assert spec.calibration == printed
+    assert spec.checkpoint_sha256s and spec.preprocessing.input_size == 112  # the rest is kept
+    assert printed.validation["videos"] == len(scored) == 8
+
+    policy = Policy()  # the [policy] defaults
+    top = max(scored, key=lambda r: r["video_score"])
+    for raw in (top["video_score"], 0.9999):
+        track = FaceTrack(0, (Detection(0, 0.0, (0.0, 0.0, 50.0, 50.0), 1.0, score=raw),))
+        uncalibrated = decide(policy, [track], model_loaded=True, calibration=None)
+        assert uncalibrated.decision != TAKEDOWN
+        if raw >= policy.takedown_threshold:
+            assert (uncalibrated.decision, uncalibrated.reasons) == (REVIEW, (MODEL_UNCALIBRATED,))
+    # The most suspicious video, calibrated, is at or above the fitted takedown threshold.
+    track = FaceTrack(0, (Detection(0, 0.0, (0.0, 0.0, 50.0, 50.0), 1.0, score=top["video_score"]),))
+    calibrated = decide(policy, [track], model_loaded=True, calibration=spec.calibration)
+    assert calibrated.decision == TAKEDOWN and calibrated.raw_video_score == top["video_score"]
+    assert calibrated.video_score == pytest.approx(printed.apply(top["video_score"]))
 
 
 def test_eval_refuses_a_bad_layout_and_a_missing_model(tmp_path, random_checkpoint, capsys):
     (tmp_path / "clip.mp4").write_bytes(b"")
-    assert _eval(tmp_path, tmp_path / "out", random_checkpoint) == 2
+    assert _eval(tmp_path, tmp_path / "out", _model_file(tmp_path, random_checkpoint)) == 2
     assert "cannot tell the layout" in capsys.readouterr().err
     (tmp_path / "labels.csv").write_text("path,label\nclip.mp4,1\n")
     assert main(["eval", str(tmp_path), "--out", str(tmp_path / "out"), "--set", "model.device=cpu"]) == 2

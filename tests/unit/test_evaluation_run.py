@@ -16,6 +16,7 @@ from worker.evaluation.predictions import (FAILED, NO_FACES, SCORED, PredictionL
 from worker.evaluation.report import build_report
 from worker.evaluation.run import PREDICTIONS_FILE, evaluate
 from worker.fakes import FakeVideoScorer
+from worker.models.spec import load_model_spec
 
 TABLE = {"r1.mp4": 0.1, "r2.mp4": 0.4, "r3.mp4": 0.35, "f1.mp4": 0.8, "f2.mp4": 0.35, "f3.mp4": 0.9,
          "broken.mp4": DeadLetter(CORRUPT_VIDEO, "moov atom not found"), "empty.mp4": None}
@@ -135,7 +136,11 @@ path = "model.pt"
 sha256 = "{SHA}"
 
 [preprocessing]
+input_size = 112
 frames_per_video = 8
+
+[aggregation]
+method = "mean"
 """
 
 
@@ -163,9 +168,10 @@ def test_calibrate_writes_the_table_into_the_model_file(tmp_path, capsys, method
     assert code == 0
     document = tomllib.loads(model_file.read_text())
     assert document["checkpoints"] == [{"path": "model.pt", "sha256": SHA}]  # the rest is kept
-    assert document["preprocessing"] == {"frames_per_video": 8}
+    assert document["preprocessing"] == {"input_size": 112, "frames_per_video": 8}
     cal = Calibration.from_mapping(document["calibration"])
     assert cal == Calibration.from_mapping(tomllib.loads(capsys.readouterr().out)["calibration"])
+    assert load_model_spec(model_file).calibration == cal  # what the worker will load
     calibrated = np.array([cal.apply(s) for s in scores])
     assert np.mean(labels[calibrated >= cal.takedown_threshold]) >= 0.97
     assert labels[calibrated >= cal.review_threshold].sum() >= 0.9 * labels.sum()
@@ -219,3 +225,40 @@ def test_model_key_names_every_checkpoint_and_changes_with_the_settings():
     assert key_checkpoints(key) == ("a" * 64, "b" * 64)
     assert key != model_key(("a" * 64, "b" * 64), {"frames_per_video": 16})
     assert key == model_key(("a" * 64, "b" * 64), {"frames_per_video": 32})
+
+
+def test_scoring_settings_follow_the_model_file_and_faces_not_the_runtime(tmp_path):
+    """What changes raw scores (preprocessing, aggregation, backend, [faces]) changes the
+    key; device, batch size and the calibration do not."""
+    from worker.config import load_config
+    from worker.evaluation.commands import scoring_settings
+    from worker.models.spec import save_calibration
+
+    model_file = tmp_path / "model.toml"
+    model_file.write_text(MODEL_TOML)
+
+    def settings(text=None, *overrides):
+        if text is not None:
+            model_file.write_text(text)
+        return scoring_settings(load_config(env={}, overrides=[f"model.config={model_file}", *overrides]))
+
+    base = settings()
+    assert base["preprocessing"]["input_size"] == 112 and base["aggregation"]["method"] == "mean"
+    assert settings(None, "model.device=cpu", "model.batch_size=3") == base
+    save_calibration(model_file, Calibration("temperature", takedown_threshold=0.9, review_threshold=0.5,
+                                             temperature=2.0))
+    assert settings() == base
+    assert settings(MODEL_TOML.replace("frames_per_video = 8", "frames_per_video = 16")) != base
+    assert settings(MODEL_TOML.replace('method = "mean"', 'method = "max"')) != base
+    assert settings(MODEL_TOML.replace("input_size = 112", "input_size = 224")) != base
+    assert settings(MODEL_TOML, "faces.min_face_size=60") != base
+
+
+def test_calibrate_refuses_a_broken_model_file_and_leaves_it(tmp_path, capsys):
+    labels, scores = _separable()
+    _write_predictions(tmp_path / PREDICTIONS_FILE, labels, scores)
+    model_file = tmp_path / "model.toml"
+    broken = MODEL_TOML.replace('backend = "timm"', 'backend = "onnx"')
+    model_file.write_text(broken)
+    assert main(["calibrate", str(tmp_path), "--model-file", str(model_file)]) == 2
+    assert "ModelFileError" in capsys.readouterr().err and model_file.read_text() == broken

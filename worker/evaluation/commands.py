@@ -2,8 +2,10 @@
 
 ``eval`` scores a labelled dataset with the worker's own pipeline into
 ``<out>/predictions.jsonl`` (resumable), then writes ``<out>/report.json`` and
-``<out>/roc.png``. ``calibrate`` fits a calibration to such a predictions file and writes it
-into the model file's ``[calibration]`` table (or prints it).
+``<out>/roc.png``. The model is the one the worker's config names (``model.config``, the
+model file); when its file carries a ``[calibration]``, the report adds calibrated figures at
+its thresholds. ``calibrate`` fits a calibration to such a predictions file (raw scores) and
+writes it into the model file's ``[calibration]`` table (or prints it).
 """
 from __future__ import annotations
 
@@ -54,9 +56,6 @@ def add_parsers(sub, add_config_args: Callable[[argparse.ArgumentParser], None],
                         "thresholds are always reported)")
     p.add_argument("--no-face-score", type=float, default=None,
                    help="count videos without faces with this score (default: leave them out)")
-    p.add_argument("--model-file", type=Path,
-                   help="also report calibrated video figures at the thresholds of this model "
-                        "file's [calibration] table")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=lambda args: cmd_eval(args, config_of))
 
@@ -83,11 +82,17 @@ def _fail(exc: Exception) -> int:
     return 2
 
 
-def scoring_settings(cfg) -> dict:
-    """Besides the checkpoints, what changes raw scores: predictions made with other
-    settings are not reused. (Device, batch size and policy thresholds do not count.)"""
-    return {"architecture": cfg.model.architecture, "input_size": cfg.model.input_size,
-            "crop_margin": cfg.model.crop_margin, "frames_per_video": cfg.media.frames_per_video,
+def scoring_settings(cfg, spec=None) -> dict:
+    """Besides the checkpoints, what changes raw scores: the model file's backend,
+    architecture, preprocessing and aggregation, and the worker's ``[faces]``. Predictions
+    made with other settings are not reused. (Device, batch size, policy thresholds and the
+    calibration do not change raw scores, so they do not count.)"""
+    if spec is None:
+        from ..models.spec import load_model_spec
+
+        spec = load_model_spec(cfg.model.config)
+    return {"backend": spec.backend, "architecture": spec.architecture,
+            "preprocessing": asdict(spec.preprocessing), "aggregation": asdict(spec.aggregation),
             "faces": asdict(cfg.faces)}
 
 
@@ -95,21 +100,26 @@ def cmd_eval(args, config_of) -> int:
     """Wire the worker's pipeline as the scorer, run, report."""
     from ..app import build_pipeline
     from ..logs import setup_logging
-    from .model_file import read_calibration
+    from ..models.spec import load_model_spec
     from .report import build_report
     from .run import PipelineScorer, evaluate
 
     try:
         dataset = load_dataset(args.dataset, args.layout, args.compression)
-        calibration = read_calibration(args.model_file) if args.model_file else None
-    except (DatasetError, CalibrationError) as exc:
+    except DatasetError as exc:
         return _fail(exc)
     root = Path(os.path.commonpath([str(v.path.parent) for v in dataset.videos] + [str(dataset.root)]))
     cfg = config_of(args, overrides=["metrics.port=0", f"media.file_roots={root}"])
-    args.out.mkdir(parents=True, exist_ok=True)
+    if not cfg.model.config:
+        return _fail(ValueError("evaluation needs a model: set model.config to its model file"))
     setup_logging("WARNING")
     try:
-        scorer = PipelineScorer(build_pipeline(cfg), scoring_settings(cfg))
+        spec = load_model_spec(cfg.model.config)  # ModelFileError is a ValueError
+        scorer = PipelineScorer(build_pipeline(cfg), scoring_settings(cfg, spec))
+        # The loaded model's own calibration (its file's [calibration]), if any, gives the
+        # calibrated figures; the predictions stay raw, as calibrate needs them.
+        calibration = scorer.pipeline.classifier.info.calibration
+        args.out.mkdir(parents=True, exist_ok=True)
         run = evaluate(dataset, scorer, args.out, progress=not args.no_progress)
     except (ValueError, PredictionsError) as exc:
         return _fail(exc)
@@ -123,7 +133,7 @@ def cmd_eval(args, config_of) -> int:
     report = build_report(predictions, thresholds,
                           dataset={"root": str(dataset.root), "layout": dataset.layout,
                                    "videos": len(dataset.videos), "fake": dataset.fakes},
-                          model={**scorer.model, "key": scorer.model_key},
+                          model={**scorer.model, "key": scorer.model_key, "model_file": str(spec.source)},
                           calibration=calibration, no_face_score=args.no_face_score)
     report["run"] = {"scored_now": run.scored_now, "resumed": len(predictions) - run.scored_now,
                      "torn_last_line_dropped": run.torn_last_line}
@@ -170,7 +180,7 @@ def _print_summary(report: dict, out: Path) -> None:
 
 
 def cmd_calibrate(args) -> int:
-    from .model_file import checkpoint_hashes, write_calibration
+    from ..models.spec import ModelFileError, load_model_spec, save_calibration
 
     path = args.predictions / PREDICTIONS_FILE if args.predictions.is_dir() else args.predictions
     try:
@@ -181,9 +191,11 @@ def cmd_calibrate(args) -> int:
         key = args.model_key or (keys[0] if len(keys) == 1 else None)
         if key is None or key not in keys:
             raise PredictionsError(f"{path} holds predictions of the models {keys}: name one with --model-key")
-        if args.model_file is not None and set(key_checkpoints(key)) != set(checkpoint_hashes(args.model_file)):
-            raise CalibrationError(f"the predictions were made with the checkpoints {key_checkpoints(key)}, "
-                                   f"{args.model_file} pins others")
+        if args.model_file is not None:
+            pinned = load_model_spec(args.model_file).checkpoint_sha256s
+            if set(key_checkpoints(key)) != set(pinned):
+                raise CalibrationError(f"the predictions were made with the checkpoints {key_checkpoints(key)}, "
+                                       f"{args.model_file} pins others {pinned}")
         latest = {p.key: p for p in rows if p.model == key}.values()
         raw, labels = [], []
         for p in latest:
@@ -197,8 +209,8 @@ def cmd_calibrate(args) -> int:
         calibration = fit_calibration(raw, labels, args.method, args.target_precision,
                                       args.target_recall, dataset=dataset, confidence=args.confidence)
         if args.model_file is not None:
-            write_calibration(args.model_file, calibration)
-    except (PredictionsError, CalibrationError) as exc:
+            save_calibration(args.model_file, calibration)
+    except (PredictionsError, CalibrationError, ModelFileError) as exc:
         return _fail(exc)
     import tomli_w
 

@@ -55,26 +55,28 @@ def key_checkpoints(key: str) -> tuple[str, ...]:
 class PipelineScorer:
     """The worker's pipeline (fetch, decode, MTCNN, classifier, tracks) on local files.
 
-    The video score is the one the pipeline's policy decides on, before any calibration.
+    The video score is the one the pipeline's policy decides on, before any calibration
+    (the verdict's ``raw_video_score``); the key names every checkpoint of an ensemble.
     """
 
     def __init__(self, pipeline, settings: Mapping[str, Any]):
         from ..events import parse_upload_event, upload_event  # jsonschema: only when used
 
         if pipeline.classifier is None:
-            raise ValueError("evaluation needs a model: configure model.checkpoint and its sha256")
+            raise ValueError("evaluation needs a model: set model.config to its model file")
         self.pipeline = pipeline
         info = pipeline.classifier.info
-        self.model = {"name": info.name, "version": info.version,
-                      "checkpoint_sha256": info.checkpoint_sha256, "settings": dict(settings)}
-        self.model_key = model_key((info.checkpoint_sha256,), settings)
+        self.model = {"name": info.name, "version": info.version, "backend": info.backend,
+                      "checkpoint_sha256s": list(info.all_sha256s), "settings": dict(settings)}
+        self.model_key = model_key(info.all_sha256s, settings)
         self._event = lambda path: parse_upload_event(
             upload_event((path.stem or "video")[:256], path.resolve().as_uri(), "evaluation"), 1 << 20)
 
     def score(self, path: Path) -> ScoredVideo:
         verdict = self.pipeline.process(self._event(Path(path)))
-        # With a calibration the verdict also carries the raw score; evaluation wants the raw one.
-        raw = getattr(verdict, "raw_video_score", verdict.video_score)
+        # The model's own (raw) score: calibrations are fitted on raw scores, and the verdict's
+        # video_score is the calibrated one when the model file has a calibration.
+        raw = verdict.raw_video_score
         faces = [(d.frame_index, d.score) for t in verdict.tracks for d in t.detections
                  if d.score is not None]
         faces.sort(key=lambda f: f[0])
