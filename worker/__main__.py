@@ -1,4 +1,4 @@
-"""Command line: ``python -m worker {run,demo,score,eval,calibrate,bank,broker}``."""
+"""Command line: ``python -m worker {run,demo,score,bank,train,eval,calibrate,broker}``."""
 from __future__ import annotations
 
 import argparse
