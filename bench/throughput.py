@@ -37,6 +37,7 @@ import clips  # noqa: E402
 from procstats import GpuSampler, RssSampler, children, percentile  # noqa: E402
 from worker.app import build_pipeline  # noqa: E402
 from worker.config import load_config  # noqa: E402
+from worker.errors import DeadLetter  # noqa: E402
 from worker.events import parse_upload_event, upload_event  # noqa: E402
 from worker.models.checkpoint import save_checkpoint  # noqa: E402
 from worker.models.spec import load_model_spec, write_model_file  # noqa: E402
@@ -93,6 +94,7 @@ def summarise(name: str, wall: float, per_video: list[dict], rss: dict, gpu: dic
             "frames_per_s": sum(v["frames"] for v in per_video) / wall,
             "faces_per_s": sum(v["faces"] for v in per_video) / wall,
             "faces": sum(v["faces"] for v in per_video), "frames": sum(v["frames"] for v in per_video),
+            "dead_letters": [f"{v['video']}: {v['dead_letter']}" for v in per_video if v.get("dead_letter")],
             "latency_s": {f"p{q}": percentile(latencies, q) for q in (50, 95, 99)},
             "rss": rss, "gpu": gpu,
             "stage_share": {k: v / total_stage for k, v in sorted(stages.items(), key=lambda kv: -kv[1])}}
@@ -114,7 +116,13 @@ class WorkerSide:
         return parse_upload_event(upload_event(path.stem, path.as_uri(), "bench"), 1 << 20)
 
     def _one(self, path: Path) -> dict:
-        verdict = self.pipeline.process(self._event(path))
+        started = time.perf_counter()
+        try:
+            verdict = self.pipeline.process(self._event(path))
+        except DeadLetter as failure:  # the worker would dead-letter it and go on: so does the run
+            print(f"  dead letter for {path.name}: {failure.reason}: {failure.message}", flush=True)
+            return {"video": path.name, "seconds": time.perf_counter() - started, "stages": {},
+                    "frames": 0, "faces": 0, "dead_letter": failure.reason}
         stages = {k: v for k, v in verdict.stage_seconds.items() if k != "processing"}
         return {"video": path.name, "seconds": verdict.stage_seconds["processing"], "stages": stages,
                 "frames": verdict.frames_sampled, "faces": verdict.face_count}
@@ -211,6 +219,8 @@ def print_table(results: list[dict], baseline: dict) -> None:
         shares = ", ".join(f"{k} {v:.0%}" for k, v in r["stage_share"].items())
         print(f"stage share, {r['name']}: {shares}   ({r['videos']} videos, {r['frames']} frames, "
               f"{r['faces']} faces, {r['wall_s']:.1f} s)")
+        if r["dead_letters"]:
+            print(f"  dead letters, {r['name']}: {', '.join(r['dead_letters'])}")
         if r.get("gpu"):
             print(f"  GPU, {r['name']}: " + ", ".join(f"{k} {v:.2f}" for k, v in r["gpu"].items()))
 
