@@ -43,6 +43,11 @@ from worker.models.checkpoint import save_checkpoint  # noqa: E402
 from worker.models.spec import load_model_spec, write_model_file  # noqa: E402
 from worker.samples import NAMES, sample_video  # noqa: E402
 
+try:  # the worker's own driver without Kafka (threads in flight, results in order)
+    from worker.stream import process_stream  # noqa: E402
+except ImportError:
+    process_stream = None
+
 MODEL_CACHE = clips.DEFAULT_CACHE.parent / "models"
 ARCHITECTURE = "efficientnet_b0"
 
@@ -128,7 +133,32 @@ class WorkerSide:
                 "frames": verdict.frames_sampled, "faces": verdict.face_count}
 
     def run(self, videos: list[Path]) -> list[dict]:
-        return list(self.pool.map(self._one, videos))
+        if process_stream is None:  # a worker without worker.stream: the same, by hand
+            return list(self.pool.map(self._one, videos))
+        out = []
+        for result in process_stream(self.pipeline, [self._event(p) for p in videos], self.threads):
+            name = Path(result.event.video_uri).name
+            if result.verdict is None:
+                print(f"  dead letter for {name}: {result.dead_letter.reason}: {result.dead_letter.message}",
+                      flush=True)
+                out.append({"video": name, "seconds": result.latency_s, "stages": {}, "frames": 0,
+                            "faces": 0, "dead_letter": result.dead_letter.reason})
+                continue
+            verdict = result.verdict
+            out.append({"video": name, "seconds": result.latency_s, "frames": verdict.frames_sampled,
+                        "faces": verdict.face_count,
+                        "stages": {k: v for k, v in verdict.stage_seconds.items() if k != "processing"}})
+        return out
+
+    def watch_device_calls(self) -> dict[str, list]:
+        """Each cross-video device call's (size, seconds) per stage, where the worker reports
+        them (CUDA events on a GPU); empty for a worker that does not."""
+        calls: dict[str, list] = {}
+        for stage, port in (("detect_faces", self.pipeline.detector), ("classify", self.pipeline.classifier)):
+            if hasattr(port, "observe"):
+                calls[stage] = []
+                port.observe = lambda size, seconds, bucket=calls[stage]: bucket.append((size, seconds))
+        return calls
 
     def close(self) -> None:
         self.pool.shutdown()
@@ -162,9 +192,13 @@ def timed_pass(side, videos: list[Path], rss: RssSampler, gpu: GpuSampler | None
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    calls = side.watch_device_calls() if hasattr(side, "watch_device_calls") else {}
     started = time.perf_counter()
     per_video = side.run(videos)
     wall = time.perf_counter() - started
+    for stage, bucket in calls.items():
+        if bucket:
+            per_video[0].setdefault("device_calls", {})[stage] = list(bucket)
     gpu_figures = None
     if device.type == "cuda":
         gpu_figures = gpu.window(mark) if gpu else {}
@@ -177,7 +211,19 @@ def merge_passes(name: str, passes: list[tuple]) -> dict:
     per_video = [v for p in passes for v in p[1]]
     rss = {k: max(p[2][k] for p in passes) for k in passes[0][2]}
     gpu = passes[-1][3]
-    return summarise(name, wall, per_video, rss, gpu)
+    result = summarise(name, wall, per_video, rss, gpu)
+    device: dict[str, dict] = {}
+    for v in per_video:
+        for stage, bucket in v.pop("device_calls", {}).items():
+            d = device.setdefault(stage, {"calls": 0, "items": 0, "seconds": 0.0})
+            d["calls"] += len(bucket)
+            d["items"] += sum(size for size, _ in bucket)
+            d["seconds"] += sum(sec for _, sec in bucket)
+    for d in device.values():
+        d["mean_batch"] = d["items"] / max(d["calls"], 1)
+        d["busy_share_of_wall"] = d["seconds"] / wall
+    result["device_calls"] = device
+    return result
 
 
 def classifier_ceiling(model_file: Path, device: torch.device, batch_sizes: list[int], seconds: float) -> dict:
@@ -219,6 +265,9 @@ def print_table(results: list[dict], baseline: dict) -> None:
         shares = ", ".join(f"{k} {v:.0%}" for k, v in r["stage_share"].items())
         print(f"stage share, {r['name']}: {shares}   ({r['videos']} videos, {r['frames']} frames, "
               f"{r['faces']} faces, {r['wall_s']:.1f} s)")
+        for stage, d in r.get("device_calls", {}).items():
+            print(f"  {stage} device calls, {r['name']}: {d['calls']} calls, mean batch {d['mean_batch']:.1f}, "
+                  f"{d['seconds']:.1f} s busy = {d['busy_share_of_wall']:.0%} of the wall time")
         if r["dead_letters"]:
             print(f"  dead letters, {r['name']}: {', '.join(r['dead_letters'])}")
         if r.get("gpu"):
