@@ -121,7 +121,11 @@ class MetricsConfig:
 class WorkerConfig:
     id: str = field(default_factory=socket.gethostname)
     log_level: str = "INFO"
-    processing_threads: int = 1
+    processing_threads: int = 1   # videos processed at once (their GPU stages share batches)
+    # Records of one partition started but not yet delivered: several run at once, and
+    # their results are committed in offset order (a finished one waits for older ones).
+    partition_window: int = 16
+    max_outputs_per_commit: int = 16  # consecutive results of a partition in one transaction
     video_deadline_s: float = 300.0
     shutdown_deadline_s: float = 60.0
     stall_after_s: float = 300.0  # /livez fails when the poll loop has not turned for this long
@@ -155,6 +159,8 @@ class Config:
             problems.append("kafka.delivery is exactly_once or at_least_once")
         if self.worker.processing_threads < 1:
             problems.append("worker.processing_threads must be at least 1")
+        if self.worker.partition_window < 1 or self.worker.max_outputs_per_commit < 1:
+            problems.append("worker.partition_window and worker.max_outputs_per_commit must be at least 1")
         if problems:
             raise ConfigError("; ".join(problems))
 
