@@ -10,7 +10,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -346,6 +346,40 @@ class InlineThreads:
         except BaseException as exc:
             future.set_exception(exc)
         return future, threading.Event()
+
+    def replace(self, abandoned) -> None:
+        pass
+
+    def stop(self, count: int) -> None:
+        pass
+
+
+class ManualThreads:
+    """Processing threads whose jobs finish when a test says so, in any order: to drive the
+    runner's reorder window deterministically. ``finish(offset)`` runs that record's job."""
+
+    def __init__(self, run: Callable):
+        self._run = run
+        self.pending: dict[int, tuple[Any, Any]] = {}
+        self.started: list[int] = []
+
+    def submit(self, record):
+        import threading
+        from concurrent.futures import Future
+
+        future: Future = Future()
+        future.set_running_or_notify_cancel()
+        self.pending[record.offset] = (record, future)
+        self.started.append(record.offset)
+        return future, threading.Event()
+
+    def finish(self, *offsets: int) -> None:
+        for offset in offsets:
+            record, future = self.pending.pop(offset)
+            try:
+                future.set_result(self._run(record))
+            except BaseException as exc:
+                future.set_exception(exc)
 
     def replace(self, abandoned) -> None:
         pass

@@ -127,7 +127,9 @@ class _Partitions:
         return [slot for window in self.in_flight.values() for slot in window]
 
     def running(self) -> int:
-        return sum(not slot.done for window in self.in_flight.values() for slot in window)
+        """Records on a processing thread: a finished job frees its thread at once."""
+        return sum(not slot.done and not slot.job.future.done()
+                   for window in self.in_flight.values() for slot in window)
 
     def count(self) -> int:
         return sum(len(window) for window in self.in_flight.values())
