@@ -86,14 +86,20 @@ class FakeBank:
 class FakeDetector:
     """The same boxes in every frame (or per frame position, if a callable is given)."""
 
-    def __init__(self, boxes: Sequence[Box] | Callable[[int], Sequence[Box]] = (), confidence: float = 0.99):
+    def __init__(self, boxes: Sequence[Box] | Callable[[int], Sequence[Box]] = (), confidence: float = 0.99,
+                 by_frame: bool = False):
+        """``by_frame``: the callable gets the frame's pixels instead of its position."""
         self.boxes = boxes
         self.confidence = confidence
+        self.by_frame = by_frame
+        self.calls: list[tuple[int, ...]] = []  # the shape of each batch it was given
 
     def detect(self, frames: np.ndarray) -> list[list[tuple[Box, float]]]:
+        self.calls.append(tuple(frames.shape))
         out = []
         for pos in range(len(frames)):
-            boxes = self.boxes(pos) if callable(self.boxes) else self.boxes
+            key = frames[pos] if self.by_frame else pos
+            boxes = self.boxes(key) if callable(self.boxes) else self.boxes
             out.append([(tuple(b), self.confidence) for b in boxes])
         return out
 
