@@ -19,7 +19,8 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Generic, Sequence, TypeVar
+from contextlib import contextmanager
+from typing import Callable, ContextManager, Generic, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -158,6 +159,19 @@ class DynamicBatcher(Generic[Item, Out]):
             request.done.set()
 
 
+@dataclass
+class WallTiming:
+    seconds: float = 0.0
+
+
+@contextmanager
+def _wall_timer() -> Iterator[WallTiming]:
+    timing = WallTiming()
+    started = time.perf_counter()
+    yield timing
+    timing.seconds = time.perf_counter() - started
+
+
 class CrossVideoDetector:
     """The ``FaceDetector`` port over a detector, batching frames of several videos.
 
@@ -167,8 +181,14 @@ class CrossVideoDetector:
     """
 
     def __init__(self, detector, max_batch: int, max_wait_s: float, max_queued: int = 64,
-                 on_batch: Callable[[BatchStats], None] | None = None):
+                 on_batch: Callable[[BatchStats], None] | None = None,
+                 timer: Callable[[], ContextManager] | None = None,
+                 observe: Callable[[int, float], None] | None = None):
+        """``timer`` measures each device call (CUDA events on a GPU: :mod:`worker.models.timing`);
+        ``observe(frames, seconds)`` gets each call's size and time."""
         self.detector = detector
+        self._timer = timer or _wall_timer
+        self.observe = observe
         self._batcher: DynamicBatcher = DynamicBatcher(
             self._run, max_batch, max_wait_s, size_of=len, max_queued=max_queued,
             name="face-batcher", on_batch=on_batch)
@@ -193,7 +213,10 @@ class CrossVideoDetector:
         for members in by_shape.values():
             stacked = videos[members[0]] if len(members) == 1 else np.concatenate(
                 [videos[i] for i in members])
-            found = self.detector.detect(stacked)
+            with self._timer() as timing:
+                found = self.detector.detect(stacked)
+            if self.observe is not None:
+                self.observe(len(stacked), timing.seconds)
             start = 0
             for i in members:
                 results[i] = list(found[start:start + len(videos[i])])

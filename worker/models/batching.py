@@ -9,21 +9,28 @@ own scores back.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, ContextManager, Sequence
 
 import numpy as np
 
 from ..microbatch import BatchStats, DynamicBatcher
 from ..tracks import Box
 from .inference import FaceScorer
+from .timing import StageTimer
 
 
 class CrossVideoBatcher:
     """The ``FaceClassifier`` port over a :class:`FaceScorer`, batching across callers."""
 
     def __init__(self, scorer: FaceScorer, max_batch: int | None = None, max_wait_s: float = 0.005,
-                 max_queued: int = 64, on_batch: Callable[[BatchStats], None] | None = None):
+                 max_queued: int = 64, on_batch: Callable[[BatchStats], None] | None = None,
+                 timer: Callable[[], ContextManager] | None = None,
+                 observe: Callable[[int, float], None] | None = None):
+        """``timer`` measures each device call (:class:`worker.models.timing.StageTimer`);
+        ``observe(faces, seconds)`` gets each call's size and time."""
         self.scorer = scorer
+        self._timer = timer or StageTimer(scorer.device).measure
+        self.observe = observe
         self.info = scorer.info
         self.max_batch = max_batch or scorer.batch_size
         self.max_wait_s = max_wait_s
@@ -50,7 +57,11 @@ class CrossVideoBatcher:
         self._batcher.close()
 
     def _run(self, requests: list[np.ndarray]) -> list[np.ndarray]:
-        scores = self.scorer.forward(requests[0] if len(requests) == 1 else np.concatenate(requests))
+        crops = requests[0] if len(requests) == 1 else np.concatenate(requests)
+        with self._timer() as timing:
+            scores = self.scorer.forward(crops)
+        if self.observe is not None:
+            self.observe(len(crops), timing.seconds)
         parts, start = [], 0
         for crops in requests:
             parts.append(scores[:, start:start + len(crops)])
