@@ -103,3 +103,40 @@ def write_zero_frames(path: Path) -> Path:
     out.start_encoding()
     out.close()
     return path
+
+
+# ---- Labelled clips for the evaluation tests: real carphone segments and face-swap stand-ins
+
+# A box that covers the speaker's face in carphone_pristine.mp4 (176x144) over the whole clip.
+CARPHONE_FACE = (38, 26, 116, 104)
+
+
+def decode_frames(path: Path) -> np.ndarray:
+    """Every frame of a video as RGB (N, H, W, 3) uint8."""
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
+
+
+def write_frames(path: Path, frames: np.ndarray, fps: int = 25) -> Path:
+    """Encode RGB frames as H.264 in MP4."""
+    out = av.open(str(path), "w", format="mp4")
+    stream = out.add_stream("libx264", rate=fps)
+    stream.height, stream.width = frames.shape[1:3]
+    stream.pix_fmt = "yuv420p"
+    return _encode(out, stream, [av.VideoFrame.from_ndarray(f, format="rgb24") for f in frames], path)
+
+
+def blend_mirrored_face(frames: np.ndarray, donor_shift: int, strength: float = 0.85,
+                        box: tuple[int, int, int, int] = CARPHONE_FACE) -> np.ndarray:
+    """A face-swap stand-in: inside a soft ellipse over ``box``, each frame is blended with the
+    mirrored face region of the frame ``donor_shift`` later (cyclically)."""
+    x1, y1, x2, y2 = box
+    h, w = y2 - y1, x2 - x1
+    yy, xx = np.mgrid[0:h, 0:w]
+    r = ((xx - w / 2) / (w / 2)) ** 2 + ((yy - h / 2) / (h / 2)) ** 2
+    mask = (np.clip((1.0 - r) / 0.3, 0.0, 1.0) * strength)[..., None]
+    out = frames.astype(np.float32)
+    for i in range(len(frames)):
+        donor = frames[(i + donor_shift) % len(frames), y1:y2, x1:x2, :][:, ::-1].astype(np.float32)
+        out[i, y1:y2, x1:x2] = (1 - mask) * out[i, y1:y2, x1:x2] + mask * donor
+    return out.round().clip(0, 255).astype(np.uint8)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m worker {run,demo,score,broker}``."""
+"""Command line: ``python -m worker {run,demo,score,bank,train,eval,calibrate,broker}``."""
 from __future__ import annotations
 
 import argparse
@@ -208,6 +208,8 @@ def main(argv: list[str] | None = None) -> int:
     from .training import cli as train_cli
     train_cli.add_arguments(p)
     p.set_defaults(func=train_cli.run)
+    from .evaluation.commands import add_parsers as add_evaluation_parsers
+    add_evaluation_parsers(sub, _add_config_args, _config)  # eval, calibrate
     p = sub.add_parser("broker", help="run the local development Kafka broker")
     p.set_defaults(func=cmd_broker)
     args = parser.parse_args(argv)

@@ -392,3 +392,34 @@ class ManualThreads:
 
     def stop(self, count: int) -> None:
         pass
+
+
+class FakeVideoScorer:
+    """The evaluation's scorer port from a table of file name -> score, or -> DeadLetter.
+
+    A score ``s`` gives faces ``(s, s)`` on frames 0 and 10 (one track); None gives a video
+    without faces. ``interrupt_after`` raises KeyboardInterrupt on that call, as Ctrl-C
+    would in the middle of a run. ``calls`` lists the files scored.
+    """
+
+    def __init__(self, table: Mapping[str, float | None | DeadLetter], model_key: str = "fake-sha+settings",
+                 interrupt_after: int | None = None):
+        self.table = dict(table)
+        self.model_key = model_key
+        self.model = {"name": "fake", "version": "test",
+                      "checkpoint_sha256s": model_key.split("+")[0].split(",")}
+        self.interrupt_after = interrupt_after
+        self.calls: list[str] = []
+
+    def score(self, path: Path):
+        from .evaluation.run import ScoredVideo
+
+        if self.interrupt_after is not None and len(self.calls) >= self.interrupt_after:
+            raise KeyboardInterrupt
+        self.calls.append(Path(path).name)
+        found = self.table[Path(path).name]
+        if isinstance(found, DeadLetter):
+            raise found
+        if found is None:
+            return ScoredVideo(None, (), (), 0)
+        return ScoredVideo(found, (found, found), (0, 10), 1)
