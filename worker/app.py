@@ -20,9 +20,11 @@ from .bank.service import HashBank
 from .kafka_io import build_bank_consumer, build_consumer, build_delivery
 from .media import Fetcher
 from .metrics import Health, HealthServer, WorkerMetrics
+from .microbatch import CrossVideoDetector
 from .models.batching import CrossVideoBatcher
 from .models.loading import load_detector_model, load_face_detector
 from .models.spec import ModelSpec, load_model_spec
+from .models.timing import StageTimer
 from .pipeline import FaceClassifier, FaceDetector, Pipeline
 from .policy import Policy
 from .runner import Runner
@@ -48,22 +50,36 @@ def load_model_file(cfg: ModelConfig) -> ModelSpec | None:
 def build_classifier(spec: ModelSpec | None, cfg: ModelConfig, device: torch.device,
                      processing_threads: int = 1) -> FaceClassifier | None:
     """The model, loaded once and warmed up; with several videos in flight, their faces
-    share device batches."""
+    share device batches (flushed at ``model.batch_size`` or after ``model.max_wait_ms``)."""
     if spec is None:
         return None
     scorer = load_detector_model(spec, device, cfg.batch_size)
     if spec.calibration is None:
         log.warning("model %s has no [calibration]: it will recommend review at most", spec.name)
-    return CrossVideoBatcher(scorer) if processing_threads > 1 else scorer
+    if processing_threads > 1:
+        return CrossVideoBatcher(scorer, max_wait_s=cfg.max_wait_ms / 1000.0,
+                                 max_queued=processing_threads, timer=StageTimer(device).measure)
+    return scorer
 
 
-def build_detector(spec: ModelSpec | None, faces: FacesConfig, device: torch.device) -> FaceDetector:
+def build_detector(spec: ModelSpec | None, faces: FacesConfig, device: torch.device,
+                   processing_threads: int = 1) -> FaceDetector:
     """The face detector the model file asks for (:func:`load_face_detector`), else MTCNN
-    as [faces] says."""
+    as [faces] says. With several videos in flight, MTCNN's calls take frames of several
+    videos (``faces.max_batch`` / ``faces.max_wait_ms``); the DFDC winner's detector runs
+    one frame at a time by its rules, so it is left alone."""
     if spec is None:
-        return MtcnnDetector(device, max_side=faces.max_side, min_face_size=faces.min_face_size,
-                             min_confidence=faces.min_confidence, batch_size=faces.batch_size)
-    return load_face_detector(spec, device, faces.min_face_size, faces.batch_size)
+        detector = MtcnnDetector(device, max_side=faces.max_side, min_face_size=faces.min_face_size,
+                                 min_confidence=faces.min_confidence,
+                                 batch_size=max(faces.batch_size, faces.max_batch)
+                                 if processing_threads > 1 else faces.batch_size)
+    else:
+        # the model file's own detector keeps faces.batch_size: its boxes may depend on it
+        detector = load_face_detector(spec, device, faces.min_face_size, faces.batch_size)
+    if processing_threads > 1 and isinstance(detector, MtcnnDetector):
+        return CrossVideoDetector(detector, faces.max_batch, faces.max_wait_ms / 1000.0,
+                                  max_queued=processing_threads, timer=StageTimer(device).measure)
+    return detector
 
 
 def _gpu_memory() -> tuple[int, int]:
@@ -105,11 +121,22 @@ def build_pipeline(cfg: Config) -> Pipeline:
     return Pipeline(
         fetcher=build_fetcher(cfg.media),
         sampler=build_sampler(cfg.media, cfg.bank),
-        detector=build_detector(spec, cfg.faces, device),
+        detector=build_detector(spec, cfg.faces, device, cfg.worker.processing_threads),
         classifier=build_classifier(spec, cfg.model, device, cfg.worker.processing_threads),
         policy=Policy(cfg.policy.takedown_threshold, cfg.policy.review_threshold),
         frames_per_video=spec.preprocessing.frames_per_video if spec else cfg.media.frames_per_video,
     )
+
+
+def observe_device_stages(pipeline: Pipeline, metrics: WorkerMetrics) -> None:
+    """Each cross-video device call's time (CUDA events on a GPU) and size, as the stages
+    ``detect_faces_device`` and ``classify_device``."""
+    for stage, port in (("detect_faces", pipeline.detector), ("classify", pipeline.classifier)):
+        if isinstance(port, (CrossVideoDetector, CrossVideoBatcher)):
+            def observe(size: int, seconds: float, stage: str = stage) -> None:
+                metrics.stage.labels(f"{stage}_device").observe(seconds)
+                metrics.batch_size.labels(f"{stage}_device").observe(size)
+            port.observe = observe
 
 
 def serve(cfg: Config, stop: threading.Event, pipeline: Pipeline | None = None,
@@ -138,6 +165,7 @@ def serve(cfg: Config, stop: threading.Event, pipeline: Pipeline | None = None,
             pipeline = pipeline.with_bank(bank, cfg.bank.score_matches)
         if torch.cuda.is_available() and select_device(cfg.model.device).type == "cuda":
             metrics.watch_gpu(_gpu_memory, _gpu_utilisation)
+        observe_device_stages(pipeline, metrics)
         if pipeline.classifier is not None:
             metrics.set_model(pipeline.classifier.info.name, pipeline.classifier.info.checkpoint_sha256)
         health.set("model_loaded", True)

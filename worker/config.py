@@ -73,6 +73,11 @@ class FacesConfig:
     min_face_size: int = 20
     min_confidence: float = 0.9
     batch_size: int = 16
+    # With several videos in flight (worker.processing_threads > 1), frames of different
+    # videos share detector calls: a call runs at max_batch frames or max_wait_ms after its
+    # first frames arrived, whichever comes first (README, "Pipelined runtime").
+    max_batch: int = 64
+    max_wait_ms: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +92,7 @@ class ModelConfig:
     config: str = ""        # the model file (TOML); empty: no model, faces go to review
     device: str = "auto"    # auto | cpu | cuda | cuda:N
     batch_size: int = 32    # face crops per device batch (across videos when several are in flight)
+    max_wait_ms: float = 5.0  # how long a cross-video batch waits for more faces before it runs
 
 
 # Keys of [model] before model files; named in the error so an old config is easy to move.
@@ -121,7 +127,11 @@ class MetricsConfig:
 class WorkerConfig:
     id: str = field(default_factory=socket.gethostname)
     log_level: str = "INFO"
-    processing_threads: int = 1
+    processing_threads: int = 1   # videos processed at once (their GPU stages share batches)
+    # Records of one partition started but not yet delivered: several run at once, and
+    # their results are committed in offset order (a finished one waits for older ones).
+    partition_window: int = 16
+    max_outputs_per_commit: int = 16  # consecutive results of a partition in one transaction
     video_deadline_s: float = 300.0
     shutdown_deadline_s: float = 60.0
     stall_after_s: float = 300.0  # /livez fails when the poll loop has not turned for this long
@@ -155,6 +165,11 @@ class Config:
             problems.append("kafka.delivery is exactly_once or at_least_once")
         if self.worker.processing_threads < 1:
             problems.append("worker.processing_threads must be at least 1")
+        if self.faces.max_batch < 1 or self.faces.max_wait_ms < 0 or self.model.max_wait_ms < 0:
+            problems.append("faces.max_batch must be at least 1; faces.max_wait_ms and "
+                            "model.max_wait_ms not negative")
+        if self.worker.partition_window < 1 or self.worker.max_outputs_per_commit < 1:
+            problems.append("worker.partition_window and worker.max_outputs_per_commit must be at least 1")
         if problems:
             raise ConfigError("; ".join(problems))
 

@@ -75,39 +75,53 @@ class DecordSampler:
         # rule, so its checkpoints see the frames they were published with. Repeats (a video
         # shorter than ``count``) are dropped.
         indices = sorted({int(i) for i in np.linspace(0, frame_count - 1, num=count).astype(np.int64)})
+        hash_indices = self._hash_indices(frame_count, duration)
         try:
             first = reader[indices[0]]
             self._check_pixels(first.shape[1], first.shape[0])
-            frames = reader.get_batch(indices).asnumpy()
+            frames, small = self._decode(reader, indices, hash_indices, rotation, first.shape)
             timestamps = reader.get_frame_timestamp(indices)[:, 0]
+            hash_times = (tuple(max(0.0, float(t)) for t in reader.get_frame_timestamp(hash_indices)[:, 0])
+                          if hash_indices else ())
         except (RuntimeError, decord.DECORDError) as exc:
             raise DeadLetter(errors.CORRUPT_VIDEO, f"decoding failed: {_first_line(exc)}") from None
-        frames = _upright(frames, rotation)
-        hash_frames, hash_indices, hash_times = self._hash_frames(reader, frame_count, duration, rotation)
         return SampledFrames(
             frames=frames, indices=tuple(indices),
             timestamps_s=tuple(max(0.0, float(t)) for t in timestamps),
-            frame_count=frame_count, fps=fps, hash_frames=hash_frames,
-            hash_indices=hash_indices, hash_timestamps_s=hash_times,
+            frame_count=frame_count, fps=fps,
+            hash_frames=np.stack(small) if hash_indices else None,
+            hash_indices=tuple(hash_indices), hash_timestamps_s=hash_times,
         )
 
-    def _hash_frames(self, reader, frame_count: int, duration: float, rotation: int):
-        """About ``hash_rate_hz`` frames a second (at most ``hash_max_frames``), downscaled
-        as they are decoded so a long video never holds many full frames at once."""
+    def _hash_indices(self, frame_count: int, duration: float) -> list[int]:
+        """About ``hash_rate_hz`` frames a second, at most ``hash_max_frames``."""
         if self.hash_rate_hz <= 0:
-            return None, (), ()
+            return []
         wanted = int(min(self.hash_max_frames, max(1, round(duration * self.hash_rate_hz))))
-        indices = sorted({int(i) for i in np.linspace(0, frame_count - 1, num=wanted).round()})
-        small, times = [], []
-        try:
-            for start in range(0, len(indices), 32):
-                chunk = indices[start:start + 32]
-                batch = _upright(reader.get_batch(chunk).asnumpy(), rotation)
-                small.extend(_shrink(frame, self.hash_max_side) for frame in batch)
-                times.extend(max(0.0, float(t)) for t in reader.get_frame_timestamp(chunk)[:, 0])
-        except (RuntimeError, decord.DECORDError) as exc:
-            raise DeadLetter(errors.CORRUPT_VIDEO, f"decoding failed: {_first_line(exc)}") from None
-        return np.stack(small), tuple(indices), tuple(times)
+        return sorted({int(i) for i in np.linspace(0, frame_count - 1, num=wanted).round()})
+
+    def _decode(self, reader, indices: list[int], hash_indices: list[int], rotation: int,
+                shape: tuple[int, ...]) -> tuple[np.ndarray, list[np.ndarray]]:
+        """The sampled frames (full resolution) and the hash frames (downscaled as they are
+        decoded, so a long video never holds many full frames at once), in ONE forward pass
+        over the union of their indices: decord's ``get_batch`` on increasing indices seeks
+        to the last keyframe before each target when one lies in between and decodes
+        forward from there, so a second pass would decode the keyframe runs again."""
+        wanted = sorted(set(indices) | set(hash_indices))
+        where = {index: i for i, index in enumerate(indices)}
+        hashed = set(hash_indices)
+        height, width = (shape[1], shape[0]) if rotation in (90, 270) else shape[:2]
+        frames = np.empty((len(indices), height, width, 3), np.uint8)
+        small: list[np.ndarray] = []
+        for start in range(0, len(wanted), 32):
+            chunk = wanted[start:start + 32]
+            batch = _upright(reader.get_batch(chunk).asnumpy(), rotation)
+            for index, frame in zip(chunk, batch):
+                if index in where:
+                    frames[where[index]] = frame
+                if index in hashed:
+                    small.append(_shrink(frame, self.hash_max_side))
+        return frames, small
 
     def _open(self, path: Path, family: str | None):
         try:

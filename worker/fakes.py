@@ -10,7 +10,7 @@ from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -86,14 +86,20 @@ class FakeBank:
 class FakeDetector:
     """The same boxes in every frame (or per frame position, if a callable is given)."""
 
-    def __init__(self, boxes: Sequence[Box] | Callable[[int], Sequence[Box]] = (), confidence: float = 0.99):
+    def __init__(self, boxes: Sequence[Box] | Callable[[int], Sequence[Box]] = (), confidence: float = 0.99,
+                 by_frame: bool = False):
+        """``by_frame``: the callable gets the frame's pixels instead of its position."""
         self.boxes = boxes
         self.confidence = confidence
+        self.by_frame = by_frame
+        self.calls: list[tuple[int, ...]] = []  # the shape of each batch it was given
 
     def detect(self, frames: np.ndarray) -> list[list[tuple[Box, float]]]:
+        self.calls.append(tuple(frames.shape))
         out = []
         for pos in range(len(frames)):
-            boxes = self.boxes(pos) if callable(self.boxes) else self.boxes
+            key = frames[pos] if self.by_frame else pos
+            boxes = self.boxes(key) if callable(self.boxes) else self.boxes
             out.append([(tuple(b), self.confidence) for b in boxes])
         return out
 
@@ -346,6 +352,40 @@ class InlineThreads:
         except BaseException as exc:
             future.set_exception(exc)
         return future, threading.Event()
+
+    def replace(self, abandoned) -> None:
+        pass
+
+    def stop(self, count: int) -> None:
+        pass
+
+
+class ManualThreads:
+    """Processing threads whose jobs finish when a test says so, in any order: to drive the
+    runner's reorder window deterministically. ``finish(offset)`` runs that record's job."""
+
+    def __init__(self, run: Callable):
+        self._run = run
+        self.pending: dict[int, tuple[Any, Any]] = {}
+        self.started: list[int] = []
+
+    def submit(self, record):
+        import threading
+        from concurrent.futures import Future
+
+        future: Future = Future()
+        future.set_running_or_notify_cancel()
+        self.pending[record.offset] = (record, future)
+        self.started.append(record.offset)
+        return future, threading.Event()
+
+    def finish(self, *offsets: int) -> None:
+        for offset in offsets:
+            record, future = self.pending.pop(offset)
+            try:
+                future.set_result(self._run(record))
+            except BaseException as exc:
+                future.set_exception(exc)
 
     def replace(self, abandoned) -> None:
         pass

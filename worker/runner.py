@@ -1,11 +1,14 @@
 """The consume loop: poll, hand events to processing threads, deliver each result, commit.
 
 One thread owns the consumer and keeps polling, so group membership and heartbeats stay
-alive however long a video takes: partitions with work in flight are paused, not starved
-of polls. Each partition has at most one event in flight, so results are committed in
-offset order. How a result and its offset reach Kafka (one transaction, or publish then
-commit) is :mod:`worker.delivery`'s business. Every consumed record ends as exactly one
-output record; the worker never stops on bad input.
+alive however long a video takes: partitions with work waiting are paused, not starved
+of polls. Up to ``worker.processing_threads`` videos run at once, several of them from one
+partition (``worker.partition_window``); a partition's results still reach Kafka strictly
+in offset order, through its reorder window (:mod:`worker.ordering`). Publishing and
+committing happen here, on the poll thread, never on a thread that feeds the GPU. How
+results and their offset reach Kafka (one transaction, or publish then commit) is
+:mod:`worker.delivery`'s business. Every consumed record ends as exactly one output
+record; the worker never stops on bad input.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ from .errors import DeadLetter
 from .events import (SourcePosition, UploadEvent, Verdict, dead_letter_record,
                      parse_upload_event, verdict_record)
 from .metrics import Health, WorkerMetrics
+from .ordering import ReorderWindow, Slot
 from .bank.entries import entry_record, takedown_entry
 from .pipeline import Pipeline
 from .policy import TAKEDOWN
@@ -63,7 +67,8 @@ class _ProcessingThreads:
     replaced, so one hung video cannot take the worker's capacity."""
 
     def __init__(self, count: int, run: Callable[[Any], Any]):
-        self._jobs: queue.Queue = queue.Queue()
+        # The runner starts no more jobs than there are threads; the bound is a safety net.
+        self._jobs: queue.Queue = queue.Queue(maxsize=2 * count)
         self._run = run
         for _ in range(count):
             self._spawn()
@@ -98,18 +103,16 @@ class _ProcessingThreads:
 
     def stop(self, count: int) -> None:
         for _ in range(count):
-            self._jobs.put(None)
+            try:
+                self._jobs.put_nowait(None)
+            except queue.Full:  # daemon threads: they end with the process
+                return
 
 
-@dataclass
-class _InFlight:
-    record: Any
+@dataclass(frozen=True)
+class _Job:
     future: Future
     abandoned: threading.Event
-    started: float
-    output: Output | None = None
-    retry_at: float = 0.0
-    attempts: int = 0
 
 
 @dataclass
@@ -117,8 +120,19 @@ class _Partitions:
     """What the poll thread knows about each assigned partition."""
 
     buffered: dict[Any, deque] = field(default_factory=dict)
-    in_flight: dict[Any, _InFlight] = field(default_factory=dict)
+    in_flight: dict[Any, ReorderWindow] = field(default_factory=dict)
     paused: set = field(default_factory=set)
+
+    def slots(self) -> list[Slot]:
+        return [slot for window in self.in_flight.values() for slot in window]
+
+    def running(self) -> int:
+        """Records on a processing thread: a finished job frees its thread at once."""
+        return sum(not slot.done and not slot.job.future.done()
+                   for window in self.in_flight.values() for slot in window)
+
+    def count(self) -> int:
+        return sum(len(window) for window in self.in_flight.values())
 
 
 class Runner:
@@ -213,7 +227,7 @@ class Runner:
         """One turn of the poll loop: poll, start work, pause or resume, deliver results."""
         self.health.beat()
         # With work in flight or waiting, poll briefly: the paused partitions have nothing to
-        # fetch, and a long poll would leave the processing threads idle.
+        # fetch, and a long poll would leave finished results waiting for delivery.
         busy = bool(self._parts.in_flight) or any(self._parts.buffered.values())
         try:
             batch = self.consumer.poll(timeout_ms=50 if busy else self.kafka.poll_timeout_ms,
@@ -237,26 +251,41 @@ class Runner:
         self._finish_work(threads)
         self._report_lag(assignment)
 
+    def _window(self, tp: Any) -> ReorderWindow:
+        window = self._parts.in_flight.get(tp)
+        if window is None:
+            window = self._parts.in_flight[tp] = ReorderWindow(self.worker.partition_window)
+        return window
+
     def _start_work(self, threads: _ProcessingThreads) -> None:
-        # Round robin over partitions, so a backlog on one does not starve the others.
+        """Start buffered records while a processing thread is free: one per partition per
+        round, round robin, so a backlog on one partition does not starve the others; a
+        partition whose reorder window is full waits for its oldest record."""
         order = list(self._parts.buffered)
         self._turn = (self._turn + 1) % max(1, len(order))
-        for tp in order[self._turn:] + order[:self._turn]:
-            buffered = self._parts.buffered[tp]
-            if tp in self._parts.in_flight or not buffered:
-                continue
-            if len(self._parts.in_flight) >= self.worker.processing_threads:
-                break
-            record = buffered.popleft()
-            future, abandoned = threads.submit(record)
-            self._parts.in_flight[tp] = _InFlight(record, future, abandoned, self.clock())
-            self.metrics.in_flight.set(len(self._parts.in_flight))
+        order = order[self._turn:] + order[:self._turn]
+        running = self._parts.running()
+        progress = True
+        while progress and running < self.worker.processing_threads:
+            progress = False
+            for tp in order:
+                buffered = self._parts.buffered[tp]
+                if not buffered or (tp in self._parts.in_flight and self._parts.in_flight[tp].full):
+                    continue
+                if running >= self.worker.processing_threads:
+                    break
+                record = buffered.popleft()
+                future, abandoned = threads.submit(record)
+                self._window(tp).add(record, _Job(future, abandoned))
+                running += 1
+                progress = True
+        self.metrics.in_flight.set(self._parts.count())
         self.metrics.buffered.set(sum(len(b) for b in self._parts.buffered.values()))
 
     def _set_paused(self, assignment: set, pause_all: bool = False) -> None:
         """Pause partitions with work buffered or in flight: polling goes on, fetching stops."""
         busy = set(assignment) if pause_all else {
-            tp for tp in assignment if tp in self._parts.in_flight or self._parts.buffered.get(tp)}
+            tp for tp in assignment if self._parts.in_flight.get(tp) or self._parts.buffered.get(tp)}
         if busy - self._parts.paused:
             self.consumer.pause(*(busy - self._parts.paused))
         if (self._parts.paused & set(assignment)) - busy:
@@ -264,41 +293,80 @@ class Runner:
         self._parts.paused = busy
 
     def _finish_work(self, threads: _ProcessingThreads) -> None:
-        for tp, job in list(self._parts.in_flight.items()):
-            if job.output is None:
+        for tp, window in list(self._parts.in_flight.items()):
+            for slot in window:
+                if slot.done:
+                    continue
+                job: _Job = slot.job
                 if job.future.done():
-                    job.output = job.future.result()
-                elif self.clock() - job.started > self.worker.video_deadline_s:
+                    slot.result = job.future.result()
+                    continue
+                if slot.started is None:
+                    if not job.future.running():
+                        continue
+                    slot.started = self.clock()  # the deadline counts from the thread's start
+                if self.clock() - slot.started > self.worker.video_deadline_s:
                     threads.replace(job.abandoned)
                     self.metrics.deadline_exceeded.inc()
-                    job.output = self.dead_letter(DeadLetter(
-                        errors.TIMEOUT, f"not done within {self.worker.video_deadline_s}s"), job.record)
-                else:
-                    continue
-            if self.clock() >= job.retry_at and self._deliver(tp, job):
-                del self._parts.in_flight[tp]
-                self.metrics.in_flight.set(len(self._parts.in_flight))
+                    slot.result = self.dead_letter(DeadLetter(
+                        errors.TIMEOUT, f"not done within {self.worker.video_deadline_s}s"), slot.record)
+            ready = window.ready(self.worker.max_outputs_per_commit)
+            if ready and self.clock() >= ready[0].retry_at and self._deliver(tp, ready):
+                window.delivered(ready)
+                if not len(window):
+                    del self._parts.in_flight[tp]
+        self.metrics.in_flight.set(self._parts.count())
 
-    def _deliver(self, tp: Any, job: _InFlight) -> bool:
-        output, record = job.output, job.record
+    def _deliver(self, tp: Any, slots: list[Slot]) -> bool:
+        """The results of ``slots`` (consecutive offsets of ``tp``) and the offset after the
+        last of them, in one transaction."""
+        outputs = self._dedupe(slots)
+        records = [r for output in outputs for r in output.records]
+        last = slots[-1].record
         started = time.perf_counter()
         try:
-            self.delivery.deliver(output.records, tp, record.offset + 1, self.consumer.group_metadata())
+            self.delivery.deliver(records, tp, last.offset + 1, self.consumer.group_metadata())
         except Fenced:
             raise
         except Exception:
-            job.attempts += 1
-            job.retry_at = self.clock() + min(30.0, 0.5 * 2 ** min(job.attempts, 6))
+            head = slots[0]
+            head.attempts += 1
+            head.retry_at = self.clock() + min(30.0, 0.5 * 2 ** min(head.attempts, 6))
             self.metrics.publish_failures.inc()
-            log.warning("delivering the result failed (attempt %d); it will be retried",
-                        job.attempts, exc_info=True, extra=self._where(record, output.event))
+            log.warning("delivering %d result(s) failed (attempt %d); they will be retried",
+                        len(slots), head.attempts, exc_info=True,
+                        extra=self._where(head.record, outputs[0].event))
             return False
         self.metrics.stage.labels("publish").observe(time.perf_counter() - started)
-        if output.event is not None and output.dead_letter is None:
-            self.recent.remember(output.event.event_id,
-                                 SourcePosition(record.topic, record.partition, record.offset))
-        self._account(output, record)
+        for slot, output in zip(slots, outputs):
+            record = slot.record
+            if output.event is not None and output.dead_letter is None:
+                self.recent.remember(output.event.event_id,
+                                     SourcePosition(record.topic, record.partition, record.offset))
+            self._account(output, record)
         return True
+
+    def _dedupe(self, slots: list[Slot]) -> list[Output]:
+        """Results in offset order, a re-sent event id turned into its duplicate dead letter.
+
+        ``handle`` checks too, but two records with one event id can be in flight at once;
+        here, on the poll thread and in offset order, the earlier one always wins.
+        """
+        outputs, seen = [], {}
+        for slot in slots:
+            output, record = slot.result, slot.record
+            position = SourcePosition(record.topic, record.partition, record.offset)
+            if output.event is not None and output.dead_letter is None:
+                earlier = self.recent.earlier(output.event.event_id, position) or seen.get(
+                    output.event.event_id)
+                if earlier is not None:
+                    output = slot.result = self.dead_letter(DeadLetter(
+                        errors.DUPLICATE_EVENT, f"event id already processed at {earlier.topic}/"
+                        f"{earlier.partition}/{earlier.offset}"), record, output.event)
+                else:
+                    seen[output.event.event_id] = position
+            outputs.append(output)
+        return outputs
 
     def _drain(self, threads: _ProcessingThreads) -> None:
         """Stop fetching, finish and deliver what is in flight until the deadline, then leave."""
@@ -308,23 +376,27 @@ class Runner:
             self.step(threads, fetch=False)
         if self._parts.in_flight:
             log.warning("shutdown deadline reached with %d event(s) in flight; they were not "
-                        "committed and will be processed by the next owner", len(self._parts.in_flight))
+                        "committed and will be processed by the next owner", self._parts.count())
             self._parts.in_flight.clear()
 
     def revoke(self, revoked: set) -> None:
         """Partitions are being taken away: forget their work, and rewind them.
 
         kafka-python keeps a partition's position and pause flag when the rebalance hands it
-        straight back, so the partition is sought back to its first unfinished record and
-        resumed; if it does move away, the next owner starts from the committed offset.
+        straight back, so the partition is sought back to its first undelivered record (the
+        oldest of its reorder window, else of its buffer) and resumed; if it does move away,
+        the next owner starts from the committed offset. Results finished but waiting behind
+        an unfinished record are dropped with it: they were never committed.
         """
         for tp in revoked:
             buffered = self._parts.buffered.pop(tp, None) or ()
-            job = self._parts.in_flight.pop(tp, None)
-            first = job.record.offset if job is not None else (buffered[0].offset if buffered else None)
-            if job is not None:
-                log.warning("partition revoked with an event in flight; dropping its result",
-                            extra=self._where(job.record, None))
+            window = self._parts.in_flight.pop(tp, None)
+            first = window.first_offset() if window is not None else None
+            if first is None and buffered:
+                first = buffered[0].offset
+            if window is not None and len(window):
+                log.warning("partition revoked with %d event(s) in flight; dropping their results",
+                            len(window), extra=self._where(next(iter(window)).record, None))
             try:
                 if first is not None:
                     self.consumer.seek(tp, first)
@@ -337,7 +409,7 @@ class Runner:
                 self.metrics.lag.remove(tp.topic, str(tp.partition))
             except KeyError:
                 pass
-        self.metrics.in_flight.set(len(self._parts.in_flight))
+        self.metrics.in_flight.set(self._parts.count())
 
     def _report_lag(self, assignment: set) -> None:
         if not assignment or self.clock() < self._next_lag:
@@ -349,7 +421,7 @@ class Runner:
                 self.metrics.topic_partitions.labels(self.kafka.upload_topic).set(len(partitions))
             ends = self.consumer.end_offsets(list(assignment))
             for tp in assignment:
-                pending = len(self._parts.buffered.get(tp, ())) + (tp in self._parts.in_flight)
+                pending = len(self._parts.buffered.get(tp, ())) + len(self._parts.in_flight.get(tp, ()))
                 lag = max(0, ends[tp] - self.consumer.position(tp) + pending)
                 self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
         except Exception:

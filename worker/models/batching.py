@@ -3,88 +3,67 @@
 With ``worker.processing_threads`` above one, several videos are in flight at once, each
 with a few dozen faces: far too few to fill a GPU batch one video at a time. Each video's
 thread builds its own crops (CPU work, in parallel), then hands them to the one thread that
-owns the device, which runs whatever has arrived within a few milliseconds, up to the batch
-size, as one batch, and hands each video its own scores back.
+owns the device (:class:`worker.microbatch.DynamicBatcher`), which runs whatever has arrived
+within ``model.max_wait_ms``, up to the batch size, as one batch, and hands each video its
+own scores back.
 """
 from __future__ import annotations
 
-import queue
-import threading
-import time
-from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, ContextManager, Sequence
 
 import numpy as np
 
+from ..microbatch import BatchStats, DynamicBatcher
 from ..tracks import Box
 from .inference import FaceScorer
-
-
-@dataclass
-class _Request:
-    crops: np.ndarray
-    done: threading.Event = field(default_factory=threading.Event)
-    result: np.ndarray | None = None
-    error: BaseException | None = None
+from .timing import StageTimer
 
 
 class CrossVideoBatcher:
     """The ``FaceClassifier`` port over a :class:`FaceScorer`, batching across callers."""
 
-    def __init__(self, scorer: FaceScorer, max_batch: int | None = None, max_wait_s: float = 0.005):
+    def __init__(self, scorer: FaceScorer, max_batch: int | None = None, max_wait_s: float = 0.005,
+                 max_queued: int = 64, on_batch: Callable[[BatchStats], None] | None = None,
+                 timer: Callable[[], ContextManager] | None = None,
+                 observe: Callable[[int, float], None] | None = None):
+        """``timer`` measures each device call (:class:`worker.models.timing.StageTimer`);
+        ``observe(faces, seconds)`` gets each call's size and time."""
         self.scorer = scorer
+        self._timer = timer or StageTimer(scorer.device).measure
+        self.observe = observe
         self.info = scorer.info
         self.max_batch = max_batch or scorer.batch_size
         self.max_wait_s = max_wait_s
-        self.batches_run = 0       # device calls, for tests and the benchmark
-        self._queue: queue.Queue[_Request | None] = queue.Queue()
-        self._thread = threading.Thread(target=self._run, name="model-batcher", daemon=True)
-        self._thread.start()
+        self._batcher: DynamicBatcher = DynamicBatcher(
+            self._run, self.max_batch, max_wait_s, size_of=len, max_queued=max_queued,
+            name="model-batcher", on_batch=on_batch)
+
+    @property
+    def batches_run(self) -> int:
+        """Device calls, for tests and the benchmark."""
+        return self._batcher.batches_run
+
+    @property
+    def batcher(self) -> DynamicBatcher:
+        return self._batcher
 
     def score(self, frames: np.ndarray, faces: Sequence[tuple[int, Box]]) -> list[list[float]]:
-        request = _Request(self.scorer.crops(frames, faces))
-        if len(request.crops) == 0:
+        crops = self.scorer.crops(frames, faces)
+        if len(crops) == 0:
             return [[] for _ in self.scorer.members]
-        self._queue.put(request)
-        request.done.wait()
-        if request.error is not None:
-            raise request.error
-        return request.result.tolist()
+        return self._batcher.submit(crops).tolist()
 
     def close(self) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=30)
+        self._batcher.close()
 
-    def _gather(self, first: _Request) -> tuple[list[_Request], bool]:
-        pending, total = [first], len(first.crops)
-        deadline = time.monotonic() + self.max_wait_s
-        while total < self.max_batch:
-            try:
-                request = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if request is None:
-                return pending, True
-            pending.append(request)
-            total += len(request.crops)
-        return pending, False
-
-    def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is None:
-                return
-            pending, stopping = self._gather(first)
-            try:
-                scores = self.scorer.forward(np.concatenate([r.crops for r in pending]))
-                self.batches_run += 1
-                start = 0
-                for request in pending:
-                    request.result = scores[:, start:start + len(request.crops)]
-                    start += len(request.crops)
-            except BaseException as exc:  # every waiting video gets the failure, none hangs
-                for request in pending:
-                    request.error = exc
-            for request in pending:
-                request.done.set()
+    def _run(self, requests: list[np.ndarray]) -> list[np.ndarray]:
+        crops = requests[0] if len(requests) == 1 else np.concatenate(requests)
+        with self._timer() as timing:
+            scores = self.scorer.forward(crops)
+        if self.observe is not None:
+            self.observe(len(crops), timing.seconds)
+        parts, start = [], 0
+        for crops in requests:
+            parts.append(scores[:, start:start + len(crops)])
+            start += len(crops)
+        return parts

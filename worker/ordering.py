@@ -1,0 +1,94 @@
+"""In-order delivery of out-of-order work: the reorder window of one partition.
+
+Several records of one partition are processed at once (a short video behind a long one
+finishes first), but a partition's offset commit says "everything before this offset is
+done", so results must reach Kafka strictly in offset order. Each partition keeps its
+started records in a window, oldest first; a finished record waits until every record
+before it has been delivered, and then leaves with them, in one transaction.
+
+Pure bookkeeping (no Kafka, no threads): the runner owns the window and asks it what is
+ready; the delivery guarantee itself is :mod:`worker.delivery`'s business.
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Generic, Iterator, TypeVar
+
+Result = TypeVar("Result")
+
+
+@dataclass
+class Slot(Generic[Result]):
+    """One started record and, once it is done, its result."""
+
+    record: Any                 # has .offset
+    job: Any = None             # whatever the runner tracks for the running work
+    result: Result | None = None
+    started: float | None = None
+    retry_at: float = 0.0
+    attempts: int = 0
+
+    @property
+    def offset(self) -> int:
+        return self.record.offset
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None
+
+
+class ReorderWindow(Generic[Result]):
+    """At most ``capacity`` records of one partition between start and delivery."""
+
+    def __init__(self, capacity: int):
+        if capacity < 1:
+            raise ValueError("a reorder window holds at least one record")
+        self.capacity = capacity
+        self._slots: deque[Slot[Result]] = deque()
+
+    def __len__(self) -> int:
+        return len(self._slots)
+
+    def __iter__(self) -> Iterator[Slot[Result]]:
+        return iter(self._slots)
+
+    @property
+    def full(self) -> bool:
+        return len(self._slots) >= self.capacity
+
+    def add(self, record: Any, job: Any = None) -> Slot[Result]:
+        """A record starts; records must start in offset order."""
+        if self.full:
+            raise OverflowError(f"the reorder window holds {self.capacity} records at most")
+        if self._slots and record.offset <= self._slots[-1].offset:
+            raise ValueError(f"offset {record.offset} started after {self._slots[-1].offset}")
+        slot: Slot[Result] = Slot(record, job)
+        self._slots.append(slot)
+        return slot
+
+    def ready(self, limit: int | None = None) -> list[Slot[Result]]:
+        """The finished records at the head of the window, in offset order, that can be
+        delivered now: none while the oldest record is still running."""
+        ready = []
+        for slot in self._slots:
+            if not slot.done or (limit is not None and len(ready) >= limit):
+                break
+            ready.append(slot)
+        return ready
+
+    def delivered(self, slots: list[Slot[Result]]) -> None:
+        """``slots`` (the head of the window, as :meth:`ready` gave them) reached Kafka."""
+        for slot in slots:
+            if not self._slots or self._slots[0] is not slot:
+                raise ValueError("only the head of the window can be delivered")
+            self._slots.popleft()
+
+    def first_offset(self) -> int | None:
+        """Where to rewind to so that no record of the window is lost."""
+        return self._slots[0].offset if self._slots else None
+
+    def clear(self) -> list[Slot[Result]]:
+        slots = list(self._slots)
+        self._slots.clear()
+        return slots
