@@ -249,15 +249,15 @@ def classifier_ceiling(model_file: Path, device: torch.device, batch_sizes: list
     return {"faces_per_s": out, "best_batch": best, "best_faces_per_s": out[best]}
 
 
-def print_table(results: list[dict], baseline: dict) -> None:
+def print_table(results: list[dict], baseline: dict | None) -> None:
     print()
     print(f"{'':<26}{'videos/s':>9}{'frames/s':>10}{'faces/s':>9}{'x base':>8}"
           f"{'p50 s':>8}{'p95 s':>8}{'p99 s':>8}{'RSS MiB':>9}{'child':>7}")
     for r in results:
         lat, rss = r["latency_s"], r["rss"]
         print(f"{r['name']:<26}{r['videos_per_s']:>9.3f}{r['frames_per_s']:>10.2f}{r['faces_per_s']:>9.2f}"
-              f"{r['videos_per_s'] / baseline['videos_per_s']:>7.2f}x"
-              f"{lat['p50']:>8.2f}{lat['p95']:>8.2f}{lat['p99']:>8.2f}{rss['main_mib']:>9.0f}"
+              + (f"{r['videos_per_s'] / baseline['videos_per_s']:>7.2f}x" if baseline else f"{'-':>8}")
+              + f"{lat['p50']:>8.2f}{lat['p95']:>8.2f}{lat['p99']:>8.2f}{rss['main_mib']:>9.0f}"
               f"{rss['largest_child_mib']:>7.0f}")
     print("\n(RSS MiB: this process's peak during the pass; it holds every side's models at once. "
           "child: the peak of that side's largest decoder process; the baseline decodes in-process)")
@@ -289,12 +289,15 @@ def scaling(model_file: Path, device: str, roots: list[Path], extra: list[str], 
                 rss.reset(side.child_pids)
                 result = side.run([path])[0]
                 runs.append((result, rss.peak()))
+            ok = [r for r, _ in runs if not r.get("dead_letter")]
             out[path.name] = {
-                "bytes": path.stat().st_size, "frames": runs[0][0]["frames"],
-                "latency_s": statistics.median(r["seconds"] for r, _ in runs),
-                "stages_s": {k: statistics.median(r["stages"][k] for r, _ in runs) for k in runs[0][0]["stages"]},
+                "bytes": path.stat().st_size, "frames": ok[0]["frames"] if ok else 0,
+                "latency_s": statistics.median(r["seconds"] for r in ok) if ok else float("nan"),
+                "stages_s": {k: statistics.median(r["stages"][k] for r in ok) for k in ok[0]["stages"]} if ok else {},
+                "dead_letters": [r["dead_letter"] for r, _ in runs if r.get("dead_letter")],
                 "peak_main_mib": max(p["main_mib"] for _, p in runs),
-                "peak_child_mib": max(p["largest_child_mib"] for _, p in runs)}
+                "peak_child_mib": max(p["largest_child_mib"] for _, p in runs),
+                "child_mib_per_run": [round(p["largest_child_mib"]) for _, p in runs]}
     finally:
         side.close()
     a, b = out[short.name], out[long.name]
@@ -302,7 +305,9 @@ def scaling(model_file: Path, device: str, roots: list[Path], extra: list[str], 
     for name, r in out.items():
         stages = ", ".join(f"{k} {v:.2f}" for k, v in r["stages_s"].items())
         print(f"  {name:<28} {r['bytes'] / 2 ** 20:7.1f} MiB  {r['frames']} frames  latency {r['latency_s']:.2f} s"
-              f"  peak RSS worker {r['peak_main_mib']:.0f} MiB, decoder child {r['peak_child_mib']:.0f} MiB  ({stages})")
+              f"  peak RSS worker {r['peak_main_mib']:.0f} MiB, decoder child {r['peak_child_mib']:.0f} MiB "
+              f"(each run: {r['child_mib_per_run']})  ({stages})"
+              + (f"  DEAD LETTERS: {r['dead_letters']}" if r["dead_letters"] else ""))
     print(f"  10-min / 10-s: latency {b['latency_s'] / a['latency_s']:.2f}x, worker RSS "
           f"{b['peak_main_mib'] / a['peak_main_mib']:.2f}x, decoder child RSS "
           f"{b['peak_child_mib'] / max(a['peak_child_mib'], 1):.2f}x (video 60x longer, same sampled frames)")
@@ -321,7 +326,7 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true", help="the samples and one 720p clip only")
     p.add_argument("--no-baseline", action="store_true", help="the worker only (e.g. under a profiler)")
     p.add_argument("--scaling", action="store_true", help="also 10-min vs 10-s 1080p latency and RSS")
-    p.add_argument("--scaling-repeats", type=int, default=2)
+    p.add_argument("--scaling-repeats", type=int, default=3)
     p.add_argument("--ceiling", action="store_true",
                    help="also the classifier-only ceiling and end-to-end videos/s as a share of it")
     p.add_argument("--ceiling-batches", type=int, nargs="+", default=[32, 64, 128, 256, 512])
@@ -390,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"({result[0]:.1f} s)", flush=True)
         results = [merge_passes(name, p) for name, p in passes.items()]
         report["results"] = results
-        baseline = results[0] if not args.no_baseline else results[0]
+        baseline = results[0] if not args.no_baseline else None
         print_table(results, baseline)
         worker_results = [r for r in results if r["name"].startswith("worker")]
         best = max(worker_results, key=lambda r: r["videos_per_s"])
