@@ -327,6 +327,7 @@ def parse_args(argv):
     p.add_argument("--no-baseline", action="store_true", help="the worker only (e.g. under a profiler)")
     p.add_argument("--scaling", action="store_true", help="also 10-min vs 10-s 1080p latency and RSS")
     p.add_argument("--scaling-repeats", type=int, default=3)
+    p.add_argument("--scaling-only", action="store_true", help="only the --scaling figures")
     p.add_argument("--ceiling", action="store_true",
                    help="also the classifier-only ceiling and end-to-end videos/s as a share of it")
     p.add_argument("--ceiling-batches", type=int, nargs="+", default=[32, 64, 128, 256, 512])
@@ -350,6 +351,15 @@ def main(argv: list[str] | None = None) -> int:
     if rest:
         print(f"unknown arguments: {rest}", file=sys.stderr)
         return 2
+    if args.scaling_only:
+        rss = RssSampler()
+        rss.start()
+        roots = [sample_video(NAMES[0]).parent, args.cache]
+        scaled = scaling(model_file, "cpu" if args.cpu else args.device, roots, args.overrides, args.cache,
+                         args.scaling_repeats, rss)
+        if args.json:
+            args.json.write_text(json.dumps({"scaling": scaled}, indent=2, default=str))
+        return 0
     device_name = "cpu" if args.cpu else args.device
     if device_name == "auto":
         device_name = "cuda" if torch.cuda.is_available() else "cpu"
