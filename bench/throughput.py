@@ -324,6 +324,8 @@ def parse_args(argv):
                    help="worker.processing_threads settings to measure (videos in flight)")
     p.add_argument("--rounds", type=int, default=1, help="passes over the videos per side (interleaved)")
     p.add_argument("--quick", action="store_true", help="the samples and one 720p clip only")
+    p.add_argument("--copies", type=int, default=1,
+                   help="each video this many times per pass (enough videos to keep many in flight)")
     p.add_argument("--no-baseline", action="store_true", help="the worker only (e.g. under a profiler)")
     p.add_argument("--scaling", action="store_true", help="also 10-min vs 10-s 1080p latency and RSS")
     p.add_argument("--scaling-repeats", type=int, default=3)
@@ -367,12 +369,13 @@ def main(argv: list[str] | None = None) -> int:
     spec = load_model_spec(model_file)
     videos = input_videos(args.quick, args.cache)
     roots = sorted({v.parent for v in videos})
+    videos = videos * args.copies
     report: dict = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                     "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
                     "cpus": os.cpu_count(), "load_average": os.getloadavg(), "model_file": str(model_file),
                     "model": f"{spec.backend} {spec.architecture} @{spec.preprocessing.input_size}",
                     "frames_per_video": spec.preprocessing.frames_per_video,
-                    "videos": [v.name for v in videos], "rounds": args.rounds}
+                    "videos": [v.name for v in videos], "rounds": args.rounds, "copies": args.copies}
     print(f"device {report['device']}, torch {torch.__version__} ({report['torch_threads']} threads), "
           f"{report['cpus']} CPUs, load average {report['load_average'][0]:.2f}")
     print(f"model {report['model']} ({model_file}), {report['frames_per_video']} frames per video")
