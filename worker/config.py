@@ -63,7 +63,7 @@ class MediaConfig:
     max_duration_s: float = 3 * 3600.0
     sandbox: bool = True                    # decode in a child process with the limits below
     decode_timeout_s: float = 120.0
-    decoder_memory_bytes: int = 4 * 1024 ** 3
+    decoder_memory_bytes: int = 4 * 1024 ** 3  # address space for decoding, above what the child maps at start
     decode_threads: int = 0
 
 
