@@ -103,6 +103,16 @@ class BankConfig:
     score_matches: bool = False    # run the models on matched uploads too (the verdict waits)
     hash_rate_hz: float = 1.0
     max_hash_frames: int = 300
+    # Reviewers' confirmations (schemas/v1/reviewer-confirmation), consumed with the uploads;
+    # empty: not consumed.
+    confirmation_topic: str = "moderation.reviewer-confirmations.v1"
+    # The match rules (worker/bank/matching.py): the reference rule (shares of the entry's and
+    # of the upload's frames), and the clip rule (share of the upload's frames matched in the
+    # entry's order, and at least this many frames; 0 turns it off).
+    entry_threshold_pct: float = 80.0
+    query_threshold_pct: float = 0.0
+    clip_query_threshold_pct: float = 70.0
+    clip_min_frames: int = 3
 
 
 @dataclass(frozen=True)

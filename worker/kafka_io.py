@@ -145,11 +145,12 @@ def build_admin(cfg: KafkaConfig) -> KafkaAdminClient:
 
 
 def ensure_topics(cfg: KafkaConfig, partitions: int = 1, replication: int = 1,
-                  bank_topic: str | None = None) -> None:
-    """Create the upload, verdict and dead-letter topics (and the compacted bank topic) if
-    they are missing."""
+                  bank_topic: str | None = None, confirmation_topic: str | None = None) -> None:
+    """Create the upload, verdict and dead-letter topics (and the compacted bank topic, and
+    the reviewer-confirmation topic) if they are missing."""
+    names = (cfg.upload_topic, cfg.verdict_topic, cfg.dead_letter_topic)
     topics = [NewTopic(name, partitions, replication)
-              for name in (cfg.upload_topic, cfg.verdict_topic, cfg.dead_letter_topic)]
+              for name in names + ((confirmation_topic,) if confirmation_topic else ())]
     if bank_topic:
         topics.append(NewTopic(bank_topic, 1, replication, topic_configs={"cleanup.policy": "compact"}))
     admin = build_admin(cfg)

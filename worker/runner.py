@@ -43,11 +43,12 @@ class Output:
 
     topic: str
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone (a reviewer's confirmation deleting a bank entry)
     verdict: Verdict | None = None
     dead_letter: DeadLetter | None = None
     event: UploadEvent | None = None
-    extra: tuple[tuple[str, bytes | None, bytes], ...] = ()  # e.g. the hash-bank entry of a takedown
+    extra: tuple[tuple[str, bytes | None, bytes | None], ...] = ()  # e.g. the bank entry of a takedown
+    confirmation: Any = None  # a reviewer's confirmation (worker.bank.confirmations) applied
 
     @property
     def records(self) -> list[tuple[str, bytes | None, bytes]]:
@@ -125,9 +126,12 @@ class Runner:
     def __init__(self, consumer: Any, delivery: Delivery, pipeline: Pipeline, kafka: KafkaConfig,
                  worker: WorkerConfig, metrics: WorkerMetrics, health: Health,
                  now: Callable[[], datetime] = _utcnow, clock: Callable[[], float] = time.monotonic,
-                 bank_topic: str | None = None):
-        """``bank_topic``: where the fingerprints of takedowns go; None to not add them."""
+                 bank_topic: str | None = None, confirmations: Any = None):
+        """``bank_topic``: where the fingerprints of takedowns go; None to not add them.
+        ``confirmations``: a :class:`worker.bank.confirmations.ConfirmationHandler` whose
+        topic is consumed with the uploads, each confirmation delivered like an upload."""
         self.bank_topic = bank_topic
+        self.confirmations = confirmations
         self.consumer = consumer
         self.delivery = delivery
         self.pipeline = pipeline
@@ -148,6 +152,8 @@ class Runner:
 
     def handle(self, record: Any) -> Output:
         """Turn one consumed record into its output record. Never raises for bad input."""
+        if self.confirmations is not None and record.topic == self.confirmations.topic:
+            return self._confirmation(record)
         position = SourcePosition(record.topic, record.partition, record.offset)
         event = None
         try:
@@ -179,6 +185,19 @@ class Runner:
                                self.worker_id, self.now(), verdict.fingerprint_full)
         return ((self.bank_topic, *entry_record(entry)),)
 
+    def _confirmation(self, record: Any) -> Output:
+        """A reviewer's confirmation: its bank-topic records, or a dead letter."""
+        try:
+            confirmation, records = self.confirmations.handle(record.value)
+            (topic, key, value), *extra = records
+            return Output(topic, key, value, extra=tuple(extra), confirmation=confirmation)
+        except DeadLetter as failure:
+            return self.dead_letter(failure, record)
+        except Exception as exc:
+            log.exception("applying a confirmation failed", extra=self._where(record, None))
+            return self.dead_letter(DeadLetter(errors.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"),
+                                    record)
+
     def dead_letter(self, failure: DeadLetter, record: Any, event: UploadEvent | None = None) -> Output:
         position = SourcePosition(record.topic, record.partition, record.offset)
         key, value = dead_letter_record(failure, record.value, record.key, position,
@@ -190,7 +209,10 @@ class Runner:
     def start(self) -> None:
         """Join the group and get the delivery ready (this fences an older instance)."""
         self.delivery.start()
-        self.consumer.subscribe([self.kafka.upload_topic], listener=_Listener(self))
+        topics = [self.kafka.upload_topic]
+        if self.confirmations is not None:
+            topics.append(self.confirmations.topic)
+        self.consumer.subscribe(topics, listener=_Listener(self))
 
     def run(self, stop: threading.Event, threads: Any = None) -> None:
         """Consume until ``stop`` is set, then shut down within ``worker.shutdown_deadline_s``.
@@ -359,7 +381,12 @@ class Runner:
 
     def _account(self, output: Output, record: Any) -> None:
         where = self._where(record, output.event)
-        if output.verdict is not None:
+        if output.confirmation is not None:
+            c = output.confirmation
+            log.info("reviewer confirmation applied to the bank", extra={
+                **where, "video_id": c.video_id, "decision": c.decision, "reviewer": c.reviewer,
+                "bank_records": len(output.records)})
+        elif output.verdict is not None:
             verdict = output.verdict
             for stage in ("fetch", "decode", "hash_match", "detect_faces", "classify"):
                 if stage in verdict.stage_seconds:

@@ -13,7 +13,7 @@ from worker.events import SCHEMA_DIR, parse_upload_event, validator
 from worker.policy import KnownContentMatch, Policy, decide
 from worker.tracks import Detection, FaceTrack
 
-SCHEMAS = ("upload-event", "verdict", "dead-letter", "bank-entry")
+SCHEMAS = ("upload-event", "verdict", "dead-letter", "bank-entry", "reviewer-confirmation")
 EXAMPLES = SCHEMA_DIR / "examples"
 VALID = sorted(EXAMPLES.glob("*.json"))
 INVALID = sorted((EXAMPLES / "invalid").glob("*.json"))
@@ -31,6 +31,8 @@ BROKEN_RULE = {
     "verdict-no-reasons.json": ("data/reasons", "minItems"),
     "dead-letter-without-original-value.json": ("data", "required"),
     "bank-entry-unknown-bank.json": ("data/bank", "enum"),
+    "reviewer-confirmation-takedown-without-fingerprint.json": ("data", "anyOf"),
+    "reviewer-confirmation-unknown-decision.json": ("data/decision", "enum"),
 }
 
 
