@@ -17,7 +17,7 @@ from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from kafka import ConsumerRebalanceListener
 
@@ -48,7 +48,7 @@ class Output:
     dead_letter: DeadLetter | None = None
     event: UploadEvent | None = None
     extra: tuple[tuple[str, bytes | None, bytes | None], ...] = ()  # e.g. the bank entry of a takedown
-    confirmation: Any = None  # a reviewer's confirmation (worker.bank.confirmations) applied
+    applied: dict | None = None  # a side topic's record applied: what it was, for the log
 
     @property
     def records(self) -> list[tuple[str, bytes | None, bytes]]:
@@ -126,12 +126,18 @@ class Runner:
     def __init__(self, consumer: Any, delivery: Delivery, pipeline: Pipeline, kafka: KafkaConfig,
                  worker: WorkerConfig, metrics: WorkerMetrics, health: Health,
                  now: Callable[[], datetime] = _utcnow, clock: Callable[[], float] = time.monotonic,
-                 bank_topic: str | None = None, confirmations: Any = None):
+                 bank_topic: str | None = None, side_topics: Sequence[Any] = (),
+                 score_topic: str | None = None):
         """``bank_topic``: where the fingerprints of takedowns go; None to not add them.
-        ``confirmations``: a :class:`worker.bank.confirmations.ConfirmationHandler` whose
-        topic is consumed with the uploads, each confirmation delivered like an upload."""
+        ``side_topics``: handlers (``topic``, ``handle_record(record) -> (log fields,
+        records)``) of topics consumed with the uploads, each record delivered like an
+        upload, e.g. reviewers' confirmations and follow-up scoring
+        (:mod:`worker.bank.confirmations`, :mod:`worker.bank.scoring`). ``score_topic``:
+        where a known-content match's upload event goes, in the verdict's transaction, to be
+        scored after the verdict; None for no follow-up score."""
         self.bank_topic = bank_topic
-        self.confirmations = confirmations
+        self.side_topics = {handler.topic: handler for handler in side_topics}
+        self.score_topic = score_topic
         self.consumer = consumer
         self.delivery = delivery
         self.pipeline = pipeline
@@ -152,8 +158,8 @@ class Runner:
 
     def handle(self, record: Any) -> Output:
         """Turn one consumed record into its output record. Never raises for bad input."""
-        if self.confirmations is not None and record.topic == self.confirmations.topic:
-            return self._confirmation(record)
+        if record.topic in self.side_topics:
+            return self._side_topic(self.side_topics[record.topic], record)
         position = SourcePosition(record.topic, record.partition, record.offset)
         event = None
         try:
@@ -167,7 +173,7 @@ class Runner:
             verdict = self.pipeline.process(event)
             key, value = verdict_record(verdict, self.worker_id, self.now(), position)
             return Output(self.kafka.verdict_topic, key, value, verdict=verdict, event=event,
-                          extra=self._bank_entries(verdict, position))
+                          extra=self._bank_entries(verdict, position) + self._follow_up(verdict, record))
         except DeadLetter as failure:
             return self.dead_letter(failure, record, event)
         except Exception as exc:  # a bug or an unforeseen input: keep the event, keep running
@@ -185,16 +191,23 @@ class Runner:
                                self.worker_id, self.now(), verdict.fingerprint_full)
         return ((self.bank_topic, *entry_record(entry)),)
 
-    def _confirmation(self, record: Any) -> Output:
-        """A reviewer's confirmation: its bank-topic records, or a dead letter."""
+    def _follow_up(self, verdict: Verdict, record: Any) -> tuple:
+        """A known-content takedown goes out without the models; its upload event is queued,
+        in the same transaction, for the score to follow (:mod:`worker.bank.scoring`)."""
+        if self.score_topic is None or verdict.known_content is None:
+            return ()
+        return ((self.score_topic, verdict.event.video_id.encode(), record.value),)
+
+    def _side_topic(self, handler: Any, record: Any) -> Output:
+        """A record of a side topic: the records it turns into, or a dead letter."""
         try:
-            confirmation, records = self.confirmations.handle(record.value)
+            fields, records = handler.handle_record(record)
             (topic, key, value), *extra = records
-            return Output(topic, key, value, extra=tuple(extra), confirmation=confirmation)
+            return Output(topic, key, value, extra=tuple(extra), applied=fields)
         except DeadLetter as failure:
             return self.dead_letter(failure, record)
         except Exception as exc:
-            log.exception("applying a confirmation failed", extra=self._where(record, None))
+            log.exception("handling a %s record failed", record.topic, extra=self._where(record, None))
             return self.dead_letter(DeadLetter(errors.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"),
                                     record)
 
@@ -209,9 +222,7 @@ class Runner:
     def start(self) -> None:
         """Join the group and get the delivery ready (this fences an older instance)."""
         self.delivery.start()
-        topics = [self.kafka.upload_topic]
-        if self.confirmations is not None:
-            topics.append(self.confirmations.topic)
+        topics = [self.kafka.upload_topic, *self.side_topics]
         self.consumer.subscribe(topics, listener=_Listener(self))
 
     def run(self, stop: threading.Event, threads: Any = None) -> None:
@@ -381,11 +392,9 @@ class Runner:
 
     def _account(self, output: Output, record: Any) -> None:
         where = self._where(record, output.event)
-        if output.confirmation is not None:
-            c = output.confirmation
-            log.info("reviewer confirmation applied to the bank", extra={
-                **where, "video_id": c.video_id, "decision": c.decision, "reviewer": c.reviewer,
-                "bank_records": len(output.records)})
+        if output.applied is not None:
+            log.info("%s record applied", output.applied.get("kind", "side-topic"),
+                     extra={**where, **output.applied, "records": len(output.records)})
         elif output.verdict is not None:
             verdict = output.verdict
             for stage in ("fetch", "decode", "hash_match", "detect_faces", "classify"):

@@ -21,7 +21,8 @@ def test_a_takedown_on_one_worker_catches_a_re_upload_on_another(kafka_config, p
     source = sample_video("carphone_pristine.mp4")
     frames, rate = decode_all(source)
     reupload = build_variant(source, frames, rate, "half", tmp_path)  # scaled to half size
-    first = kafka_config
+    # The first worker has a model and scores matches after their verdicts.
+    first = kafka_config.replace(bank={"score_matches": True})
     second = first.replace(kafka={"group_id": first.kafka.group_id + "-second",
                                   "upload_topic": first.kafka.upload_topic + "-second",
                                   "verdict_topic": first.kafka.verdict_topic + "-second",
@@ -39,6 +40,8 @@ def test_a_takedown_on_one_worker_catches_a_re_upload_on_another(kafka_config, p
         publish(second, [_event("reupload", reupload), _event("unrelated", sample_video("bikes.mp4"))])
         outputs = read_outputs(second, expected=2, settle_s=0)
         caught_after = time.monotonic() - taken_down
+        publish(first, [_event("reupload-scored", reupload)])
+        scored = read_outputs(first, expected=3, settle_s=1)
 
     verdicts = {r["data"]["video_id"]: r["data"] for _, _, r in outputs}
     caught = verdicts["reupload"]
@@ -51,6 +54,17 @@ def test_a_takedown_on_one_worker_catches_a_re_upload_on_another(kafka_config, p
     assert verdicts["unrelated"]["reasons"] != ["known_content_match"]
     assert caught["fingerprint_vpdq"].count("\n") >= 3  # about one hashed frame a second
     assert caught_after < 60
+
+    # On the worker with a model and bank.score_matches, the verdict does not wait for the
+    # models: it comes first, without a score, and the score follows as its own record.
+    later = [r for _, _, r in scored if r["subject"] == "reupload-scored"]
+    assert [r["type"] for r in later] == ["dev.moderation.verdict.v1", "dev.moderation.match-score.v1"]
+    verdict, score = later
+    assert verdict["data"]["reasons"] == ["known_content_match"] and verdict["data"]["tracks"] == []
+    assert verdict["data"]["video_score"] is None and "classify" not in verdict["data"]["latency_seconds"]
+    assert score["data"]["source_event_id"] == verdict["data"]["source_event_id"]
+    assert score["data"]["video_score"] > 0.99 and score["data"]["model_decision"] == "takedown"
+    assert score["data"]["model"] is not None and score["data"]["face_count"] > 0
 
 
 def test_hash_lists_export_and_import_round_trip(kafka_config, tmp_path):

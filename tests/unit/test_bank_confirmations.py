@@ -121,7 +121,7 @@ def test_the_runner_delivers_a_confirmation_with_its_offset_in_one_transaction()
     consumer = FakeConsumer(broker, TOPIC, kafka.group_id)
     runner = Runner(consumer, delivery, None, kafka, WorkerConfig(id="w1"), metrics,
                     Health(metrics), now=lambda: DECIDED + timedelta(seconds=1),
-                    confirmations=handler())
+                    side_topics=[handler()])
     runner.start()
     broker.append(TOPIC, confirmation("rejected"), b"vid-a")
     broker.append(TOPIC, b"{not json", b"vid-b")

@@ -13,7 +13,8 @@ from worker.events import SCHEMA_DIR, parse_upload_event, validator
 from worker.policy import KnownContentMatch, Policy, decide
 from worker.tracks import Detection, FaceTrack
 
-SCHEMAS = ("upload-event", "verdict", "dead-letter", "bank-entry", "reviewer-confirmation")
+SCHEMAS = ("upload-event", "verdict", "dead-letter", "bank-entry", "reviewer-confirmation",
+           "match-score")
 EXAMPLES = SCHEMA_DIR / "examples"
 VALID = sorted(EXAMPLES.glob("*.json"))
 INVALID = sorted((EXAMPLES / "invalid").glob("*.json"))
@@ -33,6 +34,7 @@ BROKEN_RULE = {
     "bank-entry-unknown-bank.json": ("data/bank", "enum"),
     "reviewer-confirmation-takedown-without-fingerprint.json": ("data", "anyOf"),
     "reviewer-confirmation-unknown-decision.json": ("data/decision", "enum"),
+    "match-score-score-as-percent.json": ("data/video_score", "maximum"),
 }
 
 

@@ -168,3 +168,9 @@ class ConfirmationHandler:
             if not fingerprint.frames:
                 raise DeadLetter(errors.NO_FRAMES, "the fingerprint has no frames")
         return confirmation, bank_changes(confirmation, fingerprint, self.bank_topic)
+
+    def handle_record(self, record: Any) -> tuple[dict, list[Record]]:
+        """The runner's side-topic port: log fields and the records to deliver."""
+        confirmation, records = self.handle(record.value)
+        return ({"kind": "reviewer confirmation", "video_id": confirmation.video_id,
+                 "decision": confirmation.decision, "reviewer": confirmation.reviewer}, records)
