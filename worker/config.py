@@ -108,8 +108,9 @@ class BankConfig:
     hash_rate_hz: float = 1.0
     max_hash_frames: int = 300
     # Reviewers' confirmations (schemas/v1/reviewer-confirmation), consumed with the uploads;
-    # empty: not consumed.
-    confirmation_topic: str = "moderation.reviewer-confirmations.v1"
+    # empty (the default, so a worker never subscribes to a topic nobody created): not
+    # consumed. The deploy configs set moderation.reviewer-confirmations.v1.
+    confirmation_topic: str = ""
     # The match rules (worker/bank/matching.py): the reference rule (shares of the entry's and
     # of the upload's frames), and the clip rule (share of the upload's frames matched in the
     # entry's order, and at least this many frames; 0 turns it off).
