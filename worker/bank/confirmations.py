@@ -115,7 +115,7 @@ def bank_changes(confirmation: Confirmation, fingerprint: VideoFingerprint | Non
         reason=f"{confirmation.decision}: {confirmation.reason}"[:2000],
         added_by=confirmation.reviewer, added_at=confirmation.decided_at,
         source_video_id=video,
-        fingerprint=fingerprint.to_json() if confirmation.video_uri else None)
+        fingerprint=fingerprint.bank_side().to_json() if confirmation.video_uri else None)
     doomed = [reviewed_entry_id(video, NEGATIVE)] if bank == POSITIVE else positives
     return [(bank_topic, *entry_record(entry)),
             *((bank_topic, entry_id.encode(), None) for entry_id in doomed)]

@@ -35,7 +35,7 @@ from typing import Mapping
 
 import numpy as np
 
-from .fingerprint import HASH_BYTES, VideoFingerprint, entry_side_only
+from .fingerprint import HASH_BYTES, VideoFingerprint, query_side_only
 
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
@@ -133,8 +133,8 @@ def hash_rows(fingerprint: VideoFingerprint, rule: MatchRule, *, mirrored: bool)
         if not any(not h.mirrored for h in usable):
             continue
         for h in usable:
-            if mirrored and entry_side_only(h.kind):
-                continue  # the query side: see entry_side_only
+            if not mirrored and query_side_only(h.kind):
+                continue  # the bank side: see query_side_only
             if mirrored or not h.mirrored:
                 bits.append(h.hash)
                 frames.append(count)

@@ -62,4 +62,4 @@ class HashBank:
             match = KnownContentMatch(best.entry_id, source, best.query_matched_pct,
                                       best.entry_matched_pct, best.median_distance)
         return BankCheck(fingerprint=fingerprint.to_vpdq_text(), match=match,
-                         fingerprint_full=fingerprint.to_json())
+                         fingerprint_full=fingerprint.bank_side().to_json())
