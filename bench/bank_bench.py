@@ -3,7 +3,8 @@
 Each entry has ``--rows`` hashes (one per frame, as an imported plain vPDQ entry; our own
 entries carry about 4.4 unmirrored hashes a frame). A query is a planted entry with every
 hash moved 0..31 bits, plus the extra hashes a robust query carries (``--query-extra`` per
-frame, random). Reported: memory, build time, lookup p50/p99, and recall against the
+frame, random; 19 by default: the mirror, three centre crops and their mirrors, and the
+twelve one-sided un-crop guesses). Reported: memory, build time, lookup p50/p99, and recall against the
 linear oracle (run on the planted entry plus a subsample of the bank: its first 2,000 entries).
 
     PYTHONPATH=. .venv/bin/python bench/bank_bench.py --entries 1000 100000 1000000 [--exact]
@@ -105,8 +106,9 @@ def main() -> None:
     parser.add_argument("--entries", type=int, nargs="+", default=[1000, 100000])
     parser.add_argument("--rows", type=int, default=30)
     parser.add_argument("--queries", type=int, default=50)
-    parser.add_argument("--query-extra", type=int, default=9,
-                        help="extra hashes per query frame (mirror, trim, crops and theirs)")
+    parser.add_argument("--query-extra", type=int, default=19,
+                        help="extra hashes per query frame: the mirror, 3 centre crops and "
+                             "their mirrors, 12 one-sided un-crop guesses (+2 with a trim)")
     parser.add_argument("--oracle-sample", type=int, default=2000)
     parser.add_argument("--exact", action="store_true",
                         help="BankIndex(exact=True): also probe one-bit changes of each chunk")
