@@ -206,14 +206,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reason", default="imported")
     p.add_argument("--added-by", default="cli-import")
     p.set_defaults(func=cmd_bank)
+    p = sub.add_parser("train", help="fine-tune a timm backend on real videos with Self-Blended Images")
+    from .training import cli as train_cli
+    train_cli.add_arguments(p)
+    p.set_defaults(func=train_cli.run)
     p = sub.add_parser("broker", help="run the local development Kafka broker")
     p.set_defaults(func=cmd_broker)
     args = parser.parse_args(argv)
     from .config import ConfigError
     from .models.checkpoint import CheckpointError
+    from .models.spec import ModelFileError
     try:
         return args.func(args)
-    except (ConfigError, CheckpointError) as exc:
+    except (ConfigError, CheckpointError, ModelFileError) as exc:
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
 

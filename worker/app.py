@@ -13,7 +13,7 @@ from pathlib import Path
 import torch  # before decord (imported by .media): see README, "Pitfalls"
 from prometheus_client import CollectorRegistry
 
-from .config import BankConfig, Config, MediaConfig, ModelConfig
+from .config import BankConfig, Config, FacesConfig, MediaConfig, ModelConfig
 from .faces import MtcnnDetector
 from .bank.follower import BankFollower
 from .bank.confirmations import ConfirmationHandler, VideoFingerprinter
@@ -23,8 +23,10 @@ from .bank.service import HashBank, match_rule
 from .kafka_io import build_bank_consumer, build_consumer, build_delivery
 from .media import Fetcher
 from .metrics import Health, HealthServer, WorkerMetrics
-from .models.timm_classifier import TimmFaceClassifier
-from .pipeline import Pipeline
+from .models.batching import CrossVideoBatcher
+from .models.loading import load_detector_model, load_face_detector
+from .models.spec import ModelSpec, load_model_spec
+from .pipeline import FaceClassifier, FaceDetector, Pipeline
 from .policy import Policy
 from .runner import Runner
 from .sandbox import SandboxedSampler
@@ -38,15 +40,33 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_classifier(cfg: ModelConfig, device: torch.device) -> TimmFaceClassifier | None:
-    """The configured classifier, or None when no checkpoint is configured."""
-    if not cfg.checkpoint:
-        log.warning("no model checkpoint configured: faces go to review, never to takedown")
+def load_model_file(cfg: ModelConfig) -> ModelSpec | None:
+    """The model file named by ``model.config``, validated; None when none is configured."""
+    if not cfg.config:
+        log.warning("no model file configured (model.config): faces go to review, never to takedown")
         return None
-    return TimmFaceClassifier(
-        architecture=cfg.architecture, checkpoint=Path(cfg.checkpoint),
-        checkpoint_sha256=cfg.checkpoint_sha256, device=device, input_size=cfg.input_size,
-        crop_margin=cfg.crop_margin, batch_size=cfg.batch_size, name=cfg.name or None)
+    return load_model_spec(cfg.config)
+
+
+def build_classifier(spec: ModelSpec | None, cfg: ModelConfig, device: torch.device,
+                     processing_threads: int = 1) -> FaceClassifier | None:
+    """The model, loaded once and warmed up; with several videos in flight, their faces
+    share device batches."""
+    if spec is None:
+        return None
+    scorer = load_detector_model(spec, device, cfg.batch_size)
+    if spec.calibration is None:
+        log.warning("model %s has no [calibration]: it will recommend review at most", spec.name)
+    return CrossVideoBatcher(scorer) if processing_threads > 1 else scorer
+
+
+def build_detector(spec: ModelSpec | None, faces: FacesConfig, device: torch.device) -> FaceDetector:
+    """The face detector the model file asks for (:func:`load_face_detector`), else MTCNN
+    as [faces] says."""
+    if spec is None:
+        return MtcnnDetector(device, max_side=faces.max_side, min_face_size=faces.min_face_size,
+                             min_confidence=faces.min_confidence, batch_size=faces.batch_size)
+    return load_face_detector(spec, device, faces.min_face_size, faces.batch_size)
 
 
 def _gpu_memory() -> tuple[int, int]:
@@ -83,17 +103,15 @@ def build_fetcher(media: MediaConfig) -> Fetcher:
 
 def build_pipeline(cfg: Config) -> Pipeline:
     device = select_device(cfg.model.device)
+    spec = load_model_file(cfg.model)
     log.info("loading models on %s", device)
     return Pipeline(
         fetcher=build_fetcher(cfg.media),
         sampler=build_sampler(cfg.media, cfg.bank),
-        detector=MtcnnDetector(device, max_side=cfg.faces.max_side,
-                               min_face_size=cfg.faces.min_face_size,
-                               min_confidence=cfg.faces.min_confidence,
-                               batch_size=cfg.faces.batch_size),
-        classifier=build_classifier(cfg.model, device),
+        detector=build_detector(spec, cfg.faces, device),
+        classifier=build_classifier(spec, cfg.model, device, cfg.worker.processing_threads),
         policy=Policy(cfg.policy.takedown_threshold, cfg.policy.review_threshold),
-        frames_per_video=cfg.media.frames_per_video,
+        frames_per_video=spec.preprocessing.frames_per_video if spec else cfg.media.frames_per_video,
     )
 
 

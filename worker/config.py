@@ -77,14 +77,20 @@ class FacesConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    architecture: str = "efficientnet_b0"
-    name: str = ""
-    input_size: int = 224
-    crop_margin: float = 1 / 3
-    checkpoint: str = ""
-    checkpoint_sha256: str = ""
-    device: str = "auto"
-    batch_size: int = 32
+    """Where the detector is described (its model file) and how this worker runs it.
+
+    Everything that shapes a score (backend, checkpoints and their sha256, preprocessing,
+    aggregation, calibration) is in the model file, so a model moves between workers as one
+    reviewed file; only the runtime choices of this deployment are here.
+    """
+
+    config: str = ""        # the model file (TOML); empty: no model, faces go to review
+    device: str = "auto"    # auto | cpu | cuda | cuda:N
+    batch_size: int = 32    # face crops per device batch (across videos when several are in flight)
+
+
+# Keys of [model] before model files; named in the error so an old config is easy to move.
+_MOVED_MODEL_KEYS = {"architecture", "name", "input_size", "crop_margin", "checkpoint", "checkpoint_sha256"}
 
 
 @dataclass(frozen=True)
@@ -154,8 +160,8 @@ class Config:
             problems.append("media.frames_per_video must be at least 1")
         if self.media.max_video_bytes < 1:
             problems.append("media.max_video_bytes must be positive")
-        if bool(self.model.checkpoint) != bool(self.model.checkpoint_sha256):
-            problems.append("model.checkpoint and model.checkpoint_sha256 go together")
+        if self.model.batch_size < 1:
+            problems.append("model.batch_size must be at least 1")
         if self.model.device not in ("auto", "cpu", "cuda") and not self.model.device.startswith("cuda:"):
             problems.append("model.device is auto, cpu, cuda or cuda:N")
         if not 0 <= self.policy.review_threshold <= self.policy.takedown_threshold <= 1:
@@ -207,6 +213,10 @@ def _build(base: Config, layers: Mapping[str, Mapping[str, Any]]) -> Config:
         changes = dict(changes)
         known = {f.name for f in dataclasses.fields(current)}
         unknown = set(changes) - known
+        if section.name == "model" and unknown & _MOVED_MODEL_KEYS:
+            raise ConfigError(f"model.{', model.'.join(sorted(unknown & _MOVED_MODEL_KEYS))} moved to the "
+                              "model file: set model.config to a model file (README, \"The detector "
+                              "and its model file\")")
         if unknown:
             raise ConfigError(f"unknown key(s) in [{section.name}]: {', '.join(sorted(unknown))}")
         coerced = {k: _coerce(v, getattr(current, k), f"{section.name}.{k}") for k, v in changes.items()}

@@ -71,7 +71,10 @@ class DecordSampler:
         if duration > self.max_duration_s:
             raise DeadLetter(errors.VIDEO_TOO_LONG,
                              f"{duration:.0f} s is over the {self.max_duration_s:.0f} s limit")
-        indices = sorted({int(i) for i in np.linspace(0, frame_count - 1, num=count).round()})
+        # Spread evenly from the first to the last frame, truncated to int: the DFDC winner's
+        # rule, so its checkpoints see the frames they were published with. Repeats (a video
+        # shorter than ``count``) are dropped.
+        indices = sorted({int(i) for i in np.linspace(0, frame_count - 1, num=count).astype(np.int64)})
         try:
             first = reader[indices[0]]
             self._check_pixels(first.shape[1], first.shape[0])

@@ -21,7 +21,9 @@ import jsonschema
 
 from . import errors
 from .errors import DeadLetter
+from .calibration import Calibration
 from .policy import KnownContentMatch
+from .track_scores import Aggregation
 from .tracks import FaceTrack
 
 SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
@@ -133,9 +135,20 @@ def upload_event(video_id: str, video_uri: str, uploader: str, *, event_id: str 
 
 @dataclass(frozen=True)
 class ModelInfo:
+    """What the verdict says about the model, and the pure parts of its model file the
+    pipeline applies: the per-track aggregation and the calibration (None: uncalibrated)."""
+
     name: str
     version: str
-    checkpoint_sha256: str
+    checkpoint_sha256: str                       # the first (or only) checkpoint's
+    checkpoint_sha256s: tuple[str, ...] = ()     # every ensemble member's, in file order
+    backend: str = ""
+    aggregation: Aggregation = Aggregation()
+    calibration: Calibration | None = None
+
+    @property
+    def all_sha256s(self) -> tuple[str, ...]:
+        return self.checkpoint_sha256s or (self.checkpoint_sha256,)
 
 
 @dataclass(frozen=True)
@@ -155,6 +168,8 @@ class Verdict:
     known_content: "KnownContentMatch | None" = None
     fingerprint: str | None = None       # vPDQ text, published in the verdict
     fingerprint_full: str | None = None  # with robustness hashes; goes to the bank, not the verdict
+    raw_video_score: float | None = None  # the model's own score, before calibration
+    decisive_track_id: int | None = None  # the track whose score is the video score
 
     @property
     def face_count(self) -> int:
@@ -198,9 +213,7 @@ def verdict_record(verdict: Verdict, worker_id: str, published_at: datetime,
             "score": _round(d.score),
         } for d in t.detections],
     } for t in verdict.tracks]
-    model = None if verdict.model is None else {
-        "name": verdict.model.name, "version": verdict.model.version,
-        "checkpoint_sha256": verdict.model.checkpoint_sha256}
+    model = None if verdict.model is None else _model_json(verdict.model)
     document = {
         "specversion": "1.0",
         "id": output_id(position, "verdict") if position else str(uuid.uuid4()),
@@ -224,6 +237,9 @@ def verdict_record(verdict: Verdict, worker_id: str, published_at: datetime,
             "worker_id": worker_id,
         },
     }
+    if verdict.model is not None:
+        document["data"]["raw_video_score"] = _round(verdict.raw_video_score)
+        document["data"]["decisive_track_id"] = verdict.decisive_track_id
     if verdict.known_content is not None:
         match = verdict.known_content
         document["data"]["known_content"] = {
@@ -234,6 +250,22 @@ def verdict_record(verdict: Verdict, worker_id: str, published_at: datetime,
     if verdict.fingerprint is not None:
         document["data"]["fingerprint_vpdq"] = verdict.fingerprint
     return verdict.event.video_id.encode(), checked_json("verdict", document)
+
+
+def _model_json(model: ModelInfo) -> dict[str, Any]:
+    out: dict[str, Any] = {"name": model.name, "version": model.version,
+                           "checkpoint_sha256": model.checkpoint_sha256,
+                           "checkpoint_sha256s": list(model.all_sha256s),
+                           "aggregation": model.aggregation.label}
+    if model.backend:
+        out["backend"] = model.backend
+    cal = model.calibration
+    if cal is None:
+        out["calibration"] = None
+    else:
+        table = {k: v for k, v in cal.to_mapping().items() if k != "validation"}
+        out["calibration"] = table
+    return out
 
 
 @dataclass(frozen=True)

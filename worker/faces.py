@@ -12,16 +12,20 @@ from .tracks import Box
 class MtcnnDetector:
     """Batched MTCNN over sampled frames.
 
-    Large frames are downscaled so that their long side is at most ``max_side`` before
-    detection (MTCNN's cost grows with pixels, and faces that matter stay large enough);
-    boxes are scaled back to frame pixels.
+    Without a model file, large frames are downscaled so that their long side is at most
+    ``max_side`` before detection (MTCNN's cost grows with pixels, and faces that matter
+    stay large enough). A model file fixes ``scale`` (the DFDC winner detects on frames
+    halved, with thresholds [0.7, 0.8, 0.8], and keeps every face MTCNN returns) so that
+    the faces its classifier sees are the ones it was published with. Boxes are scaled
+    back to frame pixels.
     """
 
     def __init__(self, device: torch.device, max_side: int = 960, min_face_size: int = 20,
                  thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7),
-                 min_confidence: float = 0.9, batch_size: int = 16):
+                 min_confidence: float = 0.9, batch_size: int = 16, scale: float | None = None):
         self.device = device
         self.max_side = max_side
+        self.fixed_scale = scale
         self.min_confidence = min_confidence
         self.batch_size = batch_size
         self._mtcnn = MTCNN(keep_all=True, device=device, min_face_size=min_face_size,
@@ -29,7 +33,7 @@ class MtcnnDetector:
 
     def detect(self, frames: np.ndarray) -> list[list[tuple[Box, float]]]:
         height, width = frames.shape[1:3]
-        scale = min(1.0, self.max_side / max(height, width))
+        scale = self.fixed_scale or min(1.0, self.max_side / max(height, width))
         found: list[list[tuple[Box, float]]] = []
         for start in range(0, len(frames), self.batch_size):
             batch = torch.from_numpy(frames[start:start + self.batch_size]).to(self.device)

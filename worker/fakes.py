@@ -14,6 +14,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from .calibration import Calibration
 from .errors import DeadLetter
 from .events import ModelInfo
 from .pipeline import SampledFrames
@@ -56,7 +57,7 @@ class FakeSampler:
         self.hash_frames = hash_frames
 
     def sample(self, path: Path, count: int) -> SampledFrames:
-        indices = sorted({int(i) for i in np.linspace(0, self.frame_count - 1, count).round()}) \
+        indices = sorted({int(i) for i in np.linspace(0, self.frame_count - 1, count).astype(np.int64)}) \
             if self.frame_count else []
         frames = np.zeros((len(indices), *self.size, 3), np.uint8)
         hashed = tuple(range(0, self.frame_count, max(1, round(self.fps)))) if self.hash_frames else ()
@@ -97,18 +98,34 @@ class FakeDetector:
         return out
 
 
-class FakeClassifier:
-    """Scores each face with ``score_of(frame_position, box)``."""
+def identity_calibration(takedown: float = 0.9, review: float = 0.5) -> Calibration:
+    """A calibration that leaves scores as they are (an isotonic map through (0,0), (1,1))."""
+    return Calibration("isotonic", takedown, review, isotonic_x=(0.0, 1.0), isotonic_y=(0.0, 1.0))
 
-    def __init__(self, score_of: Callable[[int, Box], float],
-                 info: ModelInfo = ModelInfo("fake", "0", "0" * 64)):
+
+CALIBRATED_FAKE_MODEL = ModelInfo("fake", "0", "0" * 64, calibration=identity_calibration())
+UNCALIBRATED_FAKE_MODEL = ModelInfo("fake-uncalibrated", "0", "0" * 64)
+
+
+class FakeClassifier:
+    """Scores each face with ``score_of(frame_position, box)``: one float (every ensemble
+    member gives it) or one float per member. By default the model is calibrated with
+    :func:`identity_calibration` (takedown at 0.9, review at 0.5)."""
+
+    def __init__(self, score_of: Callable[[int, Box], float | Sequence[float]],
+                 info: ModelInfo = CALIBRATED_FAKE_MODEL, members: int = 1):
         self.score_of = score_of
         self.info = info
+        self.members = members
         self.calls = 0
 
-    def score(self, frames: np.ndarray, faces: Sequence[tuple[int, Box]]) -> list[float]:
+    def score(self, frames: np.ndarray, faces: Sequence[tuple[int, Box]]) -> list[list[float]]:
         self.calls += 1
-        return [self.score_of(pos, box) for pos, box in faces]
+        rows = []
+        for pos, box in faces:
+            value = self.score_of(pos, box)
+            rows.append(list(value) if isinstance(value, (list, tuple)) else [value] * self.members)
+        return [list(column) for column in zip(*rows)] if rows else [[] for _ in range(self.members)]
 
 
 # --- Kafka -------------------------------------------------------------------------------

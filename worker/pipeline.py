@@ -8,6 +8,7 @@ PyTorch classifier in :mod:`worker.app`.
 from __future__ import annotations
 
 import time
+from statistics import fmean
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +18,8 @@ import numpy as np
 
 from .errors import NO_FRAMES, DeadLetter
 from .events import ModelInfo, UploadEvent, Verdict
-from .policy import KnownContentMatch, Policy, decide
+from .policy import KnownContentMatch, Policy, decide, policy_version
+from .track_scores import score_tracks
 from .tracks import Box, Detection, link_tracks
 
 
@@ -55,10 +57,16 @@ class FaceDetector(Protocol):
 
 
 class FaceClassifier(Protocol):
+    """The detector model port (backends: :mod:`worker.models.inference`).
+
+    ``info`` names the model and carries the pure parts of its model file the pipeline
+    needs: the per-track aggregation and the calibration.
+    """
+
     info: ModelInfo
 
-    def score(self, frames: np.ndarray, faces: Sequence[tuple[int, Box]]) -> list[float]:
-        """Deepfake probability of each (frame position, box) face."""
+    def score(self, frames: np.ndarray, faces: Sequence[tuple[int, Box]]) -> Sequence[Sequence[float]]:
+        """Per ensemble member, the raw deepfake probability of each (frame position, box) face."""
 
 
 @dataclass(frozen=True)
@@ -128,25 +136,36 @@ class Pipeline:
             lap("detect_faces")
             faces = [(pos, box, conf) for pos, found in enumerate(per_frame) for box, conf in found]
 
-        scores: list[float | None] = [None] * len(faces)
+        members: list[tuple[float, ...]] = [()] * len(faces)
         if self.classifier is not None and faces:
-            scores = list(self.classifier.score(sampled.frames, [(p, b) for p, b, _ in faces]))
+            per_member = self.classifier.score(sampled.frames, [(p, b) for p, b, _ in faces])
+            if not per_member or any(len(m) != len(faces) for m in per_member):
+                raise ValueError("the classifier must score every face once per ensemble member")
+            members = [tuple(float(m[i]) for m in per_member) for i in range(len(faces))]
             lap("classify")
 
         detections = [
             Detection(frame_index=sampled.indices[pos], timestamp_s=sampled.timestamps_s[pos],
-                      box=tuple(float(c) for c in box), confidence=float(conf), score=score)
-            for (pos, box, conf), score in zip(faces, scores)
+                      box=tuple(float(c) for c in box), confidence=float(conf),
+                      score=fmean(scores) if scores else None, member_scores=scores)
+            for (pos, box, conf), scores in zip(faces, members)
         ]
         tracks = link_tracks(detections, sampled.indices)
-        decision = decide(self.policy, tracks, model_loaded=self.classifier is not None, known=known)
+        model = self.classifier.info if self.classifier is not None else None
+        calibration = None
+        if model is not None:
+            tracks = score_tracks(tracks, model.aggregation)
+            calibration = model.calibration
+        decision = decide(self.policy, tracks, model_loaded=model is not None, known=known,
+                          calibration=calibration)
         seconds["processing"] = self.clock() - started
         return Verdict(
             event=event, decision=decision.decision, reasons=decision.reasons,
             video_score=decision.video_score, tracks=tracks,
-            frames_sampled=len(sampled.indices),
-            model=self.classifier.info if self.classifier is not None else None,
-            policy_version=self.policy.version, stage_seconds=seconds, video_bytes=video_bytes,
+            frames_sampled=len(sampled.indices), model=model,
+            policy_version=policy_version(self.policy, calibration), stage_seconds=seconds,
+            video_bytes=video_bytes, raw_video_score=decision.raw_video_score,
+            decisive_track_id=decision.track_id,
             known_content=known, fingerprint=check.fingerprint if check is not None else None,
             fingerprint_full=check.fingerprint_full if check is not None else None,
         )

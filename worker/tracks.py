@@ -7,7 +7,7 @@ sampled frames: plain Python, no torch.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from statistics import fmean
 from typing import Iterable, Sequence
 
@@ -16,22 +16,33 @@ Box = tuple[float, float, float, float]
 
 @dataclass(frozen=True)
 class Detection:
-    """One face in one sampled frame; ``score`` is the classifier's, None if none ran."""
+    """One face in one sampled frame; ``score`` is the classifier's, None if none ran.
+
+    ``member_scores`` are the scores of each ensemble member (``score`` is their mean);
+    the track aggregation uses them, the verdict does not carry them.
+    """
 
     frame_index: int
     timestamp_s: float
     box: Box
     confidence: float
     score: float | None = None
+    member_scores: tuple[float, ...] = field(default=(), compare=False)
 
 
 @dataclass(frozen=True)
 class FaceTrack:
+    """``aggregated`` is the model's aggregation of the faces' scores
+    (:func:`worker.track_scores.score_tracks`); without one, the score is their mean."""
+
     track_id: int
     detections: tuple[Detection, ...]
+    aggregated: float | None = None
 
     @property
     def score(self) -> float | None:
+        if self.aggregated is not None:
+            return self.aggregated
         scores = [d.score for d in self.detections if d.score is not None]
         return fmean(scores) if scores else None
 

@@ -93,7 +93,7 @@ def test_the_worker_accepts_the_config_and_the_device_fits_the_overlay(tmp_path)
     for overlay, device in (("gpu", "cuda"), ("cpu", "cpu")):
         cfg = worker_config(rendered(overlay), tmp_path)
         assert cfg.model.device == device
-        assert cfg.model.checkpoint.startswith("/models/")
+        assert cfg.model.config.startswith("/models/")
         assert cfg.metrics.port == 9400
 
 
@@ -129,7 +129,7 @@ def test_pod_security_and_volumes(docs, tmp_path):
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
     volumes = {v["name"]: v for v in pod["volumes"]}
     assert "emptyDir" in volumes[mounts["/tmp"]["name"]]  # the one writable place
-    models = mounts[os.path.dirname(cfg.model.checkpoint)]
+    models = mounts[os.path.dirname(cfg.model.config)]
     assert models["readOnly"] and volumes[models["name"]]["persistentVolumeClaim"]["readOnly"]
     assert volumes[mounts["/etc/moderation"]["name"]]["configMap"]["name"] == one(docs, "ConfigMap")["metadata"]["name"]
     requests = c["resources"]["requests"]

@@ -17,11 +17,17 @@ from prometheus_client import CollectorRegistry
 from worker.app import build_pipeline, serve
 from worker.config import Config, load_config
 from worker.kafka_io import build_results_consumer, ensure_topics
+from worker.calibration import Calibration
 from worker.models.checkpoint import save_checkpoint
-from worker.models.timm_classifier import build_model
+from worker.models.spec import write_model_file
+from worker.models.timm_backend import build_model
 from worker.samples import sample_dir
 
 ARCH = "efficientnet_b0"
+# Leaves scores as they are (T = 1), with the [policy] defaults as thresholds: a calibrated
+# model for the tests that expect a takedown from the model.
+TEST_CALIBRATION = Calibration("temperature", takedown_threshold=0.9, review_threshold=0.5,
+                               temperature=1.0, validation={"dataset": "none: a test fixture"})
 
 
 def _biased_checkpoint(path: Path, logit_bias: float) -> str:
@@ -39,11 +45,31 @@ def _biased_checkpoint(path: Path, logit_bias: float) -> str:
     return save_checkpoint(model, path, architecture=ARCH, version=f"test-bias{logit_bias:+g}")
 
 
+def write_test_model_file(path: Path, checkpoint: Path, sha256: str,
+                          calibration: Calibration | None = TEST_CALIBRATION, **preprocessing):
+    """A timm model file for the test checkpoint: full-size MTCNN frames (the sample videos
+    are small), 32 frames, mean per track."""
+    pre = {"input_size": 224, "frames_per_video": 32, "detector_scale": 1.0,
+           "detector_thresholds": [0.6, 0.7, 0.7], **preprocessing}
+    return write_model_file(path, name=ARCH, version="test", backend="timm",
+                            architecture=ARCH, checkpoints=[(checkpoint, sha256)],
+                            preprocessing=pre, aggregation={"method": "mean"}, calibration=calibration)
+
+
 @pytest.fixture(scope="session")
 def fake_face_checkpoint(tmp_path_factory) -> tuple[Path, str]:
     """A checkpoint that scores every face 0.9999 (sigmoid(10))."""
     path = tmp_path_factory.mktemp("ckpt") / "always-fake.pt"
     return path, _biased_checkpoint(path, 10.0)
+
+
+@pytest.fixture(scope="session")
+def fake_face_model_file(fake_face_checkpoint) -> Path:
+    """The model file of that checkpoint, with a calibration: the model may take down."""
+    path, sha = fake_face_checkpoint
+    model_file = path.parent / "always-fake.toml"
+    write_test_model_file(model_file, path, sha)
+    return model_file
 
 
 @pytest.fixture(scope="session")
@@ -60,9 +86,8 @@ def pipeline_without_model(base_config):
 
 
 @pytest.fixture(scope="session")
-def pipeline_with_model(base_config, fake_face_checkpoint):
-    path, sha = fake_face_checkpoint
-    cfg = base_config.replace(model={"checkpoint": str(path), "checkpoint_sha256": sha})
+def pipeline_with_model(base_config, fake_face_model_file):
+    cfg = base_config.replace(model={"config": str(fake_face_model_file), "device": "cpu"})
     return build_pipeline(cfg)
 
 

@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from worker.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sha256_of
-from worker.models.timm_classifier import TimmFaceClassifier, build_model
+from worker.models.loading import load_detector_model
+from worker.models.spec import write_model_file
+from worker.models.timm_backend import build_model
 
 ARCH = "efficientnet_b0"
 
@@ -17,8 +19,11 @@ def model():
     return build_model(ARCH)
 
 
-def _classifier(path, sha, **kw):
-    return TimmFaceClassifier(ARCH, path, sha, torch.device("cpu"), **kw)
+def _classifier(path, sha):
+    spec = write_model_file(path.parent / "model.toml", name="b0", version="test", backend="timm",
+                            architecture=ARCH, checkpoints=[(path, sha)],
+                            preprocessing={"input_size": 96}, aggregation={"method": "mean"})
+    return load_detector_model(spec, torch.device("cpu"), batch_size=4)
 
 
 def test_sha256_mismatch_is_refused_before_loading(tmp_path, model):
@@ -38,9 +43,9 @@ def test_dfdc_layout_with_module_prefix_loads_strictly(tmp_path, model):
     state = {f"module.{k}": v for k, v in model.state_dict().items()}
     torch.save({"epoch": 3, "state_dict": state, "bce_best": 0.2}, path)
     classifier = _classifier(path, sha256_of(path))
-    assert classifier.info.version == "unversioned"
+    assert classifier.info.version == "test"  # the model file's, not the checkpoint's
     assert classifier.info.checkpoint_sha256 == sha256_of(path)
-    loaded = classifier.model.state_dict()
+    loaded = classifier.members[0].state_dict()
     for key, tensor in model.state_dict().items():
         assert torch.equal(loaded[key], tensor), key
 
@@ -50,10 +55,10 @@ def test_bare_state_dict_and_scores_in_unit_interval(tmp_path, model):
     torch.save(model.state_dict(), path)
     classifier = _classifier(path, sha256_of(path))
     frames = np.random.default_rng(0).integers(0, 255, (2, 120, 160, 3), dtype=np.uint8)
-    scores = classifier.score(frames, [(0, (10, 10, 60, 70)), (1, (100, 20, 150, 110))])
+    [scores] = classifier.score(frames, [(0, (10, 10, 60, 70)), (1, (100, 20, 150, 110))])
     assert len(scores) == 2 and all(0.0 <= s <= 1.0 for s in scores)
     # Same crop, same score: inference is deterministic in eval mode.
-    assert classifier.score(frames, [(0, (10, 10, 60, 70))])[0] == pytest.approx(scores[0], abs=1e-6)
+    assert classifier.score(frames, [(0, (10, 10, 60, 70))])[0][0] == pytest.approx(scores[0], abs=1e-6)
 
 
 def test_checkpoint_for_another_architecture_is_refused(tmp_path):

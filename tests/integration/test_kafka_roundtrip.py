@@ -61,6 +61,11 @@ def test_sample_videos_get_verdicts_with_face_evidence(kafka_config, pipeline_wi
     assert carphone["reasons"] == ["score_at_or_above_takedown_threshold"]
     assert carphone["model"]["checkpoint_sha256"] == fake_face_checkpoint[1]
     assert carphone["model"]["name"] == "efficientnet_b0"
+    # The model file's calibration (T = 1) is what allows the takedown; both scores are kept.
+    assert carphone["model"]["calibration"]["method"] == "temperature"
+    assert carphone["model"]["checkpoint_sha256s"] == [fake_face_checkpoint[1]]
+    assert carphone["raw_video_score"] == pytest.approx(0.99995, abs=1e-4)
+    assert carphone["decisive_track_id"] in [t["track_id"] for t in carphone["tracks"]]
     for stage in ("fetch", "decode", "detect_faces", "classify", "processing", "end_to_end"):
         assert carphone["latency_seconds"][stage] >= 0
     assert carphone["latency_seconds"]["end_to_end"] >= carphone["latency_seconds"]["processing"]

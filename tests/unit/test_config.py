@@ -27,7 +27,7 @@ def test_defaults():
         "uploads.v1", "verdicts.v1", "uploads.v1.dead-letter")
     assert cfg.kafka.max_event_bytes == 256 * 1024
     assert (cfg.policy.takedown_threshold, cfg.policy.review_threshold) == (0.9, 0.5)
-    assert (cfg.model.checkpoint, cfg.model.checkpoint_sha256, cfg.model.device) == ("", "", "auto")
+    assert (cfg.model.config, cfg.model.device, cfg.model.batch_size) == ("", "auto", 32)
     assert cfg.media.file_roots == ()
     assert cfg.worker.id
 
@@ -126,13 +126,17 @@ def test_a_missing_or_broken_file(tmp_path, toml):
         load_config(toml("[kafka\n"), env={})
 
 
-def test_a_checkpoint_needs_its_sha256():
-    with pytest.raises(ConfigError, match="checkpoint_sha256"):
-        load_config(env={}, overrides=["model.checkpoint=/models/b0.pt"])
-    with pytest.raises(ConfigError, match="checkpoint_sha256"):
-        load_config(env={}, overrides=[f"model.checkpoint_sha256={SHA}"])
-    cfg = load_config(env={}, overrides=["model.checkpoint=/models/b0.pt", f"model.checkpoint_sha256={SHA}"])
-    assert (cfg.model.checkpoint, cfg.model.checkpoint_sha256) == ("/models/b0.pt", SHA)
+def test_the_model_is_named_by_its_model_file():
+    cfg = load_config(env={"MODERATION_MODEL_CONFIG": "/models/dfdc.toml"},
+                      overrides=["model.batch_size=128", "model.device=cuda"])
+    assert (cfg.model.config, cfg.model.batch_size, cfg.model.device) == ("/models/dfdc.toml", 128, "cuda")
+
+
+@pytest.mark.parametrize("key", ["checkpoint=/models/b0.pt", f"checkpoint_sha256={SHA}",
+                                 "architecture=efficientnet_b0", "input_size=224"])
+def test_the_old_model_keys_point_at_the_model_file(key):
+    with pytest.raises(ConfigError, match=r"moved to the model file: set model\.config"):
+        load_config(env={}, overrides=[f"model.{key}"])
 
 
 @pytest.mark.parametrize("takedown,review", [("0.5", "0.9"), ("1.5", "0.5"), ("0.9", "-0.1"), ("nan", "0.5")])
@@ -143,7 +147,7 @@ def test_bad_thresholds(takedown, review):
 
 
 @pytest.mark.parametrize("override", ["media.frames_per_video=0", "media.max_video_bytes=0",
-                                      "model.device=tpu"])
+                                      "model.device=tpu", "model.batch_size=0"])
 def test_other_invalid_values(override):
     with pytest.raises(ConfigError):
         load_config(env={}, overrides=[override])

@@ -8,10 +8,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from worker.calibration import Calibration
 from worker.errors import DeadLetter
 from worker.events import (MAX_ORIGINAL_BYTES, ModelInfo, SourcePosition, Verdict,
                            dead_letter_record, format_time, parse_upload_event,
                            validator, verdict_record)
+from worker.policy import Policy, policy_version
+from worker.track_scores import Aggregation
 from worker.tracks import Detection, FaceTrack
 
 from .conftest import UPLOADED_AT
@@ -197,7 +200,8 @@ def test_verdict_record_is_valid_and_keyed_by_video_id(make_event):
     data = document["data"]
     assert (data["video_id"], data["source_event_id"], data["worker_id"]) == ("vid-42", "evt-vid-42", "worker-1")
     assert (data["decision"], data["face_count"], data["frames_sampled"]) == ("takedown", 2, 8)
-    assert data["model"] == {"name": "efficientnet_b0", "version": "1", "checkpoint_sha256": "c" * 64}
+    assert data["model"] == {"name": "efficientnet_b0", "version": "1", "checkpoint_sha256": "c" * 64,
+                             "checkpoint_sha256s": ["c" * 64], "aggregation": "mean", "calibration": None}
     assert data["tracks"][0]["score"] == pytest.approx(0.95)
     assert [d["score"] for d in data["tracks"][0]["detections"]] == [0.93, 0.97]
     assert data["tracks"][0]["detections"][0]["box"] == [1.0, 2.0, 30.0, 40.0]
@@ -216,6 +220,22 @@ def test_each_verdict_record_is_a_new_cloudevent(make_event):
     verdict = a_verdict(make_event)
     ids = {json.loads(verdict_record(verdict, "w", UPLOADED_AT)[1])["id"] for _ in range(3)}
     assert len(ids) == 3
+
+
+def test_a_calibrated_ensemble_verdict_names_every_checkpoint_and_both_scores(make_event):
+    calibration = Calibration("temperature", 0.97, 0.4, temperature=1.3, target_precision=0.99,
+                              validation={"dataset": "platform-val", "videos": 412})
+    model = ModelInfo("dfdc-winner-b7", "2020", "a" * 64, ("a" * 64, "b" * 64), "dfdc_winner",
+                      Aggregation("confident_strategy", 0.8), calibration)
+    verdict = a_verdict(make_event, model=model, video_score=0.98, raw_video_score=0.95,
+                        decisive_track_id=0, policy_version=policy_version(Policy(), calibration))
+    data = json.loads(verdict_record(verdict, "w", UPLOADED_AT)[1])["data"]
+    assert data["model"]["checkpoint_sha256s"] == ["a" * 64, "b" * 64]
+    assert (data["model"]["backend"], data["model"]["aggregation"]) == ("dfdc_winner", "confident_strategy(t=0.8)")
+    assert data["model"]["calibration"] == {"method": "temperature", "temperature": 1.3, "takedown_threshold": 0.97,
+                                            "review_threshold": 0.4, "target_precision": 0.99}
+    assert (data["video_score"], data["raw_video_score"], data["decisive_track_id"]) == (0.98, 0.95, 0)
+    assert data["policy_version"] == "calibrated-v1:" + calibration.version
 
 
 def test_a_verdict_without_model_or_faces_serialises_nulls(make_event):

@@ -1,14 +1,17 @@
 """One upload event to one verdict, through the pipeline's ports filled with fakes."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from worker.errors import DeadLetter
 from worker.events import parse_upload_event
-from worker.fakes import FakeClassifier, FakeDetector, FakeSampler
-from worker.policy import Policy
+from worker.calibration import Calibration
+from worker.fakes import CALIBRATED_FAKE_MODEL, UNCALIBRATED_FAKE_MODEL, FakeClassifier, FakeDetector, FakeSampler
+from worker.policy import Policy, policy_version
+from worker.track_scores import Aggregation
 
 from .conftest import FACE
 
@@ -40,11 +43,12 @@ def test_a_faked_face_is_a_takedown_with_its_evidence(make_pipeline, event):
     assert verdict.frames_sampled == 5 and verdict.face_count == 5
     assert len(verdict.tracks) == 1
     detections = verdict.tracks[0].detections
-    assert [d.frame_index for d in detections] == list(expected.indices) == [0, 25, 50, 74, 99]
+    assert [d.frame_index for d in detections] == list(expected.indices) == [0, 24, 49, 74, 99]
     assert [d.timestamp_s for d in detections] == pytest.approx([i / 25 for i in expected.indices])
     assert all(d.box == FACE and d.confidence == 0.99 and d.score == 0.95 for d in detections)
     assert verdict.model == classifier.info
-    assert verdict.policy_version == Policy().version
+    assert verdict.policy_version == policy_version(Policy(), classifier.info.calibration)
+    assert verdict.raw_video_score == pytest.approx(0.95) and verdict.decisive_track_id == 0
     assert verdict.event is event
     assert classifier.calls == 1  # every face of the video in one call
 
@@ -120,3 +124,66 @@ def test_stage_times_without_classification(make_pipeline, event):
 def test_frames_per_video_must_be_positive(make_pipeline):
     with pytest.raises(ValueError):
         make_pipeline(frames_per_video=0)
+
+
+# --- the model file's aggregation, ensembles and calibration --------------------------------
+
+def test_an_uncalibrated_model_sends_a_high_score_to_review(make_pipeline, event):
+    classifier = FakeClassifier(lambda pos, box: 0.99, info=UNCALIBRATED_FAKE_MODEL)
+    verdict = make_pipeline(classifier=classifier).process(event)
+    assert (verdict.decision, verdict.reasons) == ("review", ("model_uncalibrated",))
+    assert verdict.video_score == verdict.raw_video_score == pytest.approx(0.99)
+    assert verdict.policy_version == Policy().version
+
+
+def test_a_calibrated_model_decides_on_the_calibrated_score(make_pipeline, event):
+    calibration = Calibration("temperature", 0.97, 0.4, temperature=0.5)
+    info = dataclasses.replace(CALIBRATED_FAKE_MODEL, calibration=calibration)
+    verdict = make_pipeline(classifier=FakeClassifier(lambda pos, box: 0.9, info=info)).process(event)
+    assert verdict.decision == "takedown"
+    assert verdict.raw_video_score == pytest.approx(0.9)
+    assert verdict.video_score == pytest.approx(calibration.apply(0.9))
+    assert verdict.policy_version == "calibrated-v1:" + calibration.version
+
+
+def test_an_ensemble_averages_its_members_track_scores(make_pipeline, event):
+    info = dataclasses.replace(CALIBRATED_FAKE_MODEL, checkpoint_sha256s=("1" * 64, "2" * 64),
+                               aggregation=Aggregation("max"))
+    per_position = [(0.1, 0.3), (0.2, 0.9), (0.1, 0.1), (0.6, 0.2), (0.1, 0.1)]
+    classifier = FakeClassifier(lambda pos, box: per_position[pos], info=info)
+    verdict = make_pipeline(classifier=classifier, frames_per_video=5).process(event)
+    track = verdict.tracks[0]
+    assert [d.score for d in track.detections] == pytest.approx([0.2, 0.55, 0.1, 0.4, 0.1])
+    assert [d.member_scores for d in track.detections] == per_position
+    # member 1's max is 0.6, member 2's 0.9: the track (and the video) is their mean
+    assert track.score == pytest.approx(0.75) == verdict.raw_video_score
+    assert verdict.model.all_sha256s == ("1" * 64, "2" * 64)
+
+
+def test_the_video_score_points_at_the_most_suspicious_track(make_pipeline, event):
+    real, fake = (0.0, 0.0, 20.0, 20.0), (40.0, 40.0, 60.0, 60.0)
+    classifier = FakeClassifier(lambda pos, box: 0.97 if box == fake else 0.02)
+    verdict = make_pipeline(detector=FakeDetector([real, fake]), classifier=classifier).process(event)
+    decisive = [t for t in verdict.tracks if t.track_id == verdict.decisive_track_id]
+    assert len(decisive) == 1 and decisive[0].detections[0].box == fake
+
+
+def test_confident_strategy_applies_per_track(make_pipeline, event):
+    """The winner's rule over one track: 12 of 13 faces confidently fake -> their mean,
+    where the plain mean would be pulled down by the one real-looking face."""
+    info = dataclasses.replace(CALIBRATED_FAKE_MODEL, aggregation=Aggregation("confident_strategy", 0.8))
+    scores = [0.05] + [0.95] * 12
+    classifier = FakeClassifier(lambda pos, box: scores[pos], info=info)
+    verdict = make_pipeline(classifier=classifier, frames_per_video=13).process(event)
+    assert verdict.raw_video_score == pytest.approx(0.95)
+    assert sum(scores) / 13 < 0.9  # the mean would not have been a takedown
+    assert verdict.decision == "takedown"
+
+
+def test_a_classifier_that_skips_a_face_is_an_error(make_pipeline, event):
+    class Short(FakeClassifier):
+        def score(self, frames, faces):
+            return [row[:-1] for row in super().score(frames, faces)]
+
+    with pytest.raises(ValueError, match="every face once per ensemble member"):
+        make_pipeline(classifier=Short(lambda pos, box: 0.5)).process(event)

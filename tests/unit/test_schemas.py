@@ -10,7 +10,8 @@ import pytest
 
 from worker.errors import DeadLetter
 from worker.events import SCHEMA_DIR, parse_upload_event, validator
-from worker.policy import KnownContentMatch, Policy, decide
+from worker.calibration import Calibration
+from worker.policy import KnownContentMatch, Policy, decide, policy_version
 from worker.tracks import Detection, FaceTrack
 
 SCHEMAS = ("upload-event", "verdict", "dead-letter", "bank-entry", "reviewer-confirmation",
@@ -106,26 +107,60 @@ def test_verdict_example_can_be_re_derived_from_its_evidence(path):
     data = load(path)["data"]
     tracks = [FaceTrack(t["track_id"], tuple(
         Detection(d["frame_index"], d["timestamp_s"], tuple(d["box"]), d["detection_confidence"], d["score"])
-        for d in t["detections"])) for t in data["tracks"]]
+        for d in t["detections"]), aggregated=t["score"]) for t in data["tracks"]]
+    model = data["model"]
+    calibration = None
+    if model is not None and model.get("calibration") is not None:
+        calibration = Calibration.from_mapping(model["calibration"])
     policy = Policy()
-    assert data["policy_version"] == policy.version
+    assert data["policy_version"] == policy_version(policy, calibration)
     known = None
     if "known_content" in data:
         match = data["known_content"]
         known = KnownContentMatch(match["entry_id"], match["source_video_id"], match["query_match_percent"],
                                  match["entry_match_percent"], match["median_distance"])
-    decision = decide(policy, tracks, model_loaded=data["model"] is not None, known=known)
+    decision = decide(policy, tracks, model_loaded=model is not None, known=known, calibration=calibration)
     assert (decision.decision, list(decision.reasons)) == (data["decision"], data["reasons"])
     assert decision.video_score == pytest.approx(data["video_score"], abs=1e-6)
+    if "raw_video_score" in data:
+        assert decision.raw_video_score == pytest.approx(data["raw_video_score"], abs=1e-6)
+        assert decision.track_id == data["decisive_track_id"]
     assert data["face_count"] == sum(len(t["detections"]) for t in data["tracks"])
-    for track, json_track in zip(tracks, data["tracks"]):
-        assert track.score == pytest.approx(json_track["score"], abs=1e-6)
+    for json_track in data["tracks"]:
+        # Each example's aggregation is the mean of the face scores for these few faces
+        # (confident_strategy only departs from it with more than 11 confident faces).
+        scores = [d["score"] for d in json_track["detections"] if d["score"] is not None]
+        if scores:
+            assert json_track["score"] == pytest.approx(sum(scores) / len(scores), abs=1e-5)
+
+
+def test_verdicts_of_workers_before_model_files_still_validate():
+    """v1 stays backward compatible: the model file's fields are optional."""
+    document = load(EXAMPLES / "verdict-takedown.json")
+    for key in ("raw_video_score", "decisive_track_id"):
+        del document["data"][key]
+    for key in ("checkpoint_sha256s", "backend", "aggregation", "calibration"):
+        del document["data"]["model"][key]
+    assert list(validator("verdict").iter_errors(document)) == []
+
+
+def test_an_ensemble_verdict_names_every_checkpoint():
+    model = load(EXAMPLES / "verdict-takedown.json")["data"]["model"]
+    assert len(model["checkpoint_sha256s"]) == 2 and model["checkpoint_sha256"] == model["checkpoint_sha256s"][0]
+    broken = load(EXAMPLES / "verdict-takedown.json")
+    broken["data"]["model"]["checkpoint_sha256s"] = ["not-a-hash"]
+    assert list(validator("verdict").iter_errors(broken))
 
 
 def test_the_named_verdict_examples_show_what_their_names_say():
     takedown = load(EXAMPLES / "verdict-takedown.json")["data"]
-    assert takedown["decision"] == "takedown" and takedown["model"] is not None
-    assert [len(t["detections"]) for t in takedown["tracks"]] == [2]
+    assert takedown["decision"] == "takedown" and takedown["model"]["calibration"] is not None
+    assert [len(t["detections"]) for t in takedown["tracks"]] == [2, 2]
+    assert takedown["video_score"] >= takedown["model"]["calibration"]["takedown_threshold"]
+    uncalibrated = load(EXAMPLES / "verdict-review-uncalibrated.json")["data"]
+    assert (uncalibrated["decision"], uncalibrated["reasons"]) == ("review", ["model_uncalibrated"])
+    assert uncalibrated["model"]["calibration"] is None
+    assert uncalibrated["video_score"] == uncalibrated["raw_video_score"] >= Policy().takedown_threshold
     no_model = load(EXAMPLES / "verdict-review-no-model.json")["data"]
     assert (no_model["decision"], no_model["reasons"]) == ("review", ["no_model_checkpoint"])
     assert no_model["model"] is None and no_model["video_score"] is None

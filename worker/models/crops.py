@@ -1,12 +1,16 @@
-"""Face crops for the classifier: box plus margin, isotropic resize, zero pad, normalise."""
+"""Face crops for the generic backends: box plus margin, isotropic resize, zero pad.
+
+The DFDC winner's exact crop (integer box arithmetic, OpenCV interpolation) lives with
+that backend; this one serves the operator's own models (timm, TorchScript), which were
+trained with whatever crop the operator chose and describe it in their model file.
+"""
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from .spec import Preprocessing
 
 
 def expand_box(box, margin: float, width: int, height: int) -> tuple[int, int, int, int]:
@@ -20,23 +24,18 @@ def expand_box(box, margin: float, width: int, height: int) -> tuple[int, int, i
     return left, top, max(right, left + 1), max(bottom, top + 1)
 
 
-def crop_tensor(frame: np.ndarray, box, margin: float, size: int) -> torch.Tensor:
-    """A (3, size, size) float tensor in [0, 255]: the face resized isotropically and centred."""
+def face_crop(frame: np.ndarray, box, pre: Preprocessing) -> np.ndarray:
+    """(S, S, 3) uint8: the face with its margin, long side resized to S, centred on zeros."""
+    size = pre.input_size
     height, width = frame.shape[:2]
-    left, top, right, bottom = expand_box(box, margin, width, height)
+    left, top, right, bottom = expand_box(box, pre.crop_margin, width, height)
     crop = torch.from_numpy(np.ascontiguousarray(frame[top:bottom, left:right])).permute(2, 0, 1).float()
     h, w = crop.shape[1:]
     scale = size / max(h, w)
-    new_h, new_w = max(1, round(h * scale)), max(1, round(w * scale))
+    new_h, new_w = max(1, min(size, round(h * scale))), max(1, min(size, round(w * scale)))
     resized = F.interpolate(crop[None], size=(new_h, new_w), mode="bilinear",
                             antialias=scale < 1, align_corners=False)[0]
-    out = torch.zeros(3, size, size)
+    out = np.zeros((size, size, 3), np.uint8)
     y0, x0 = (size - new_h) // 2, (size - new_w) // 2
-    out[:, y0:y0 + new_h, x0:x0 + new_w] = resized.clamp(0, 255)
+    out[y0:y0 + new_h, x0:x0 + new_w] = resized.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
     return out
-
-
-def normalise(batch: torch.Tensor, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
-    mean_t = torch.tensor(mean, device=batch.device).view(1, 3, 1, 1) * 255
-    std_t = torch.tensor(std, device=batch.device).view(1, 3, 1, 1) * 255
-    return (batch - mean_t) / std_t
