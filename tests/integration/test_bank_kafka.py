@@ -148,12 +148,14 @@ def test_a_reviewers_confirmation_makes_another_worker_take_down_a_re_upload(
     source = sample_video("carphone_pristine.mp4")
     frames, rate = decode_all(source)
     reupload = build_variant(source, frames, rate, "left", tmp_path)  # 5% off the left
-    first = kafka_config
+    # The first worker's group consumes reviewers' confirmations with its uploads.
+    first = kafka_config.replace(bank={"confirmation_topic": kafka_config.bank.topic + "-confirmations"})
     second = first.replace(kafka={"group_id": first.kafka.group_id + "-second",
                                   "upload_topic": first.kafka.upload_topic + "-second",
                                   "verdict_topic": first.kafka.verdict_topic + "-second",
                                   "dead_letter_topic": first.kafka.dead_letter_topic + "-second"},
                            bank={"confirmation_topic": ""}, worker={"id": "second-worker"})
+    ensure_topics(first.kafka, extra_topics=(first.bank.confirmation_topic,))
     ensure_topics(second.kafka)
 
     def confirm(data: dict) -> bytes:
