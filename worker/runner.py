@@ -124,9 +124,6 @@ class _Partitions:
     in_flight: dict[Any, ReorderWindow] = field(default_factory=dict)
     paused: set = field(default_factory=set)
 
-    def slots(self) -> list[Slot]:
-        return [slot for window in self.in_flight.values() for slot in window]
-
     def running(self) -> int:
         """Records on a processing thread: a finished job frees its thread at once."""
         return sum(not slot.done and not slot.job.future.done()
