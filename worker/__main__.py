@@ -113,7 +113,9 @@ def cmd_demo(args) -> int:
         cfg = _config(args, overrides=[
             f"kafka.bootstrap_servers={broker.bootstrap_servers}", f"kafka.group_id=demo-{run}",
             "metrics.host=127.0.0.1", "metrics.port=0", f"media.file_roots={sample_dir()}"])
-        ensure_topics(cfg.kafka, bank_topic=cfg.bank.topic if cfg.bank.enabled else None)
+        ensure_topics(cfg.kafka, bank_topic=cfg.bank.topic if cfg.bank.enabled else None,
+                      extra_topics=(cfg.bank.confirmation_topic, cfg.bank.score_topic)
+                      if cfg.bank.enabled else ())
         stop = threading.Event()
         ports: list[int] = []
         worker = threading.Thread(target=serve, args=(cfg, stop),

@@ -16,7 +16,10 @@ from prometheus_client import CollectorRegistry
 from .config import BankConfig, Config, FacesConfig, MediaConfig, ModelConfig
 from .faces import MtcnnDetector
 from .bank.follower import BankFollower
-from .bank.service import HashBank
+from .bank.confirmations import ConfirmationHandler, VideoFingerprinter
+from .bank.index import BankIndex
+from .bank.scoring import MatchScoring
+from .bank.service import HashBank, match_rule
 from .kafka_io import build_bank_consumer, build_consumer, build_delivery
 from .media import Fetcher
 from .metrics import Health, HealthServer, WorkerMetrics
@@ -157,12 +160,23 @@ def serve(cfg: Config, stop: threading.Event, pipeline: Pipeline | None = None,
     follower = None
     try:
         pipeline = pipeline or build_pipeline(cfg)
+        side_topics: list = []
+        score_topic = None
         if cfg.bank.enabled:
-            bank = HashBank()
+            bank = HashBank(BankIndex(match_rule(cfg.bank)))
             follower = BankFollower(lambda: build_bank_consumer(cfg.kafka), cfg.bank.topic,
                                     bank.apply, bank.remove,
                                     on_loaded=lambda: health.set("bank_loaded", True)).start()
-            pipeline = pipeline.with_bank(bank, cfg.bank.score_matches)
+            models_only, pipeline = pipeline, pipeline.with_bank(bank)
+            if cfg.bank.confirmation_topic:
+                side_topics.append(ConfirmationHandler(
+                    cfg.bank.confirmation_topic, cfg.bank.topic,
+                    VideoFingerprinter(pipeline.fetcher, pipeline.sampler, bank.hashing),
+                    cfg.kafka.max_event_bytes))
+            if cfg.bank.score_matches and models_only.classifier is not None:
+                score_topic = cfg.bank.score_topic
+                side_topics.append(MatchScoring(score_topic, cfg.kafka.verdict_topic, models_only,
+                                                cfg.worker.id, cfg.kafka.max_event_bytes))
         if torch.cuda.is_available() and select_device(cfg.model.device).type == "cuda":
             metrics.watch_gpu(_gpu_memory, _gpu_utilisation)
         observe_device_stages(pipeline, metrics)
@@ -178,7 +192,7 @@ def serve(cfg: Config, stop: threading.Event, pipeline: Pipeline | None = None,
                 log.info("waiting for the hash bank (%s) to load", cfg.bank.topic)
         bank_topic = cfg.bank.topic if cfg.bank.enabled and cfg.bank.add_takedowns else None
         runner = Runner(consumer, delivery, pipeline, cfg.kafka, cfg.worker, metrics, health,
-                        bank_topic=bank_topic)
+                        bank_topic=bank_topic, side_topics=side_topics, score_topic=score_topic)
         log.info("consuming %s as group %s (%s)", cfg.kafka.upload_topic, cfg.kafka.group_id,
                  cfg.kafka.delivery)
         runner.run(stop)

@@ -63,7 +63,7 @@ class MediaConfig:
     max_duration_s: float = 3 * 3600.0
     sandbox: bool = True                    # decode in a child process with the limits below
     decode_timeout_s: float = 120.0
-    decoder_memory_bytes: int = 4 * 1024 ** 3
+    decoder_memory_bytes: int = 4 * 1024 ** 3  # address space for decoding, above what the child maps at start
     decode_threads: int = 0
 
 
@@ -112,9 +112,24 @@ class BankConfig:
     enabled: bool = True
     topic: str = "moderation.hash-bank.v1"
     add_takedowns: bool = True     # a model's takedown adds the video to the bank
-    score_matches: bool = False    # run the models on matched uploads too (the verdict waits)
+    # A matched upload's verdict goes out at once, without the models; with score_matches (and
+    # a model) its upload event is queued on score_topic in the same transaction, and a
+    # match-score record (schemas/v1/match-score) follows on the verdict topic.
+    score_matches: bool = False
+    score_topic: str = "moderation.match-scoring.v1"
     hash_rate_hz: float = 1.0
     max_hash_frames: int = 300
+    # Reviewers' confirmations (schemas/v1/reviewer-confirmation), consumed with the uploads;
+    # empty (the default, so a worker never subscribes to a topic nobody created): not
+    # consumed. The deploy configs set moderation.reviewer-confirmations.v1.
+    confirmation_topic: str = ""
+    # The match rules (worker/bank/matching.py): the reference rule (shares of the entry's and
+    # of the upload's frames), and the clip rule (share of the upload's frames matched in the
+    # entry's order, and at least this many frames; 0 turns it off).
+    entry_threshold_pct: float = 80.0
+    query_threshold_pct: float = 0.0
+    clip_query_threshold_pct: float = 70.0
+    clip_min_frames: int = 3
 
 
 @dataclass(frozen=True)

@@ -92,10 +92,10 @@ class FakeDetector:
         self.boxes = boxes
         self.confidence = confidence
         self.by_frame = by_frame
-        self.calls: list[tuple[int, ...]] = []  # the shape of each batch it was given
+        self.batch_shapes: list[tuple[int, ...]] = []  # the shape of each batch it was given
 
     def detect(self, frames: np.ndarray) -> list[list[tuple[Box, float]]]:
-        self.calls.append(tuple(frames.shape))
+        self.batch_shapes.append(tuple(frames.shape))
         out = []
         for pos in range(len(frames)):
             key = frames[pos] if self.by_frame else pos
@@ -289,7 +289,8 @@ class FakeConsumer:
             self.position_ = self.broker.committed.get((self.group_id, self.tp), 0)
 
     def subscribe(self, topics: Sequence[str], listener=None) -> None:
-        if list(topics) != [self.topic]:
+        """It reads ``topic`` only: any other topic subscribed to stays empty."""
+        if self.topic not in topics:
             raise ValueError(f"this fake consumer reads {self.topic} only")
         self.listener = listener
 

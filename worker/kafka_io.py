@@ -145,11 +145,11 @@ def build_admin(cfg: KafkaConfig) -> KafkaAdminClient:
 
 
 def ensure_topics(cfg: KafkaConfig, partitions: int = 1, replication: int = 1,
-                  bank_topic: str | None = None) -> None:
-    """Create the upload, verdict and dead-letter topics (and the compacted bank topic) if
-    they are missing."""
-    topics = [NewTopic(name, partitions, replication)
-              for name in (cfg.upload_topic, cfg.verdict_topic, cfg.dead_letter_topic)]
+                  bank_topic: str | None = None, extra_topics: tuple[str, ...] = ()) -> None:
+    """Create the upload, verdict and dead-letter topics (and the compacted bank topic, and
+    ``extra_topics``, e.g. the bank's confirmation and scoring topics) if they are missing."""
+    names = (cfg.upload_topic, cfg.verdict_topic, cfg.dead_letter_topic, *filter(None, extra_topics))
+    topics = [NewTopic(name, partitions, replication) for name in names]
     if bank_topic:
         topics.append(NewTopic(bank_topic, 1, replication, topic_configs={"cleanup.policy": "compact"}))
     admin = build_admin(cfg)

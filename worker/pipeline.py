@@ -86,13 +86,12 @@ class Pipeline:
     def __init__(self, fetcher: VideoFetcher, sampler: FrameSampler, detector: FaceDetector,
                  classifier: FaceClassifier | None, policy: Policy, frames_per_video: int,
                  clock: Callable[[], float] = time.perf_counter,
-                 bank: KnownContentBank | None = None, score_matches: bool = False):
-        """``bank`` runs before the models; with a match, faces are only looked at when
-        ``score_matches`` is set (and then the verdict waits for the score)."""
+                 bank: KnownContentBank | None = None):
+        """``bank`` runs before the models; with a match, the models do not run: the verdict
+        goes out at once, and a score, if wanted, follows (:mod:`worker.bank.scoring`)."""
         if frames_per_video < 1:
             raise ValueError("frames_per_video must be at least 1")
         self.bank = bank
-        self.score_matches = score_matches
         self.fetcher = fetcher
         self.sampler = sampler
         self.detector = detector
@@ -101,10 +100,10 @@ class Pipeline:
         self.frames_per_video = frames_per_video
         self.clock = clock
 
-    def with_bank(self, bank: KnownContentBank | None, score_matches: bool = False) -> "Pipeline":
+    def with_bank(self, bank: KnownContentBank | None) -> "Pipeline":
         """The same stages and models, with this hash bank in front of them."""
         return Pipeline(self.fetcher, self.sampler, self.detector, self.classifier, self.policy,
-                        self.frames_per_video, self.clock, bank, score_matches)
+                        self.frames_per_video, self.clock, bank)
 
     def process(self, event: UploadEvent) -> Verdict:
         seconds: dict[str, float] = {}
@@ -132,7 +131,7 @@ class Pipeline:
         known = check.match if check is not None else None
 
         faces = []
-        if known is None or self.score_matches:
+        if known is None:
             per_frame = self.detector.detect(sampled.frames)
             lap("detect_faces")
             faces = [(pos, box, conf) for pos, found in enumerate(per_frame) for box, conf in found]

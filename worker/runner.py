@@ -20,7 +20,7 @@ from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from kafka import ConsumerRebalanceListener
 
@@ -47,11 +47,12 @@ class Output:
 
     topic: str
     key: bytes | None
-    value: bytes
+    value: bytes | None  # None: a tombstone (a reviewer's confirmation deleting a bank entry)
     verdict: Verdict | None = None
     dead_letter: DeadLetter | None = None
     event: UploadEvent | None = None
-    extra: tuple[tuple[str, bytes | None, bytes], ...] = ()  # e.g. the hash-bank entry of a takedown
+    extra: tuple[tuple[str, bytes | None, bytes | None], ...] = ()  # e.g. the bank entry of a takedown
+    applied: dict | None = None  # a side topic's record applied: what it was, for the log
 
     @property
     def records(self) -> list[tuple[str, bytes | None, bytes]]:
@@ -123,9 +124,6 @@ class _Partitions:
     in_flight: dict[Any, ReorderWindow] = field(default_factory=dict)
     paused: set = field(default_factory=set)
 
-    def slots(self) -> list[Slot]:
-        return [slot for window in self.in_flight.values() for slot in window]
-
     def running(self) -> int:
         """Records on a processing thread: a finished job frees its thread at once."""
         return sum(not slot.done and not slot.job.future.done()
@@ -139,9 +137,18 @@ class Runner:
     def __init__(self, consumer: Any, delivery: Delivery, pipeline: Pipeline, kafka: KafkaConfig,
                  worker: WorkerConfig, metrics: WorkerMetrics, health: Health,
                  now: Callable[[], datetime] = _utcnow, clock: Callable[[], float] = time.monotonic,
-                 bank_topic: str | None = None):
-        """``bank_topic``: where the fingerprints of takedowns go; None to not add them."""
+                 bank_topic: str | None = None, side_topics: Sequence[Any] = (),
+                 score_topic: str | None = None):
+        """``bank_topic``: where the fingerprints of takedowns go; None to not add them.
+        ``side_topics``: handlers (``topic``, ``handle_record(record) -> (log fields,
+        records)``) of topics consumed with the uploads, each record delivered like an
+        upload, e.g. reviewers' confirmations and follow-up scoring
+        (:mod:`worker.bank.confirmations`, :mod:`worker.bank.scoring`). ``score_topic``:
+        where a known-content match's upload event goes, in the verdict's transaction, to be
+        scored after the verdict; None for no follow-up score."""
         self.bank_topic = bank_topic
+        self.side_topics = {handler.topic: handler for handler in side_topics}
+        self.score_topic = score_topic
         self.consumer = consumer
         self.delivery = delivery
         self.pipeline = pipeline
@@ -162,6 +169,8 @@ class Runner:
 
     def handle(self, record: Any) -> Output:
         """Turn one consumed record into its output record. Never raises for bad input."""
+        if record.topic in self.side_topics:
+            return self._side_topic(self.side_topics[record.topic], record)
         position = SourcePosition(record.topic, record.partition, record.offset)
         event = None
         try:
@@ -175,7 +184,7 @@ class Runner:
             verdict = self.pipeline.process(event)
             key, value = verdict_record(verdict, self.worker_id, self.now(), position)
             return Output(self.kafka.verdict_topic, key, value, verdict=verdict, event=event,
-                          extra=self._bank_entries(verdict, position))
+                          extra=self._bank_entries(verdict, position) + self._follow_up(verdict, record))
         except DeadLetter as failure:
             return self.dead_letter(failure, record, event)
         except Exception as exc:  # a bug or an unforeseen input: keep the event, keep running
@@ -193,6 +202,26 @@ class Runner:
                                self.worker_id, self.now(), verdict.fingerprint_full)
         return ((self.bank_topic, *entry_record(entry)),)
 
+    def _follow_up(self, verdict: Verdict, record: Any) -> tuple:
+        """A known-content takedown goes out without the models; its upload event is queued,
+        in the same transaction, for the score to follow (:mod:`worker.bank.scoring`)."""
+        if self.score_topic is None or verdict.known_content is None:
+            return ()
+        return ((self.score_topic, verdict.event.video_id.encode(), record.value),)
+
+    def _side_topic(self, handler: Any, record: Any) -> Output:
+        """A record of a side topic: the records it turns into, or a dead letter."""
+        try:
+            fields, records = handler.handle_record(record)
+            (topic, key, value), *extra = records
+            return Output(topic, key, value, extra=tuple(extra), applied=fields)
+        except DeadLetter as failure:
+            return self.dead_letter(failure, record)
+        except Exception as exc:
+            log.exception("handling a %s record failed", record.topic, extra=self._where(record, None))
+            return self.dead_letter(DeadLetter(errors.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"),
+                                    record)
+
     def dead_letter(self, failure: DeadLetter, record: Any, event: UploadEvent | None = None) -> Output:
         position = SourcePosition(record.topic, record.partition, record.offset)
         key, value = dead_letter_record(failure, record.value, record.key, position,
@@ -204,7 +233,8 @@ class Runner:
     def start(self) -> None:
         """Join the group and get the delivery ready (this fences an older instance)."""
         self.delivery.start()
-        self.consumer.subscribe([self.kafka.upload_topic], listener=_Listener(self))
+        topics = [self.kafka.upload_topic, *self.side_topics]
+        self.consumer.subscribe(topics, listener=_Listener(self))
 
     def run(self, stop: threading.Event, threads: Any = None) -> None:
         """Consume until ``stop`` is set, then shut down within ``worker.shutdown_deadline_s``.
@@ -431,7 +461,10 @@ class Runner:
 
     def _account(self, output: Output, record: Any) -> None:
         where = self._where(record, output.event)
-        if output.verdict is not None:
+        if output.applied is not None:
+            log.info("%s record applied", output.applied.get("kind", "side-topic"),
+                     extra={**where, **output.applied, "records": len(output.records)})
+        elif output.verdict is not None:
             verdict = output.verdict
             for stage in ("fetch", "decode", "hash_match", "detect_faces", "classify"):
                 if stage in verdict.stage_seconds:

@@ -163,6 +163,18 @@ class _Child:
         return DeadLetter(errors.DECODER_CRASHED, f"the decoder process died ({how})")
 
 
+def _mapped_bytes() -> int:
+    """This process's address space now (Linux: VmSize); 0 where it cannot be read."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def _serve(settings: dict) -> None:
     """The child: cap the address space, then answer decode requests until stdin closes."""
     import resource
@@ -170,7 +182,11 @@ def _serve(settings: dict) -> None:
     from .decoding import DecordSampler
 
     if settings["memory_bytes"] > 0:
-        resource.setrlimit(resource.RLIMIT_AS, (settings["memory_bytes"], settings["memory_bytes"]))
+        # The cap is a budget for decoding, on top of what the process already maps: importing
+        # decord alone maps about 3.4 GiB of address space (measured with VmSize), so an
+        # absolute 4 GiB cap left too little to decode one 32-frame 1080p sample.
+        limit = _mapped_bytes() + settings["memory_bytes"]
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     sampler = DecordSampler(settings["threads"], settings["max_pixels"], settings["max_duration_s"],
                             settings["hash_rate_hz"], settings["hash_max_frames"],
                             settings["hash_max_side"])

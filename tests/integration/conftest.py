@@ -99,8 +99,8 @@ def kafka_config(kafka_broker, base_config) -> Config:
         "bootstrap_servers": kafka_broker.bootstrap_servers, "group_id": f"group-{run}",
         "upload_topic": f"uploads-{run}", "verdict_topic": f"verdicts-{run}",
         "dead_letter_topic": f"dead-letters-{run}", "poll_timeout_ms": 200},
-        bank={"topic": f"bank-{run}"})
-    ensure_topics(cfg.kafka, bank_topic=cfg.bank.topic)
+        bank={"topic": f"bank-{run}", "score_topic": f"match-scoring-{run}"})
+    ensure_topics(cfg.kafka, bank_topic=cfg.bank.topic, extra_topics=(cfg.bank.score_topic,))
     return cfg
 
 

@@ -1,5 +1,6 @@
-"""The hash bank through the real broker: a takedown on one worker is matched by another
-worker within seconds, with no restart and no model on the second worker."""
+"""The hash bank through the real broker: a takedown on one worker, or a reviewer's
+confirmation consumed by one worker, is matched by another worker within seconds, with no
+restart and no model on the second worker."""
 from __future__ import annotations
 
 import time
@@ -20,7 +21,8 @@ def test_a_takedown_on_one_worker_catches_a_re_upload_on_another(kafka_config, p
     source = sample_video("carphone_pristine.mp4")
     frames, rate = decode_all(source)
     reupload = build_variant(source, frames, rate, "half", tmp_path)  # scaled to half size
-    first = kafka_config
+    # The first worker has a model and scores matches after their verdicts.
+    first = kafka_config.replace(bank={"score_matches": True})
     second = first.replace(kafka={"group_id": first.kafka.group_id + "-second",
                                   "upload_topic": first.kafka.upload_topic + "-second",
                                   "verdict_topic": first.kafka.verdict_topic + "-second",
@@ -38,6 +40,8 @@ def test_a_takedown_on_one_worker_catches_a_re_upload_on_another(kafka_config, p
         publish(second, [_event("reupload", reupload), _event("unrelated", sample_video("bikes.mp4"))])
         outputs = read_outputs(second, expected=2, settle_s=0)
         caught_after = time.monotonic() - taken_down
+        publish(first, [_event("reupload-scored", reupload)])
+        scored = read_outputs(first, expected=3, settle_s=1)
 
     verdicts = {r["data"]["video_id"]: r["data"] for _, _, r in outputs}
     caught = verdicts["reupload"]
@@ -50,6 +54,17 @@ def test_a_takedown_on_one_worker_catches_a_re_upload_on_another(kafka_config, p
     assert verdicts["unrelated"]["reasons"] != ["known_content_match"]
     assert caught["fingerprint_vpdq"].count("\n") >= 3  # about one hashed frame a second
     assert caught_after < 60
+
+    # On the worker with a model and bank.score_matches, the verdict does not wait for the
+    # models: it comes first, without a score, and the score follows as its own record.
+    later = [r for _, _, r in scored if r["subject"] == "reupload-scored"]
+    assert [r["type"] for r in later] == ["dev.moderation.verdict.v1", "dev.moderation.match-score.v1"]
+    verdict, score = later
+    assert verdict["data"]["reasons"] == ["known_content_match"] and verdict["data"]["tracks"] == []
+    assert verdict["data"]["video_score"] is None and "classify" not in verdict["data"]["latency_seconds"]
+    assert score["data"]["source_event_id"] == verdict["data"]["source_event_id"]
+    assert score["data"]["video_score"] > 0.99 and score["data"]["model_decision"] == "takedown"
+    assert score["data"]["model"] is not None and score["data"]["face_count"] > 0
 
 
 def test_hash_lists_export_and_import_round_trip(kafka_config, tmp_path):
@@ -94,3 +109,92 @@ def test_hash_lists_export_and_import_round_trip(kafka_config, tmp_path):
     manifest = [json.loads(line) for line in (second_out / "entries.jsonl").read_text().splitlines()]
     assert {(m["entry_id"], m["bank"], m["reason"]) for m in manifest} == {
         ("carphone_pristine", "negative", "industry-list"), ("bikes", "negative", "industry-list")}
+
+
+def _bank_records(cfg, wanted: str, timeout_s: float = 60.0) -> dict:
+    """The bank topic's committed records by key, once one keyed ``wanted`` has arrived."""
+    from kafka.structs import TopicPartition
+
+    from worker.kafka_io import build_bank_consumer
+
+    consumer = build_bank_consumer(cfg.kafka)
+    seen: dict = {}
+    try:
+        tp = TopicPartition(cfg.bank.topic, 0)
+        consumer.assign([tp])
+        consumer.seek_to_beginning(tp)
+        deadline = time.monotonic() + timeout_s
+        while wanted not in seen and time.monotonic() < deadline:
+            for records in consumer.poll(timeout_ms=300).values():
+                seen.update((r.key.decode(), r.value) for r in records)
+    finally:
+        consumer.close()
+    return seen
+
+
+def test_a_reviewers_confirmation_makes_another_worker_take_down_a_re_upload(
+        kafka_config, pipeline_without_model, tmp_path):
+    """No model anywhere: the original goes to review; a reviewer confirms it on the
+    confirmation topic; the first worker turns that into a bank entry (re-fingerprinting the
+    video from its URI), and the second worker takes down a cropped re-upload."""
+    import json
+
+    from kafka import KafkaProducer
+
+    from worker.bank.confirmations import CONFIRMATION_TYPE, reviewed_entry_id
+    from worker.bank.entries import parse_entry_record
+    from worker.kafka_io import ensure_topics
+
+    source = sample_video("carphone_pristine.mp4")
+    frames, rate = decode_all(source)
+    reupload = build_variant(source, frames, rate, "left", tmp_path)  # 5% off the left
+    # The first worker's group consumes reviewers' confirmations with its uploads.
+    first = kafka_config.replace(bank={"confirmation_topic": kafka_config.bank.topic + "-confirmations"})
+    second = first.replace(kafka={"group_id": first.kafka.group_id + "-second",
+                                  "upload_topic": first.kafka.upload_topic + "-second",
+                                  "verdict_topic": first.kafka.verdict_topic + "-second",
+                                  "dead_letter_topic": first.kafka.dead_letter_topic + "-second"},
+                           bank={"confirmation_topic": ""}, worker={"id": "second-worker"})
+    ensure_topics(first.kafka, extra_topics=(first.bank.confirmation_topic,))
+    ensure_topics(second.kafka)
+
+    def confirm(data: dict) -> bytes:
+        return json.dumps({"specversion": "1.0", "id": f"review-{time.monotonic_ns()}",
+                           "source": "urn:review-tool", "type": CONFIRMATION_TYPE,
+                           "time": "2026-11-28T12:00:00Z", "subject": data["video_id"],
+                           "datacontenttype": "application/json",
+                           "data": {"reviewer": "reviewer:ana", "decided_at": "2026-11-28T12:00:00Z",
+                                    "reason": "face swap, checked", **data}}).encode()
+
+    with running_worker(second, pipeline_without_model), running_worker(first, pipeline_without_model):
+        publish(first, [_event("original", source)])
+        [(_, _, original)] = read_outputs(first, expected=1, settle_s=0)
+        assert original["data"]["decision"] == "review" and "known_content" not in original["data"]
+        producer = KafkaProducer(bootstrap_servers=first.kafka.bootstrap_servers, acks="all")
+        try:
+            for value in (confirm({"video_id": "original", "decision": "confirmed_takedown",
+                                   "verdict_id": original["id"], "video_uri": source.as_uri()}),
+                          confirm({"video_id": "other", "decision": "confirmed_takedown"})):
+                producer.send(first.bank.confirmation_topic, key=b"original", value=value).get(timeout=30)
+        finally:
+            producer.close()
+        entry_id = reviewed_entry_id("original", "positive")
+        bank = _bank_records(first, entry_id)
+        assert entry_id in bank and bank[entry_id] is not None
+        time.sleep(1.5)  # the second worker's follower polls the bank topic twice a second
+        publish(second, [_event("reupload", reupload), _event("unrelated", sample_video("bikes.mp4"))])
+        outputs = read_outputs(second, expected=2, settle_s=0)
+        dead = read_outputs(first, expected=2, settle_s=1)
+
+    verdicts = {r["data"]["video_id"]: r["data"] for _, _, r in outputs}
+    caught = verdicts["reupload"]
+    assert (caught["decision"], caught["reasons"]) == ("takedown", ["known_content_match"])
+    assert caught["known_content"]["entry_id"] == entry_id
+    assert caught["known_content"]["source_video_id"] == "original"
+    assert verdicts["unrelated"]["reasons"] != ["known_content_match"]
+    # the confirmation without a fingerprint is dead-lettered, with the reason and where it was
+    [letter] = [r["data"] for topic, _, r in dead if topic == first.kafka.dead_letter_topic]
+    assert (letter["reason"], letter["source_topic"]) == ("schema_violation", first.bank.confirmation_topic)
+    entry = parse_entry_record(entry_id.encode(), bank[entry_id])
+    assert (entry.bank, entry.added_by, entry.source_video_id) == ("positive", "reviewer:ana", "original")
+    assert entry.fingerprint is not None  # re-fingerprinted from the URI, robustness hashes too

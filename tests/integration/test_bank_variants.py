@@ -1,7 +1,8 @@
 """Real edited copies of the sample videos against their originals.
 
 Each copy is a real file written with PyAV (a low-bitrate re-encode in another codec, half
-size, a 5% crop, the middle half, a caption bar, a mirror image, letterbox bars, a border),
+size, a 5% crop, 5% off the left only, 10% off the top only, the middle half, a caption bar,
+a mirror image, letterbox bars, a border),
 decoded by the worker's own decoder as the pipeline does (32 frames spread evenly), and
 fingerprinted. Every copy must match its original (the trimmed one by its own share of
 frames, see its test), no copy may match another video, and the FAISS index must find exactly
@@ -26,9 +27,8 @@ from worker.samples import sample_video
 VIDEOS = ("carphone_pristine.mp4", "bikes.mp4", "bigbuckbunny.mp4")
 # libvpx-vp9 is slow to encode larger frames: VP9 for the small one, HEVC for the others.
 REENCODE = {"carphone_pristine.mp4": "vp9", "bikes.mp4": "hevc", "bigbuckbunny.mp4": "hevc"}
-SPATIAL = ("reencode", "half", "crop", "caption", "mirror", "letterbox", "border")
+SPATIAL = ("reencode", "half", "crop", "left", "top", "caption", "mirror", "letterbox", "border")
 FRAMES_PER_VIDEO = 32  # the worker's default media.frames_per_video
-DENSE = HashingConfig(seconds_per_hash=0)  # every decoded frame
 
 
 def _even(n: int) -> int:
@@ -74,7 +74,18 @@ def _border(frame):
     return out
 
 
-EDITS = {"half": _half, "crop": _crop, "caption": _caption, "mirror": lambda f: f[:, ::-1],
+def _left(frame):
+    """5% off the left only."""
+    return frame[:, round(frame.shape[1] * 0.05):]
+
+
+def _top(frame):
+    """10% off the top only."""
+    return frame[round(frame.shape[0] * 0.10):]
+
+
+EDITS = {"half": _half, "crop": _crop, "left": _left, "top": _top, "caption": _caption,
+         "mirror": lambda f: f[:, ::-1],
          "letterbox": _letterbox, "border": _border}
 
 
@@ -175,21 +186,47 @@ def test_each_edited_copy_matches_its_original_and_nothing_else(bank, robust, re
 
 
 @pytest.mark.parametrize("name", ["carphone_pristine.mp4", "bigbuckbunny.mp4"])
-def test_a_trimmed_clip_matches_a_densely_hashed_original_by_its_own_share(decoded, robust, name):
+def test_a_trimmed_clip_matches_its_original_by_the_clip_rule(bank, robust, name):
     """The middle half of a video covers about half of the original's frames, so it can never
-    reach vPDQ's default of 80% of the entry's frames. What it can reach is 80% of its own
-    frames, against an original hashed at every decoded frame: the rule of
-    python-threatexchange's VPDQIndex (query 80%, entry 0%).
+    reach vPDQ's default of 80% of the entry's frames. The clip rule judges it by its own
+    frames: most of them (70%), at least 3, match the original's frames in the same order.
+    The original is the bank entry as the worker stores it, hashed at one frame a second.
 
     bikes.mp4 is left out: its first seconds pan so fast that frames 40 ms apart differ by
-    35 to 110 bits, so a clip whose frames fall between the original's sampled frames
-    cannot match there, whatever the hashes (measured: 60% of the clip's frames).
+    35 to 110 bits, so a clip whose one-a-second frames fall between the original's cannot
+    match there, whatever the rule (measured: 0% of the clip's frames at one a second,
+    57 to 64% with two or four a second on both sides).
     """
-    original = fingerprint_frames(*decoded[name, "source"], config=DENSE)
     clip = robust[name, "trim"]
-    assert not compare(clip, original).is_match  # the default rule: entry share < 80%
-    result = compare(clip, original, MatchRule(entry_threshold_pct=0, query_threshold_pct=80))
-    assert result.is_match and 35 <= result.entry_matched_pct <= 65
+    assert not compare(clip, robust[name, "source"], MatchRule(clip_min_frames=0)).is_match
+    found = bank.search(clip)
+    assert [(m.entry_id, m.rule) for m in found] == [(name, "clip")]
+    assert found[0].query_matched_pct >= 70 and 35 <= found[0].entry_matched_pct <= 65
+
+
+def test_unrelated_videos_and_clips_of_them_never_match_each_other(robust):
+    """Every copy, clips included, against a bank of every other video's original and clips,
+    under the clip rule at its loosest useful setting (half of the query's frames)."""
+    loose = MatchRule(clip_query_threshold_pct=50, clip_min_frames=2)
+    for name in VIDEOS:
+        others = {f"{other}/{variant}": robust[other, variant]
+                  for other in VIDEOS if other != name for variant in ("source", "trim")}
+        index = BankIndex(loose)
+        index.add_many(others.items())
+        for variant in ("source", "trim") + SPATIAL:
+            assert index.search(robust[name, variant]) == [], (name, variant)
+            assert linear_search(robust[name, variant], others, rule=loose) == []
+
+
+def test_one_sided_crops_need_the_one_sided_hashes(decoded, robust):
+    """Without the one-sided crops (centre crops only) a copy cut on one side is missed."""
+    centre_only = HashingConfig(side_crops=())
+    for name in VIDEOS:
+        source = fingerprint_frames(*decoded[name, "source"], config=centre_only)
+        for variant in ("left", "top"):
+            copy = fingerprint_frames(*decoded[name, variant], config=centre_only)
+            assert compare(copy, source).query_matched_pct <= 50, (name, variant)
+            assert compare(robust[name, variant], robust[name, "source"]).is_match
 
 
 def test_no_frame_of_one_video_matches_any_frame_of_another(robust):

@@ -44,6 +44,9 @@ class WorkerProcess:
                     "MODERATION_METRICS_HOST": "127.0.0.1",
                     "MODERATION_METRICS_PORT": "0",
                     "MODERATION_WORKER_ID": worker_id,
+                    # several videos of a partition in flight: the reorder window and
+                    # the cross-video batchers are under the faults too
+                    "MODERATION_WORKER_PROCESSING_THREADS": "3",
                     "MODERATION_WORKER_SHUTDOWN_DEADLINE_S": "20"}
         if static:
             self.env["MODERATION_KAFKA_GROUP_INSTANCE_ID"] = worker_id

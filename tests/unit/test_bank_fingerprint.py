@@ -110,3 +110,33 @@ def test_malformed_fingerprints_are_refused():
         fingerprint_frames(np.zeros((2, 8, 8, 3), np.uint8), [0.0])
     with pytest.raises(ValueError):
         hash_frame(np.zeros((8, 8), np.uint8))
+
+
+def test_an_uncrop_guess_recovers_the_originals_centre_crop():
+    from worker.bank.fingerprint import centre_crop, side_crop, uncrop_region
+
+    original = np.arange(200 * 300 * 3, dtype=np.uint32).reshape(200, 300, 3)
+    target = centre_crop(original, 0.8)
+    for side in ("left", "right", "top", "bottom"):
+        for cut in (0.05, 0.1):
+            copy = side_crop(original, side, cut)
+            assert np.array_equal(uncrop_region(copy, side, cut, 0.8), target), (side, cut)
+
+
+def test_uncrop_hashes_are_query_side_only_and_not_stored_in_the_bank():
+    from worker.bank.fingerprint import query_side_only
+    from worker.bank.matching import MatchRule, hash_rows
+
+    frame = np.random.default_rng(3).integers(0, 256, (120, 160, 3), dtype=np.uint8)
+    fingerprint = fingerprint_frames([frame], [0.0])
+    kinds = [h.kind for h in fingerprint.frames[0].hashes]
+    guesses = [k for k in kinds if query_side_only(k)]
+    assert sorted(guesses) == sorted(f"{side}{d}" for side in ("left", "right", "top", "bottom")
+                                     for d in (50, 75, 100))
+    assert not any(query_side_only(k) for k in ("plain", "trim", "centre80"))
+    stored = fingerprint.bank_side()
+    assert [h.kind for h in stored.frames[0].hashes] == [k for k in kinds if k not in guesses]
+    rule = MatchRule(min_quality=0)
+    entry_rows, query_rows = (hash_rows(fingerprint, rule, mirrored=m) for m in (False, True))
+    assert len(entry_rows.bits) == len(hash_rows(stored, rule, mirrored=False).bits)
+    assert len(query_rows.bits) == len(kinds)

@@ -93,8 +93,13 @@ def test_known_good_frames_never_count_as_a_match():
     query = video(*intro, *bad[1:])
     positives = {"careless": careless_entry, "bad": video(*bad)}
     assert [m.entry_id for m in linear_search(query, positives)] == ["careless"]
-    found = linear_search(query, positives, {"intro": video(*intro)})
+    reference = MatchRule(clip_min_frames=0)
+    found = linear_search(query, positives, {"intro": video(*intro)}, reference)
     assert [(m.entry_id, m.negative) for m in found] == [("intro", True)]
+    # what is left of the query, three of the four "bad" frames in order, is a clip of it
+    found = linear_search(query, positives, {"intro": video(*intro)})
+    assert [(m.entry_id, m.rule, m.query_matched_pct, m.entry_matched_pct) for m in found] == [
+        ("bad", "clip", 100.0, 75.0), ("intro", "entry", pytest.approx(400 / 7), 100.0)]
     # frames of the query that are known-good no longer count in its share either
     upload = video(*intro, *bad)
     found = linear_search(upload, positives, {"intro": video(*intro)})
@@ -194,3 +199,42 @@ def test_the_rule_is_validated():
     for bad in (dict(max_distance=256), dict(min_quality=101), dict(entry_threshold_pct=120)):
         with pytest.raises(ValueError):
             MatchRule(**bad)
+
+
+def test_a_clip_matches_by_its_own_frames_in_order():
+    entry = [random_hash() for _ in range(12)]
+    clip = video(*[flip(h, 6, seed=i) for i, h in enumerate(entry[3:9])])  # the middle half
+    reference = MatchRule(clip_min_frames=0)
+    result = compare(clip, video(*entry), reference)
+    assert (result.query_matched_pct, result.entry_matched_pct, result.is_match) == (100.0, 50.0, False)
+    result = compare(clip, video(*entry))
+    assert (result.is_match, result.rule, result.in_order_frames) == (True, "clip", 6)
+    assert (result.query_matched_pct, result.entry_matched_pct) == (100.0, 50.0)
+    # the whole video still matches by the reference rule
+    assert compare(video(*entry), video(*entry)).rule == "entry"
+
+
+def test_the_clip_rule_wants_the_frames_in_order_and_enough_of_them():
+    entry = [random_hash() for _ in range(12)]
+    # the same six frames, shuffled: all match, but at most two in the entry's order
+    shuffled = video(*[entry[i] for i in (8, 7, 5, 3, 6, 4)])
+    result = compare(shuffled, video(*entry))
+    assert result.matched_query_frames == 6 and result.in_order_frames < 3 and not result.is_match
+    # two frames are too few, however well they match
+    assert not compare(video(entry[4], entry[5]), video(*entry)).is_match
+    assert compare(video(entry[4], entry[5], entry[6]), video(*entry)).rule == "clip"
+    # a query of mostly other content: 3 of its 6 frames are under the share
+    mixed = video(entry[4], entry[5], entry[6], *[random_hash() for _ in range(3)])
+    assert not compare(mixed, video(*entry)).is_match
+    assert compare(mixed, video(*entry), MatchRule(clip_query_threshold_pct=50)).rule == "clip"
+    # a repeated entry frame counts once in a chain
+    assert compare(video(entry[4], entry[4], entry[4]), video(*entry)).in_order_frames in (0, 1)
+
+
+def test_longest_chain():
+    from worker.bank.matching import longest_chain
+
+    q = np.array([0, 0, 1, 1, 2, 3]); e = np.array([5, 0, 1, 6, 2, 3])
+    assert longest_chain(q, e) == 4            # (0,0) (1,1) (2,2) (3,3)
+    assert longest_chain(np.array([0, 0, 0]), np.array([1, 2, 3])) == 1
+    assert longest_chain(np.array([], int), np.array([], int)) == 0

@@ -36,17 +36,6 @@ def test_a_bank_match_is_a_takedown_without_waiting_for_the_models(make_pipeline
     assert verdict.fingerprint.count("\n") == 3  # 4 hash frames: one a second of a 4 s clip
 
 
-def test_with_score_matches_the_models_still_run_as_evidence(make_pipeline, make_event):
-    from worker.events import parse_upload_event
-
-    detector = CountingDetector()
-    pipeline = make_pipeline(sampler=FakeSampler(hash_frames=True), detector=detector,
-                             bank=FakeBank(MATCH), score_matches=True)
-    verdict = pipeline.process(parse_upload_event(make_event(), 1 << 20))
-    assert (verdict.decision, verdict.reasons) == ("takedown", ("known_content_match",))
-    assert detector.calls == 1 and verdict.video_score == 0.95
-
-
 def test_no_match_goes_on_to_the_models_and_keeps_the_fingerprint(make_pipeline, make_event):
     from worker.events import parse_upload_event
 
@@ -91,3 +80,69 @@ def test_without_a_bank_topic_nothing_is_added(make_pipeline, make_event):
     world.settle()
     assert "bank.v1" not in world.broker.logs and len(world.verdicts()) == 1
     assert json.loads(world.broker.values(KAFKA.verdict_topic)[0])["data"]["decision"] == "takedown"
+
+
+def test_a_matched_uploads_score_follows_the_verdict_exactly_once(make_pipeline, make_event):
+    """The verdict goes out at once, without the models, and queues the upload in the same
+    transaction; a worker consuming the queue publishes the score after it."""
+    from prometheus_client import CollectorRegistry
+
+    from worker.bank.scoring import MATCH_SCORE_TYPE, MatchScoring
+    from worker.config import WorkerConfig
+    from worker.delivery import ExactlyOnce
+    from worker.fakes import FakeConsumer, FakeProducer, InlineThreads
+    from worker.metrics import Health, WorkerMetrics
+    from worker.runner import Runner
+
+    from .test_runner import NOW
+
+    detector = CountingDetector()
+    world = World(make_pipeline(sampler=FakeSampler(hash_frames=True), detector=detector,
+                                bank=FakeBank(MATCH)))
+    world.runner.score_topic = "score.v1"
+    upload = make_event("vid-b", "file:///videos/b.mp4")
+    world.upload(upload)
+    world.broker.fail_next_commits = 1  # the first transaction aborts: neither record shows
+    world.runner.step(world.threads)
+    assert world.verdicts() == [] and world.broker.values("score.v1") == []
+    world.settle()
+    [verdict] = world.verdicts()
+    assert verdict["data"]["reasons"] == ["known_content_match"]
+    assert verdict["data"]["video_score"] is None and detector.calls == 0  # nothing waited
+    assert world.broker.values("score.v1") == [upload]
+
+    models_only = make_pipeline(sampler=FakeSampler(hash_frames=True), detector=detector)
+    metrics = WorkerMetrics(CollectorRegistry())
+    consumer = FakeConsumer(world.broker, "score.v1", KAFKA.group_id)
+    scorer = Runner(consumer, ExactlyOnce(lambda: FakeProducer(world.broker, "tx-2"), 1.0),
+                    models_only, KAFKA, WorkerConfig(id="worker-2"), metrics, Health(metrics),
+                    now=lambda: NOW, side_topics=[MatchScoring("score.v1", KAFKA.verdict_topic,
+                                                               models_only, "worker-2")])
+    scorer.start()
+    threads = InlineThreads(scorer.handle)
+    for _ in range(5):
+        scorer.step(threads)
+    records = [json.loads(v) for v in world.broker.values(KAFKA.verdict_topic)]
+    assert [r["type"] for r in records] == ["dev.moderation.verdict.v1", MATCH_SCORE_TYPE]
+    score = records[1]
+    assert world.broker.logs[KAFKA.verdict_topic][1].key == b"vid-b" and score["subject"] == "vid-b"
+    assert score["data"]["source_event_id"] == verdict["data"]["source_event_id"]
+    assert (score["data"]["video_score"], score["data"]["model_decision"]) == (0.95, "takedown")
+    assert detector.calls == 1
+    assert world.broker.committed[(KAFKA.group_id, consumer.tp)] == 1
+    # a queued event whose video is gone by then is a dead letter, as an upload would be
+    world.broker.append("score.v1", make_event("vid-x", "file:///videos/gone.mp4"), b"vid-x")
+    for _ in range(5):
+        scorer.step(threads)
+    [dead] = [json.loads(v) for v in world.broker.values(KAFKA.dead_letter_topic)]
+    assert (dead["data"]["reason"], dead["data"]["source_topic"]) == ("video_not_found", "score.v1")
+    assert world.broker.committed[(KAFKA.group_id, consumer.tp)] == 2
+
+
+def test_match_scoring_refuses_a_pipeline_with_the_bank(make_pipeline):
+    import pytest
+
+    from worker.bank.scoring import MatchScoring
+
+    with pytest.raises(ValueError):
+        MatchScoring("score.v1", KAFKA.verdict_topic, make_pipeline(bank=FakeBank(MATCH)), "w")

@@ -128,7 +128,7 @@ def test_frames_of_several_videos_share_detector_calls_and_come_back_per_video()
         video[:, 0, 0, 1] = np.arange(4)
     results, errors = _callers(batched.batcher, videos)
     assert not errors
-    assert sorted(detector.calls) == [(4, 16, 8, 3), (8, 8, 8, 3)]  # one flush, a call per frame size
+    assert sorted(detector.batch_shapes) == [(4, 16, 8, 3), (8, 8, 8, 3)]  # one flush, a call per frame size
     for i in range(3):
         assert [[box for box, _ in frame] for frame in results[i]] == [
             [(float(i), float(p), 10.0, 10.0)] for p in range(4)]  # its own frames, in order

@@ -12,7 +12,7 @@ import pytest
 from worker.fakes import FakeRecord, ManualThreads
 from worker.ordering import ReorderWindow
 
-from .test_runner import KAFKA, World
+from .test_runner import World
 
 
 def _record(offset: int) -> FakeRecord:

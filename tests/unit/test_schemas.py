@@ -14,7 +14,8 @@ from worker.calibration import Calibration
 from worker.policy import KnownContentMatch, Policy, decide, policy_version
 from worker.tracks import Detection, FaceTrack
 
-SCHEMAS = ("upload-event", "verdict", "dead-letter", "bank-entry")
+SCHEMAS = ("upload-event", "verdict", "dead-letter", "bank-entry", "reviewer-confirmation",
+           "match-score")
 EXAMPLES = SCHEMA_DIR / "examples"
 VALID = sorted(EXAMPLES.glob("*.json"))
 INVALID = sorted((EXAMPLES / "invalid").glob("*.json"))
@@ -32,6 +33,9 @@ BROKEN_RULE = {
     "verdict-no-reasons.json": ("data/reasons", "minItems"),
     "dead-letter-without-original-value.json": ("data", "required"),
     "bank-entry-unknown-bank.json": ("data/bank", "enum"),
+    "reviewer-confirmation-takedown-without-fingerprint.json": ("data", "anyOf"),
+    "reviewer-confirmation-unknown-decision.json": ("data/decision", "enum"),
+    "match-score-score-as-percent.json": ("data/video_score", "maximum"),
 }
 
 

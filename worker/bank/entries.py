@@ -2,7 +2,8 @@
 
 The key is the entry id, so compaction keeps the latest version of each entry and a
 tombstone (null value) deletes it. Entries written from the worker's own takedowns get an
-id derived from the input record, so a retried transaction rewrites the same entry.
+id derived from the video id (``takedown:<video id>``), so a retried transaction rewrites the
+same entry, and a reviewer's rejection of the takedown can name it from the verdict alone.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from ..events import SourcePosition, checked_json, first_error, format_time, output_id, parse_time
+from ..events import SourcePosition, checked_json, first_error, format_time, parse_time
 
 BANK_ENTRY_TYPE = "dev.moderation.bank-entry.v1"
 POSITIVE = "positive"
@@ -62,10 +63,15 @@ def parse_entry_record(key: bytes | None, value: bytes | None) -> BankEntry | st
                      source_video_id=data.get("source_video_id"), fingerprint=data.get("fingerprint"))
 
 
+def automatic_entry_id(video_id: str) -> str:
+    """The id of the entry a model's takedown of this video adds."""
+    return f"takedown:{video_id}"
+
+
 def takedown_entry(video_id: str, fingerprint_vpdq: str, position: SourcePosition,
                    worker_id: str, now: datetime, fingerprint: str | None = None) -> BankEntry:
     """The entry a takedown verdict adds, so every re-upload is caught by every worker."""
-    return BankEntry(entry_id=output_id(position, "bank-entry"), bank=POSITIVE,
+    return BankEntry(entry_id=automatic_entry_id(video_id), bank=POSITIVE,
                      fingerprint_vpdq=fingerprint_vpdq, reason="takedown_verdict",
                      added_by=f"worker:{worker_id}", added_at=now, source_video_id=video_id,
                      fingerprint=fingerprint)

@@ -8,6 +8,17 @@ side only, since a mirrored query against an unmirrored entry is the same compar
 other way round. A video matches an entry when the share of the entry's frames that are
 matched, and the share of the query's frames that are matched, reach their thresholds.
 
+That reference rule (vPDQ's defaults: 80% of the entry, 0% of the query) cannot catch a
+clip: the middle half of a video holds only half of its frames. A second rule, the clip
+rule, judges a query by its own frames instead: it matches when at least
+``clip_query_threshold_pct`` of the query's frames, and at least ``clip_min_frames`` of
+them, match entry frames *in the same order* (the longest chain of matched pairs whose
+query and entry frames both move forward in time). Order is what sets a clip of a video
+apart from a few frames that happen to look alike (a black card, a logo): an unrelated
+video that matched a few frames here and there, out of order, is not a clip. The minimum
+count keeps a one- or two-frame query from matching on a single frame. Both shares are
+reported whichever rule matched, and ``VideoMatch.rule`` says which one did.
+
 Negative banks hold known-good content. A query frame that matches any negative-bank frame
 is known-good: it is taken out of the query before it is compared with the positive bank,
 so known-good frames (a common intro, a logo card) never count as evidence. Negative
@@ -18,12 +29,13 @@ applies :func:`video_match`, the same function, to them.
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import Mapping
 
 import numpy as np
 
-from .fingerprint import HASH_BYTES, VideoFingerprint
+from .fingerprint import HASH_BYTES, VideoFingerprint, query_side_only
 
 _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
@@ -36,8 +48,15 @@ class MatchRule:
     min_quality: int = 50
     entry_threshold_pct: float = 80.0
     query_threshold_pct: float = 0.0
+    # The clip rule (see the module docstring); clip_min_frames = 0 turns it off.
+    clip_query_threshold_pct: float = 70.0
+    clip_min_frames: int = 3
 
     def __post_init__(self):
+        if self.clip_min_frames < 0:
+            raise ValueError("clip_min_frames must not be negative (0: no clip rule)")
+        if not 0 <= self.clip_query_threshold_pct <= 100:
+            raise ValueError("clip_query_threshold_pct is a percentage, 0..100")
         if not 0 <= self.max_distance < 8 * HASH_BYTES:
             raise ValueError("max_distance must be within 0..255")
         if not 0 <= self.min_quality <= 100:
@@ -72,6 +91,12 @@ class VideoMatch:
     entry_frames: int
     matched_query_frames: int
     matched_entry_frames: int
+    in_order_frames: int = 0     # matched frames in the same order (worked out for the clip rule)
+    rule: str | None = None      # which rule matched: "entry" (the reference) or "clip"
+
+
+ENTRY_RULE = "entry"
+CLIP_RULE = "clip"
 
 
 @dataclass(frozen=True)
@@ -85,11 +110,13 @@ class BankMatch:
     median_distance: float
     query_frames: int
     entry_frames: int
+    rule: str = ENTRY_RULE
 
     @classmethod
     def of(cls, entry_id: str, negative: bool, match: VideoMatch) -> BankMatch:
         return cls(entry_id, negative, match.query_matched_pct, match.entry_matched_pct,
-                   float(match.median_distance), match.query_frames, match.entry_frames)
+                   float(match.median_distance), match.query_frames, match.entry_frames,
+                   match.rule or ENTRY_RULE)
 
 
 def hash_rows(fingerprint: VideoFingerprint, rule: MatchRule, *, mirrored: bool) -> HashRows:
@@ -106,6 +133,8 @@ def hash_rows(fingerprint: VideoFingerprint, rule: MatchRule, *, mirrored: bool)
         if not any(not h.mirrored for h in usable):
             continue
         for h in usable:
+            if not mirrored and query_side_only(h.kind):
+                continue  # the bank side: see query_side_only
             if mirrored or not h.mirrored:
                 bits.append(h.hash)
                 frames.append(count)
@@ -152,14 +181,46 @@ def video_match(query_frame: np.ndarray, entry_frame: np.ndarray, distance: np.n
     matched_query, matched_entry = int(matched.sum()), len(np.unique(entry_frame))
     query_pct = 100.0 * matched_query / counted
     entry_pct = 100.0 * matched_entry / entry_frames
+    which, in_order = None, 0
+    if matched_query > 0 and entry_pct >= rule.entry_threshold_pct and query_pct >= rule.query_threshold_pct:
+        which = ENTRY_RULE
+    elif (rule.clip_min_frames and matched_query >= rule.clip_min_frames
+          and query_pct >= rule.clip_query_threshold_pct):
+        # The chain is only worked out where it can decide: it is never longer than the
+        # number of matched query frames.
+        in_order = longest_chain(query_frame, entry_frame)
+        if in_order >= rule.clip_min_frames and 100.0 * in_order / counted >= rule.clip_query_threshold_pct:
+            which = CLIP_RULE
     return VideoMatch(
-        is_match=(matched_query > 0 and entry_pct >= rule.entry_threshold_pct
-                  and query_pct >= rule.query_threshold_pct),
+        is_match=which is not None,
         query_matched_pct=query_pct, entry_matched_pct=entry_pct,
         median_distance=float(np.median(best[matched])) if matched_query else None,
         query_frames=counted, entry_frames=entry_frames,
         matched_query_frames=matched_query, matched_entry_frames=matched_entry,
+        in_order_frames=in_order, rule=which,
     )
+
+
+def longest_chain(query_frame: np.ndarray, entry_frame: np.ndarray) -> int:
+    """The most matched pairs that can be taken with query and entry frames both strictly
+    increasing: how many query frames match the entry in the same order.
+
+    Pairs sorted by query frame, and by entry frame downwards within a query frame, make this
+    the longest strictly increasing run of entry frames (patience sorting, n log n); the
+    downward order within a query frame keeps two pairs of one query frame out of a chain.
+    """
+    if len(query_frame) == 0:
+        return 0
+    pairs = np.unique(np.stack([np.asarray(query_frame, np.int64),
+                                -np.asarray(entry_frame, np.int64)], axis=1), axis=0)
+    tails: list[int] = []
+    for entry in (-pairs[:, 1]).tolist():
+        at = bisect.bisect_left(tails, entry)
+        if at == len(tails):
+            tails.append(entry)
+        else:
+            tails[at] = entry
+    return len(tails)
 
 
 def compare(query: VideoFingerprint, entry: VideoFingerprint,

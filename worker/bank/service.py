@@ -3,7 +3,7 @@ look them up in this worker's index, which the bank-topic follower keeps current
 from __future__ import annotations
 
 import threading
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -12,6 +12,15 @@ from ..policy import KnownContentMatch
 from .entries import NEGATIVE, BankEntry
 from .fingerprint import HashingConfig, VideoFingerprint, fingerprint_frames
 from .index import BankIndex
+from .matching import MatchRule
+
+
+def match_rule(bank: Any) -> MatchRule:
+    """The match rule of a ``[bank]`` config section (:class:`worker.config.BankConfig`)."""
+    return MatchRule(entry_threshold_pct=bank.entry_threshold_pct,
+                     query_threshold_pct=bank.query_threshold_pct,
+                     clip_query_threshold_pct=bank.clip_query_threshold_pct,
+                     clip_min_frames=bank.clip_min_frames)
 
 
 def entry_fingerprint(entry: BankEntry) -> VideoFingerprint:
@@ -53,4 +62,4 @@ class HashBank:
             match = KnownContentMatch(best.entry_id, source, best.query_matched_pct,
                                       best.entry_matched_pct, best.median_distance)
         return BankCheck(fingerprint=fingerprint.to_vpdq_text(), match=match,
-                         fingerprint_full=fingerprint.to_json())
+                         fingerprint_full=fingerprint.bank_side().to_json())
