@@ -10,7 +10,15 @@ import time
 import uuid
 from pathlib import Path
 
-import torch  # noqa: F401  -- before decord, which the commands import: see README, "Pitfalls"
+# ``run``: SIGTERM/SIGINT only set this event, from the first moment, so a worker told to stop
+# while it is still importing torch or loading models exits cleanly instead of dying of the
+# signal. Other commands keep the default handling (Ctrl-C interrupts them).
+_STOP = threading.Event()
+if sys.argv[1:2] == ["run"]:
+    for _sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(_sig, lambda *_: _STOP.set())
+
+import torch  # noqa: E402,F401  -- before decord, which the commands import: see README, "Pitfalls"
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -25,10 +33,10 @@ def _config(args, **extra):
 
 
 def _stop_on_signals() -> threading.Event:
-    stop = threading.Event()
+    """Set by SIGTERM or SIGINT (for ``run``, also one that arrived during start-up)."""
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    return stop
+        signal.signal(sig, lambda *_: _STOP.set())
+    return _STOP
 
 
 def cmd_run(args) -> int:
