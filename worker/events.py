@@ -76,8 +76,14 @@ class UploadEvent:
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
-def parse_upload_event(value: bytes | None, max_bytes: int) -> UploadEvent:
-    """Validate one Kafka record value; raise :class:`DeadLetter` with the reason if it is bad."""
+def checked_document(value: bytes | None, max_bytes: int, schema: str, type_prefix: str,
+                     event_type: str) -> dict[str, Any]:
+    """The JSON document of one record value, valid against ``schema``; else :class:`DeadLetter`.
+
+    A CloudEvents ``type`` under ``type_prefix`` other than ``event_type`` is another version
+    of the same contract: it gets its own reason code, so that it can be replayed by a worker
+    that reads it rather than be mistaken for garbage.
+    """
     if value is None:
         raise DeadLetter(errors.INVALID_JSON, "the record has no value (a tombstone?)")
     if len(value) > max_bytes:
@@ -87,17 +93,22 @@ def parse_upload_event(value: bytes | None, max_bytes: int) -> UploadEvent:
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise DeadLetter(errors.INVALID_JSON, f"not JSON: {str(exc)[:200]}") from None
     if isinstance(document, dict):
-        event_type = document.get("type")
-        if (isinstance(event_type, str) and event_type.startswith(_UPLOAD_TYPE_PREFIX)
-                and event_type != UPLOAD_TYPE):
+        kind = document.get("type")
+        if isinstance(kind, str) and kind.startswith(type_prefix) and kind != event_type:
             raise DeadLetter(errors.UNSUPPORTED_SCHEMA_VERSION,
-                             f"event type {event_type[:100]!r}; this worker reads {UPLOAD_TYPE}")
+                             f"event type {kind[:100]!r}; this worker reads {event_type}")
     try:
-        problem = first_error("upload-event", document)
+        problem = first_error(schema, document)
     except RecursionError:  # JSON nested just under the parser's limit
         raise DeadLetter(errors.SCHEMA_VIOLATION, "the JSON is nested too deeply") from None
     if problem is not None:
         raise DeadLetter(errors.SCHEMA_VIOLATION, problem)
+    return document
+
+
+def parse_upload_event(value: bytes | None, max_bytes: int) -> UploadEvent:
+    """Validate one Kafka record value; raise :class:`DeadLetter` with the reason if it is bad."""
+    document = checked_document(value, max_bytes, "upload-event", _UPLOAD_TYPE_PREFIX, UPLOAD_TYPE)
     data = document["data"]
     try:
         parse_time(document["time"])

@@ -151,7 +151,8 @@ class Pipeline:
             for (pos, box, conf), scores in zip(faces, members)
         ]
         tracks = link_tracks(detections, sampled.indices)
-        model = self.classifier.info if self.classifier is not None else None
+        # The verdict names the model only when it ran: a bank match skips the models.
+        model = self.classifier.info if self.classifier is not None and known is None else None
         calibration = None
         if model is not None:
             tracks = score_tracks(tracks, model.aggregation)

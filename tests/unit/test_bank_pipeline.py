@@ -32,6 +32,8 @@ def test_a_bank_match_is_a_takedown_without_waiting_for_the_models(make_pipeline
     assert (verdict.decision, verdict.reasons) == ("takedown", ("known_content_match",))
     assert verdict.known_content == MATCH
     assert detector.calls == 0 and verdict.tracks == ()
+    # A model is loaded, but it did not run: the verdict must not name it nor carry a score.
+    assert verdict.model is None and verdict.video_score is None
     assert "hash_match" in verdict.stage_seconds and "detect_faces" not in verdict.stage_seconds
     assert verdict.fingerprint.count("\n") == 3  # 4 hash frames: one a second of a 4 s clip
 

@@ -26,14 +26,13 @@ carries plain vPDQ hashes only (re-encodes, scaling and mirrors still match, cro
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 from .. import errors
 from ..errors import DeadLetter
-from ..events import first_error, parse_time
+from ..events import checked_document, parse_time
 from .entries import NEGATIVE, POSITIVE, BankEntry, automatic_entry_id, entry_record
 from .fingerprint import HashingConfig, VideoFingerprint, fingerprint_frames
 
@@ -66,25 +65,8 @@ def reviewed_entry_id(video_id: str, bank: str) -> str:
 
 def parse_confirmation(value: bytes | None, max_bytes: int) -> Confirmation:
     """A valid confirmation, or :class:`DeadLetter` with the reason it is not one."""
-    if value is None:
-        raise DeadLetter(errors.INVALID_JSON, "the record has no value (a tombstone?)")
-    if len(value) > max_bytes:
-        raise DeadLetter(errors.EVENT_TOO_LARGE, f"{len(value)} bytes is over the {max_bytes}-byte limit")
-    try:
-        document = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise DeadLetter(errors.INVALID_JSON, f"not JSON: {str(exc)[:200]}") from None
-    if isinstance(document, dict):
-        kind = document.get("type")
-        if isinstance(kind, str) and kind.startswith(_TYPE_PREFIX) and kind != CONFIRMATION_TYPE:
-            raise DeadLetter(errors.UNSUPPORTED_SCHEMA_VERSION,
-                             f"event type {kind[:100]!r}; this worker reads {CONFIRMATION_TYPE}")
-    try:
-        problem = first_error("reviewer-confirmation", document)
-    except RecursionError:
-        raise DeadLetter(errors.SCHEMA_VIOLATION, "the JSON is nested too deeply") from None
-    if problem is not None:
-        raise DeadLetter(errors.SCHEMA_VIOLATION, problem)
+    document = checked_document(value, max_bytes, "reviewer-confirmation", _TYPE_PREFIX,
+                                CONFIRMATION_TYPE)
     data = document["data"]
     try:
         parse_time(document["time"])
