@@ -56,6 +56,25 @@ def test_the_backend_detects_crops_and_normalises_as_the_winner(sampled):
     assert torch.equal(batch, torch.from_numpy(normalise(reference_crops)))
 
 
+def test_faces_past_the_winners_limit_are_dropped_in_its_order(sampled):
+    # Five carphone frames side by side: five real faces a frame, 160 over 32 frames, more
+    # than the 127 the winner scored. The cap keeps the first 127 in frame order, as the
+    # winner's buffer did, and the crops still equal the winner's own selection.
+    tiled = np.concatenate([sampled.frames] * 5, axis=2)
+    frames = np.concatenate([tiled] * 4)  # 32 frames
+    detector = dfdc_backend.WinnerFaceDetector(CPU, batch_size=8)
+    found = detector.detect(frames)
+    counts = [len(frame) for frame in found]
+    assert sum(counts) == 127
+    assert counts[:25] == [5] * 25 and counts[25] == 2 and counts[26:] == [0] * 6
+    reference_faces = detect_faces(frames, winner_mtcnn(CPU), 8)
+    assert all(len(frame) == 5 for frame in reference_faces)  # MTCNN finds every copy
+    reference_crops, origin = video_face_inputs(frames, reference_faces, size=380)
+    scorer = FaceScorer([Logit()], ModelInfo("w", "1", "0" * 64), WINNER, dfdc_backend.crop, CPU)
+    crops = scorer.crops(frames, [(pos, box) for pos, frame in enumerate(found) for box, _ in frame])
+    assert len(origin) == 127 and np.array_equal(crops, reference_crops)
+
+
 @pytest.mark.parametrize("change,message", [
     ({"input_size": 224}, "input_size 380"),
     ({"detector_scale": 1.0}, "detector_scale 0.5"),

@@ -17,7 +17,7 @@ import torch
 from ..tracks import Box
 from .dfdc import DeepFakeClassifier, load_winner_checkpoint, winner_mtcnn
 from .dfdc_preprocess import (DETECTOR_SCALE, DETECTOR_THRESHOLDS, INPUT_SIZE, crop_window,
-                              detect_faces, face_input)
+                              detect_faces, face_input, face_limit)
 from .spec import ModelFileError, ModelSpec, Preprocessing
 
 
@@ -56,24 +56,31 @@ class WinnerFaceDetector:
     """The pipeline's ``FaceDetector`` port over the winner's MTCNN and rules.
 
     Every face MTCNN returns is kept (as the winner did), with integer boxes in frame pixels,
-    except one whose crop would be empty (the winner's resize failed on it).
+    except one whose crop would be empty (the winner's resize failed on it), up to the
+    winner's :func:`face_limit` per video (127) in frame order, then MTCNN's order.
     ``batch_size`` 1 is the winner's own call; larger batches are faster and can move a box
     by float rounding.
     """
 
-    def __init__(self, device: torch.device, batch_size: int = 1):
+    def __init__(self, device: torch.device, batch_size: int = 1, limit: int | None = None):
         self.batch_size = batch_size
+        self.limit = face_limit() if limit is None else limit
         self._mtcnn = winner_mtcnn(device)
 
     def detect(self, frames: np.ndarray) -> list[list[tuple[Box, float]]]:
+        """``frames`` are one video's sampled frames: the face limit counts over all of them."""
         out = []
         height, width = frames.shape[1:3]
+        total = 0
         for faces in detect_faces(frames, self._mtcnn, self.batch_size):
             kept = []
             for face in faces:
+                if total >= self.limit:
+                    break
                 top, bottom, left, right = crop_window(face.box, width, height)
                 if bottom > top and right > left:
                     kept.append((tuple(float(c) for c in face.box), face.score))
+                    total += 1
             out.append(kept)
         return out
 
