@@ -164,6 +164,7 @@ def serve(cfg: Config, stop: threading.Event, pipeline: Pipeline | None = None,
         score_topic = None
         if cfg.bank.enabled:
             bank = HashBank(BankIndex(match_rule(cfg.bank)))
+            metrics.watch_bank(bank.index.stats)
             follower = BankFollower(lambda: build_bank_consumer(cfg.kafka), cfg.bank.topic,
                                     bank.apply, bank.remove,
                                     on_loaded=lambda: health.set("bank_loaded", True)).start()

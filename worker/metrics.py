@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import threading
 import time
-from typing import Callable
+from typing import Any, Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
@@ -98,6 +98,16 @@ class WorkerMetrics:
         used.set_function(lambda: memory()[0])
         total.set_function(lambda: memory()[1])
         busy.set_function(lambda: utilisation() or 0.0)
+
+    def watch_bank(self, stats: Callable[[], Any]) -> None:
+        """Export the hash bank's size, read at scrape time from ``stats()`` (an ``IndexStats``)."""
+        entries = Gauge(f"{PREFIX}_bank_entries", "Hash-bank entries this worker holds, by bank.",
+                        ["bank"], registry=self.registry)
+        rows = Gauge(f"{PREFIX}_bank_index_rows", "Hash rows in this worker's bank index "
+                     "(tombstoned rows included until the next rebuild).", registry=self.registry)
+        entries.labels("positive").set_function(lambda: stats().entries - stats().negative_entries)
+        entries.labels("negative").set_function(lambda: stats().negative_entries)
+        rows.set_function(lambda: stats().rows)
 
     def set_model(self, name: str, checkpoint_sha256: str) -> None:
         self.build.info({"version": __version__, "model_name": name,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from worker.samples import sample_video
 
@@ -14,6 +15,14 @@ from .test_bank_variants import build_variant, decode_all
 from .test_kafka_roundtrip import _event
 
 pytestmark = pytest.mark.kafka
+
+
+def wait_for_bank_entries(registry: CollectorRegistry, count: int, timeout_s: float = 60.0) -> None:
+    """Until the worker behind ``registry`` holds ``count`` positive bank entries."""
+    deadline = time.monotonic() + timeout_s
+    while (registry.get_sample_value("moderation_bank_entries", {"bank": "positive"}) or 0) < count:
+        assert time.monotonic() < deadline, f"the worker's bank never reached {count} entries"
+        time.sleep(0.05)
 
 
 def test_a_takedown_on_one_worker_catches_a_re_upload_on_another(kafka_config, pipeline_with_model,
@@ -32,11 +41,15 @@ def test_a_takedown_on_one_worker_catches_a_re_upload_on_another(kafka_config, p
     ensure_topics(second.kafka, bank_topic=second.bank.topic)
 
     # The second worker has no model: only the bank can make it recommend a takedown.
-    with running_worker(second, pipeline_without_model), running_worker(first, pipeline_with_model):
+    second_registry = CollectorRegistry()
+    with (running_worker(second, pipeline_without_model, registry=second_registry),
+          running_worker(first, pipeline_with_model)):
         publish(first, [_event("original", source)])
         [(_, _, original)] = read_outputs(first, expected=1, settle_s=0)
         assert original["data"]["reasons"] == ["score_at_or_above_takedown_threshold"]
         taken_down = time.monotonic()
+        # The entry reaches the other worker through the bank topic, with no restart.
+        wait_for_bank_entries(second_registry, 1)
         publish(second, [_event("reupload", reupload), _event("unrelated", sample_video("bikes.mp4"))])
         outputs = read_outputs(second, expected=2, settle_s=0)
         caught_after = time.monotonic() - taken_down
@@ -166,7 +179,9 @@ def test_a_reviewers_confirmation_makes_another_worker_take_down_a_re_upload(
                            "data": {"reviewer": "reviewer:ana", "decided_at": "2026-11-28T12:00:00Z",
                                     "reason": "face swap, checked", **data}}).encode()
 
-    with running_worker(second, pipeline_without_model), running_worker(first, pipeline_without_model):
+    second_registry = CollectorRegistry()
+    with (running_worker(second, pipeline_without_model, registry=second_registry),
+          running_worker(first, pipeline_without_model)):
         publish(first, [_event("original", source)])
         [(_, _, original)] = read_outputs(first, expected=1, settle_s=0)
         assert original["data"]["decision"] == "review" and "known_content" not in original["data"]
@@ -181,7 +196,7 @@ def test_a_reviewers_confirmation_makes_another_worker_take_down_a_re_upload(
         entry_id = reviewed_entry_id("original", "positive")
         bank = _bank_records(first, entry_id)
         assert entry_id in bank and bank[entry_id] is not None
-        time.sleep(1.5)  # the second worker's follower polls the bank topic twice a second
+        wait_for_bank_entries(second_registry, 1)  # the second worker's follower has it
         publish(second, [_event("reupload", reupload), _event("unrelated", sample_video("bikes.mp4"))])
         outputs = read_outputs(second, expected=2, settle_s=0)
         dead = read_outputs(first, expected=2, settle_s=1)

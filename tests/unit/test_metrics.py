@@ -105,3 +105,25 @@ def test_livez_fails_when_the_poll_loop_stalls():
     assert ok is False and "61 s" in why
     health.beat()
     assert health.alive()[0] is True
+
+
+def test_bank_size_is_read_from_the_index_at_scrape_time():
+    from worker.bank.index import BankIndex
+
+    from .test_bank_matching import random_hash, video
+
+    registry = CollectorRegistry()
+    metrics = WorkerMetrics(registry)
+    index = BankIndex()
+    metrics.watch_bank(index.stats)
+
+    def entries(bank: str) -> float:
+        return registry.get_sample_value("moderation_bank_entries", {"bank": bank})
+
+    assert (entries("positive"), entries("negative")) == (0, 0)
+    index.add("taken-down", video(random_hash(), random_hash(), random_hash()))
+    index.add("known-good", video(random_hash()), negative=True)
+    assert (entries("positive"), entries("negative")) == (1, 1)
+    assert registry.get_sample_value("moderation_bank_index_rows") >= 4
+    index.remove("taken-down")
+    assert (entries("positive"), entries("negative")) == (0, 1)

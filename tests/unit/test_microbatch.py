@@ -32,6 +32,14 @@ def _callers(batcher, items, barrier=True):
     return results, errors
 
 
+def _wait_until(condition, timeout_s=10.0):
+    """Poll for a state the test needs, instead of sleeping and hoping the threads got there."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the batcher"
+        time.sleep(0.005)
+
+
 def test_a_full_batch_flushes_without_waiting_for_the_timeout():
     runs = []
     batcher = DynamicBatcher(lambda items: runs.append(list(items)) or [sum(i) for i in items],
@@ -56,23 +64,25 @@ def test_a_lone_request_runs_after_the_maximum_wait():
 
 def test_a_request_that_would_overflow_starts_the_next_batch_and_a_huge_one_runs_alone():
     gate = threading.Event()
+    on_device = threading.Event()
     runs = []
 
     def run(items):
+        on_device.set()
         gate.wait(10)
         runs.append([len(i) for i in items])
         return [len(i) for i in items]
 
     batcher = DynamicBatcher(run, max_size=4, max_wait_s=0.2, size_of=len)
     holder = threading.Thread(target=batcher.submit, args=([0],))
-    holder.start()            # the device is busy with this one ...
-    time.sleep(0.3)
-    results, errors = {}, {}
+    holder.start()
+    assert on_device.wait(10)  # the device is busy with this one ...
+    results = {}
     threads = []
     for i, item in enumerate([[1, 1, 1], [2, 2], [3] * 9]):   # ... while these queue up, in order
         threads.append(threading.Thread(target=lambda i=i, item=item: results.__setitem__(i, batcher.submit(item))))
         threads[-1].start()
-        time.sleep(0.1)
+        _wait_until(lambda n=i + 1: batcher.queued() == n)
     gate.set()
     for t in threads + [holder]:
         t.join(10)
@@ -106,8 +116,9 @@ def test_the_queue_in_front_of_the_stage_is_bounded():
     callers = [threading.Thread(target=batcher.submit, args=(i,), daemon=True) for i in range(6)]
     for t in callers:
         t.start()
-    time.sleep(0.3)
     # one request on the device, two queued, the other callers blocked in submit
+    _wait_until(lambda: batcher.queued() == 2)
+    time.sleep(0.1)  # a third would show up here if the bound did not hold
     assert batcher.queued() == 2 and batcher.batches_run == 0
     gate.set()
     for t in callers:
