@@ -14,17 +14,15 @@ test_bank_variants.py writes it: libx264, ultrafast, crf 23):
 
 Clips are written under ``--cache`` (never committed).
 
-    python tools/bank_trim_density.py --cache /tmp/bank-trim
+    PYTHONPATH=. python tools/bank_trim_density.py --cache /tmp/bank-trim
 """
 from __future__ import annotations
 
 import argparse
-import fractions
 import time
 from pathlib import Path
 
 import torch  # noqa: F401  before decord (README, "Pitfalls")
-import av
 import numpy as np
 
 from worker.bank.fingerprint import HashingConfig, fingerprint_frames, hash_frame, query_side_only
@@ -32,32 +30,11 @@ from worker.bank.matching import MatchRule, compare, hash_rows, pairwise_distanc
 from worker.decoding import DecordSampler
 from worker.samples import sample_video
 
+# The clips are made, and read back, exactly as the variant test makes them.
+from tests.integration.test_bank_variants import build_variant, decode_all
+
 VIDEOS = ("carphone_pristine.mp4", "bikes.mp4", "bigbuckbunny.mp4")
 ENTRY_RATES = (4.0, 8.0, 12.5, 25.0, 30.0)
-
-
-def decode_all(path: Path) -> tuple[list[np.ndarray], int]:
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        return ([f.to_ndarray(format="rgb24") for f in container.decode(stream)],
-                round(stream.average_rate))
-
-
-def write_middle_half(frames: list[np.ndarray], rate: int, path: Path) -> Path:
-    quarter = len(frames) // 4
-    clip = frames[quarter:quarter + len(frames) // 2]
-    height, width = clip[0].shape[0] // 2 * 2, clip[0].shape[1] // 2 * 2
-    with av.open(str(path), "w", format="mp4") as out:
-        stream = out.add_stream("libx264", rate=rate, options={"preset": "ultrafast", "crf": "23"})
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        stream.time_base = fractions.Fraction(1, rate)
-        for i, frame in enumerate(clip):
-            picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame[:height, :width]),
-                                                 format="rgb24")
-            picture.pts = i
-            out.mux(stream.encode(picture))
-        out.mux(stream.encode())
-    return path
 
 
 def rows(hashes, query: bool) -> np.ndarray:
@@ -103,8 +80,9 @@ def main() -> None:
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
     for name in VIDEOS:
-        frames, rate = decode_all(sample_video(name))
-        clip_path = write_middle_half(frames, rate, args.cache / f"{Path(name).stem}-trim.mp4")
+        source = sample_video(name)
+        frames, rate = decode_all(source)
+        clip_path = build_variant(source, frames, rate, "trim", args.cache)  # as the test makes it
         clip, _ = decode_all(clip_path)
         offsets(name, frames, clip)
         densities(name, clip_path)

@@ -105,7 +105,11 @@ class WorkerMetrics:
                         ["bank"], registry=self.registry)
         rows = Gauge(f"{PREFIX}_bank_index_rows", "Hash rows in this worker's bank index "
                      "(tombstoned rows included until the next rebuild).", registry=self.registry)
-        entries.labels("positive").set_function(lambda: stats().entries - stats().negative_entries)
+        def positive() -> int:
+            now = stats()
+            return now.entries - now.negative_entries
+
+        entries.labels("positive").set_function(positive)
         entries.labels("negative").set_function(lambda: stats().negative_entries)
         rows.set_function(lambda: stats().rows)
 

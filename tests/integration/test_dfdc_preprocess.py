@@ -17,9 +17,10 @@ import decord  # noqa: E402
 from facenet_pytorch import MTCNN
 from PIL import Image
 
-from worker.models.dfdc import normalise_faces, winner_mtcnn
+from worker.models.dfdc import winner_mtcnn
 from worker.models.dfdc_preprocess import (
-    detect_faces, frame_indices, normalise, video_face_inputs)
+    MEAN, STD, detect_faces, frame_indices, normalise, video_face_inputs)
+from worker.models.inference import normalise as torch_normalise
 from worker.samples import sample_video
 
 SIZE = 380
@@ -117,7 +118,7 @@ def _equivalent(frames, ours_mtcnn, reference_mtcnn, expect_faces):
     expected = reference_tensor(expected_images)
     assert normalise(batch).shape == expected.shape == (expect_faces, 3, SIZE, SIZE)
     np.testing.assert_allclose(normalise(batch), expected, rtol=0, atol=1e-6)
-    on_torch = normalise_faces(torch.from_numpy(batch)).numpy()
+    on_torch = torch_normalise(torch.from_numpy(batch), MEAN, STD).numpy()
     np.testing.assert_allclose(on_torch, expected, rtol=0, atol=1e-6)
     return ours, [[crop.shape[:2] for _, crop in faces] for faces in reference]
 

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from .checkpoint import Checkpoint, load_checkpoint, load_strict
-from .dfdc_preprocess import DETECTOR_THRESHOLDS, MEAN, STD
+from .dfdc_preprocess import DETECTOR_THRESHOLDS
 
 WINNER_ENCODER = "tf_efficientnet_b7_ns"
 
@@ -52,18 +52,6 @@ class DeepFakeClassifier(nn.Module):
 def fake_probabilities(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """Per-face P(fake), shape (N,), float32: the sigmoid of the model's logits."""
     return torch.sigmoid(model(x).float().squeeze(1))
-
-
-def normalise_faces(faces: torch.Tensor) -> torch.Tensor:
-    """uint8 N x H x W x 3 (as ``video_face_inputs`` gives) -> float32 N x 3 x H x W.
-
-    The same float32 operations as ``dfdc_preprocess.normalise``, on whatever device the
-    tensor is on, so uint8 crops can cross to the GPU before they grow fourfold.
-    """
-    x = faces.permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(MEAN, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(STD, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
-    return ((x - mean) / std).contiguous()
 
 
 def load_winner_checkpoint(model: DeepFakeClassifier, path: Path, sha256: str) -> Checkpoint:

@@ -43,6 +43,19 @@ def _prepare(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     return module
 
 
+def normalise(faces: torch.Tensor, mean, std) -> torch.Tensor:
+    """uint8 N x H x W x 3 -> float32 N x 3 x H x W: ``(x / 255 - mean) / std``, on the device
+    ``faces`` is on (uint8 crops cross to a GPU before they grow fourfold).
+
+    These are the float32 operations the published models were fed; the result is NHWC in
+    memory, which *is* ``channels_last``; the caller picks the layout it wants.
+    """
+    x = faces.permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.as_tensor(mean, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    std = torch.as_tensor(std, dtype=torch.float32, device=x.device).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
 class FaceScorer:
     """The pipeline's ``FaceClassifier`` port for every torch backend.
 
@@ -64,10 +77,8 @@ class FaceScorer:
         self.members = [_prepare(m, device) for m in members]
         self._lock = threading.Lock()  # one batch on the device at a time
         size = preprocessing.input_size
-        mean = torch.tensor(preprocessing.mean, dtype=torch.float32)
-        std = torch.tensor(preprocessing.std, dtype=torch.float32)
-        self._mean = mean.view(1, 3, 1, 1).to(device)
-        self._std = std.view(1, 3, 1, 1).to(device)
+        self._mean = torch.tensor(preprocessing.mean, dtype=torch.float32, device=device)
+        self._std = torch.tensor(preprocessing.std, dtype=torch.float32, device=device)
         warm = batch_size if device.type == "cuda" else 1
         self.forward(np.zeros((warm, size, size, 3), np.uint8))
 
@@ -89,10 +100,7 @@ class FaceScorer:
         if self.uses_cuda:
             host = host.pin_memory()
         batch = host.to(self.device, non_blocking=self.uses_cuda)
-        # NHWC permuted to NCHW *is* channels_last in memory; elementwise ops keep the layout.
-        # (x / 255 - mean) / std in float32, the operations the published models were fed
-        batch = batch.permute(0, 3, 1, 2).float() / 255.0
-        batch = (batch - self._mean) / self._std
+        batch = normalise(batch, self._mean, self._std)
         if self.uses_cuda:
             return batch.contiguous(memory_format=torch.channels_last)
         return batch.contiguous()

@@ -33,6 +33,7 @@ from ..decoding import DecordSampler
 from ..errors import DeadLetter
 from ..faces import MtcnnDetector
 from ..models.crops import expand_box, face_crop
+from ..models.inference import normalise
 from ..models.spec import Preprocessing
 from .sbi import self_blend
 
@@ -236,10 +237,8 @@ class SelfBlendedPairs:
 
     def inputs(self, crops: np.ndarray) -> torch.Tensor:
         """(N, S, S, 3) uint8 to the normalised (N, 3, S, S) float batch, as FaceScorer makes it."""
-        batch = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float() / 255.0
-        mean = torch.tensor(self.preprocessing.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(self.preprocessing.std, dtype=torch.float32).view(1, 3, 1, 1)
-        return ((batch - mean) / std).contiguous()
+        faces = torch.from_numpy(np.ascontiguousarray(crops))
+        return normalise(faces, self.preprocessing.mean, self.preprocessing.std).contiguous()
 
     def batch(self, step: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(2B, 3, S, S) normalised inputs, real then fake for each face, and their labels."""
