@@ -171,10 +171,10 @@ class WorkerSide:
 class BaselineSide:
     child_pids: set[int] = set()  # it decodes in this process
 
-    def __init__(self, spec, device: torch.device, warm_up: Path):
-        from baseline import NaiveLoop
+    def __init__(self, spec, device: torch.device, warm_up: Path, kind: str = "dfdc"):
+        from baseline import DfdcEraLoop, NaiveLoop
 
-        self.loop = NaiveLoop(spec, device)
+        self.loop = (DfdcEraLoop if kind == "dfdc" else NaiveLoop)(spec, device)
         self.loop.process(warm_up)
 
     def run(self, videos: list[Path]) -> list[dict]:
@@ -327,6 +327,9 @@ def parse_args(argv):
     p.add_argument("--copies", type=int, default=1,
                    help="each video this many times per pass (enough videos to keep many in flight)")
     p.add_argument("--no-baseline", action="store_true", help="the worker only (e.g. under a profiler)")
+    p.add_argument("--no-batched-loop", action="store_true",
+                   help="leave out the second reference (a sequential loop with sparse decord reads and "
+                        "one MTCNN call a video)")
     p.add_argument("--scaling", action="store_true", help="also 10-min vs 10-s 1080p latency and RSS")
     p.add_argument("--scaling-repeats", type=int, default=3)
     p.add_argument("--scaling-only", action="store_true", help="only the --scaling figures")
@@ -390,7 +393,9 @@ def main(argv: list[str] | None = None) -> int:
     sides: list[tuple[str, object]] = []
     started = time.perf_counter()
     if not args.no_baseline:
-        sides.append(("baseline (naive loop)", BaselineSide(spec, device, warm)))
+        sides.append(("baseline (DFDC-era loop)", BaselineSide(spec, device, warm, "dfdc")))
+        if not args.no_batched_loop:
+            sides.append(("batched sequential loop", BaselineSide(spec, device, warm, "batched")))
     workers = []
     for threads in args.threads:
         side = WorkerSide(worker_config(model_file, device_name, threads, roots, args.overrides), warm)
@@ -417,6 +422,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nbest worker setting ({best['name']}) / baseline: "
                   f"{report['ratio_best_worker_over_baseline']:.2f}x videos/s "
                   f"(faces: baseline {baseline['faces']}, worker {best['faces']})")
+            batched = next((r for r in results if r["name"].startswith("batched")), None)
+            if batched:
+                report["ratio_best_worker_over_batched_loop"] = best["videos_per_s"] / batched["videos_per_s"]
+                report["ratio_batched_loop_over_baseline"] = batched["videos_per_s"] / baseline["videos_per_s"]
+                print(f"best worker setting / batched sequential loop: "
+                      f"{report['ratio_best_worker_over_batched_loop']:.2f}x videos/s; batched sequential "
+                      f"loop / baseline: {report['ratio_batched_loop_over_baseline']:.2f}x")
         report["load_average_after"] = os.getloadavg()
         for side in workers:
             side.close()

@@ -122,7 +122,8 @@ def cmd_demo(args) -> int:
             f"kafka.bootstrap_servers={broker.bootstrap_servers}", f"kafka.group_id=demo-{run}",
             "metrics.host=127.0.0.1", "metrics.port=0", f"media.file_roots={sample_dir()}"])
         ensure_topics(cfg.kafka, bank_topic=cfg.bank.topic if cfg.bank.enabled else None,
-                      extra_topics=(cfg.bank.confirmation_topic, cfg.bank.score_topic)
+                      extra_topics=(cfg.bank.confirmation_topic, cfg.bank.score_topic,
+                                    cfg.bank.densify_topic)
                       if cfg.bank.enabled else ())
         stop = threading.Event()
         ports: list[int] = []

@@ -18,6 +18,8 @@ from .faces import MtcnnDetector
 from .bank.follower import BankFollower
 from .bank.confirmations import ConfirmationHandler, VideoFingerprinter
 from .bank.index import BankIndex
+from .bank.densify import TakedownDensifier
+from .bank.fingerprint import HashingConfig
 from .bank.scoring import MatchScoring
 from .bank.service import HashBank, match_rule
 from .kafka_io import build_bank_consumer, build_consumer, build_delivery
@@ -97,18 +99,27 @@ def _gpu_utilisation() -> float | None:
         return None
 
 
-def build_sampler(media: MediaConfig, bank: BankConfig):
+def build_sampler(media: MediaConfig, bank: BankConfig, entries: bool = False):
     """Decoding in the sandboxed child process, or (``media.sandbox = false``) in-process;
-    with the bank on, it also returns about ``bank.hash_rate_hz`` small frames a second."""
+    with the bank on, it also returns about ``bank.hash_rate_hz`` small frames a second
+    (``entries``: ``bank.entry_hash_rate_hz``, for fingerprinting bank entries)."""
     limits = {"max_pixels": media.max_pixels, "max_duration_s": media.max_duration_s,
               "hash_rate_hz": bank.hash_rate_hz if bank.enabled else 0.0,
-              "hash_max_frames": bank.max_hash_frames}
+              "hash_max_frames": bank.max_hash_frames, "hash_min_frames": bank.min_hash_frames}
+    if entries:
+        limits.update(hash_rate_hz=bank.entry_hash_rate_hz, hash_max_frames=bank.entry_max_hash_frames)
     if media.sandbox:
         return SandboxedSampler(media.decode_timeout_s, media.decoder_memory_bytes,
                                 media.decode_threads, **limits)
     from .decoding import DecordSampler
 
     return DecordSampler(media.decode_threads, **limits)
+
+
+def bank_hashing() -> HashingConfig:
+    """How the bank hashes the frames it is given: all of them (the decoder has already
+    picked the hash frames: about one a second, more for a short upload, dense for an entry)."""
+    return HashingConfig(seconds_per_hash=0)
 
 
 def build_fetcher(media: MediaConfig) -> Fetcher:
@@ -161,19 +172,25 @@ def serve(cfg: Config, stop: threading.Event, pipeline: Pipeline | None = None,
     try:
         pipeline = pipeline or build_pipeline(cfg)
         side_topics: list = []
-        score_topic = None
+        score_topic = densify_topic = None
         if cfg.bank.enabled:
-            bank = HashBank(BankIndex(match_rule(cfg.bank)))
+            bank = HashBank(BankIndex(match_rule(cfg.bank)), bank_hashing())
             metrics.watch_bank(bank.index.stats)
             follower = BankFollower(lambda: build_bank_consumer(cfg.kafka), cfg.bank.topic,
                                     bank.apply, bank.remove,
                                     on_loaded=lambda: health.set("bank_loaded", True)).start()
             models_only, pipeline = pipeline, pipeline.with_bank(bank)
+            entries = VideoFingerprinter(pipeline.fetcher, build_sampler(cfg.media, cfg.bank, entries=True),
+                                         bank_hashing(), cfg.bank.entry_keep_distance,
+                                         1.0 / cfg.bank.hash_rate_hz)
             if cfg.bank.confirmation_topic:
                 side_topics.append(ConfirmationHandler(
-                    cfg.bank.confirmation_topic, cfg.bank.topic,
-                    VideoFingerprinter(pipeline.fetcher, pipeline.sampler, bank.hashing),
-                    cfg.kafka.max_event_bytes))
+                    cfg.bank.confirmation_topic, cfg.bank.topic, entries, cfg.kafka.max_event_bytes))
+            if cfg.bank.densify_topic and cfg.bank.add_takedowns:
+                densify_topic = cfg.bank.densify_topic
+                side_topics.append(TakedownDensifier(densify_topic, cfg.bank.topic, entries,
+                                                     bank.index.__contains__, cfg.worker.id,
+                                                     cfg.kafka.max_event_bytes))
             if cfg.bank.score_matches and models_only.classifier is not None:
                 score_topic = cfg.bank.score_topic
                 side_topics.append(MatchScoring(score_topic, cfg.kafka.verdict_topic, models_only,
@@ -193,7 +210,8 @@ def serve(cfg: Config, stop: threading.Event, pipeline: Pipeline | None = None,
                 log.info("waiting for the hash bank (%s) to load", cfg.bank.topic)
         bank_topic = cfg.bank.topic if cfg.bank.enabled and cfg.bank.add_takedowns else None
         runner = Runner(consumer, delivery, pipeline, cfg.kafka, cfg.worker, metrics, health,
-                        bank_topic=bank_topic, side_topics=side_topics, score_topic=score_topic)
+                        bank_topic=bank_topic, side_topics=side_topics, score_topic=score_topic,
+                        densify_topic=densify_topic)
         log.info("consuming %s as group %s (%s)", cfg.kafka.upload_topic, cfg.kafka.group_id,
                  cfg.kafka.delivery)
         runner.run(stop)

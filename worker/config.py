@@ -119,6 +119,23 @@ class BankConfig:
     score_topic: str = "moderation.match-scoring.v1"
     hash_rate_hz: float = 1.0
     max_hash_frames: int = 300
+    # A short upload gets at least this many hash frames (a 2-s clip: 3 a second), so that the
+    # clip rule (clip_min_frames) can judge it.
+    min_hash_frames: int = 6
+    # Entries (a model's takedown, a reviewer's confirmation with a video) are fingerprinted
+    # from up to entry_hash_rate_hz frames a second (at most entry_max_hash_frames), thinned
+    # to the frames that differ by more than entry_keep_distance bits (worker/bank/
+    # fingerprint.thin_dense), so that a trimmed re-upload of a fast pan still lands on them.
+    entry_hash_rate_hz: float = 30.0
+    entry_max_hash_frames: int = 900
+    entry_keep_distance: int = 16
+    # A model's takedown enters the bank at once from the upload's own one-a-second hash
+    # frames. With densify_topic set, the verdict's transaction also queues the upload there,
+    # and the worker group (which then consumes it) replaces the entry with one fingerprinted
+    # as above. Empty (the default, so a worker never subscribes to a topic nobody created):
+    # takedown entries keep the upload's frames. The deploy configs set
+    # moderation.bank-densify.v1.
+    densify_topic: str = ""
     # Reviewers' confirmations (schemas/v1/reviewer-confirmation), consumed with the uploads;
     # empty (the default, so a worker never subscribes to a topic nobody created): not
     # consumed. The deploy configs set moderation.reviewer-confirmations.v1.
@@ -185,6 +202,14 @@ class Config:
                             "model.max_wait_ms not negative")
         if self.worker.partition_window < 1 or self.worker.max_outputs_per_commit < 1:
             problems.append("worker.partition_window and worker.max_outputs_per_commit must be at least 1")
+        bank = self.bank
+        if bank.min_hash_frames < 0 or bank.max_hash_frames < 1 or bank.entry_max_hash_frames < 1:
+            problems.append("bank.min_hash_frames must not be negative; bank.max_hash_frames and "
+                            "bank.entry_max_hash_frames must be at least 1")
+        if bank.hash_rate_hz <= 0 or bank.entry_hash_rate_hz < bank.hash_rate_hz:
+            problems.append("bank.hash_rate_hz must be positive, and bank.entry_hash_rate_hz at least as high")
+        if not 0 <= bank.entry_keep_distance < 256:
+            problems.append("bank.entry_keep_distance is a number of bits, 0..255")
         if problems:
             raise ConfigError("; ".join(problems))
 

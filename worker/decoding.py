@@ -28,13 +28,14 @@ class DecordSampler:
 
     def __init__(self, threads: int = 0, max_pixels: int = 4096 * 4096,
                  max_duration_s: float = 3 * 3600.0, hash_rate_hz: float = 0.0,
-                 hash_max_frames: int = 600, hash_max_side: int = 256):
+                 hash_max_frames: int = 600, hash_max_side: int = 256, hash_min_frames: int = 0):
         self.threads = threads
         self.max_pixels = max_pixels
         self.max_duration_s = max_duration_s
         self.hash_rate_hz = hash_rate_hz
         self.hash_max_frames = hash_max_frames
         self.hash_max_side = hash_max_side
+        self.hash_min_frames = hash_min_frames
 
     def sample(self, path: Path, count: int) -> SampledFrames:
         size = path.stat().st_size
@@ -94,10 +95,13 @@ class DecordSampler:
         )
 
     def _hash_indices(self, frame_count: int, duration: float) -> list[int]:
-        """About ``hash_rate_hz`` frames a second, at most ``hash_max_frames``."""
+        """About ``hash_rate_hz`` frames a second, at least ``hash_min_frames`` (a clip of a
+        second or two still gets enough frames for the bank's clip rule), at most
+        ``hash_max_frames``, and never a frame twice."""
         if self.hash_rate_hz <= 0:
             return []
-        wanted = int(min(self.hash_max_frames, max(1, round(duration * self.hash_rate_hz))))
+        wanted = max(1, self.hash_min_frames, round(duration * self.hash_rate_hz))
+        wanted = int(min(self.hash_max_frames, frame_count, wanted))
         return sorted({int(i) for i in np.linspace(0, frame_count - 1, num=wanted).round()})
 
     def _decode(self, reader, indices: list[int], hash_indices: list[int], rotation: int,

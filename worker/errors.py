@@ -32,6 +32,8 @@ DECODER_CRASHED = "decoder_crashed"
 # The event was already processed, or took too long
 DUPLICATE_EVENT = "duplicate_event"
 TIMEOUT = "timeout"
+# A takedown's bank entry was removed before its dense fingerprint was ready
+BANK_ENTRY_GONE = "bank_entry_gone"
 # Anything the worker did not foresee; the event is kept for replay
 INTERNAL_ERROR = "internal_error"
 
@@ -40,7 +42,7 @@ REASONS = frozenset({
     UNSUPPORTED_URI_SCHEME, URI_NOT_ALLOWED, VIDEO_NOT_FOUND, VIDEO_UNREADABLE,
     VIDEO_TOO_LARGE, FETCH_FAILED, FETCH_TIMEOUT, TOO_MANY_REDIRECTS, EMPTY_FILE, NOT_A_VIDEO,
     VIDEO_TRUNCATED, CORRUPT_VIDEO, NO_FRAMES, VIDEO_TOO_LONG, VIDEO_DIMENSIONS_TOO_LARGE,
-    DECODER_CRASHED, DUPLICATE_EVENT, TIMEOUT, INTERNAL_ERROR,
+    DECODER_CRASHED, DUPLICATE_EVENT, TIMEOUT, BANK_ENTRY_GONE, INTERNAL_ERROR,
 })
 
 

@@ -138,14 +138,17 @@ class Runner:
                  worker: WorkerConfig, metrics: WorkerMetrics, health: Health,
                  now: Callable[[], datetime] = _utcnow, clock: Callable[[], float] = time.monotonic,
                  bank_topic: str | None = None, side_topics: Sequence[Any] = (),
-                 score_topic: str | None = None):
+                 score_topic: str | None = None, densify_topic: str | None = None):
         """``bank_topic``: where the fingerprints of takedowns go; None to not add them.
         ``side_topics``: handlers (``topic``, ``handle_record(record) -> (log fields,
         records)``) of topics consumed with the uploads, each record delivered like an
         upload, e.g. reviewers' confirmations and follow-up scoring
         (:mod:`worker.bank.confirmations`, :mod:`worker.bank.scoring`). ``score_topic``:
         where a known-content match's upload event goes, in the verdict's transaction, to be
-        scored after the verdict; None for no follow-up score."""
+        scored after the verdict; None for no follow-up score. ``densify_topic``: where a
+        takedown that added a bank entry queues its upload event, in the same transaction, for
+        the entry to be fingerprinted again densely (:mod:`worker.bank.densify`)."""
+        self.densify_topic = densify_topic
         self.bank_topic = bank_topic
         self.side_topics = {handler.topic: handler for handler in side_topics}
         self.score_topic = score_topic
@@ -184,7 +187,8 @@ class Runner:
             verdict = self.pipeline.process(event)
             key, value = verdict_record(verdict, self.worker_id, self.now(), position)
             return Output(self.kafka.verdict_topic, key, value, verdict=verdict, event=event,
-                          extra=self._bank_entries(verdict, position) + self._follow_up(verdict, record))
+                          extra=self._bank_entries(verdict, position, record.value)
+                          + self._follow_up(verdict, record))
         except DeadLetter as failure:
             return self.dead_letter(failure, record, event)
         except Exception as exc:  # a bug or an unforeseen input: keep the event, keep running
@@ -192,15 +196,19 @@ class Runner:
             return self.dead_letter(DeadLetter(errors.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"),
                                     record, event)
 
-    def _bank_entries(self, verdict: Verdict, position: SourcePosition) -> tuple:
+    def _bank_entries(self, verdict: Verdict, position: SourcePosition, record_value: bytes) -> tuple:
         """A model's takedown adds the video's fingerprint to the bank, in the same
-        transaction as the verdict, so every worker catches its re-uploads."""
+        transaction as the verdict, so every worker catches its re-uploads (and, with a
+        densify topic, queues the upload event for a dense fingerprint of the entry)."""
         if (self.bank_topic is None or verdict.decision != TAKEDOWN or verdict.known_content
                 or not verdict.fingerprint):
             return ()
         entry = takedown_entry(verdict.event.video_id, verdict.fingerprint, position,
                                self.worker_id, self.now(), verdict.fingerprint_full)
-        return ((self.bank_topic, *entry_record(entry)),)
+        records = ((self.bank_topic, *entry_record(entry)),)
+        if self.densify_topic:
+            records += ((self.densify_topic, verdict.event.video_id.encode(), record_value),)
+        return records
 
     def _follow_up(self, verdict: Verdict, record: Any) -> tuple:
         """A known-content takedown goes out without the models; its upload event is queued,

@@ -34,13 +34,14 @@ class SandboxedSampler:
 
     def __init__(self, timeout_s: float, memory_bytes: int, threads: int = 0,
                  max_pixels: int = 4096 * 4096, max_duration_s: float = 3 * 3600.0,
-                 hash_rate_hz: float = 0.0, hash_max_frames: int = 300, hash_max_side: int = 256):
+                 hash_rate_hz: float = 0.0, hash_max_frames: int = 300, hash_max_side: int = 256,
+                 hash_min_frames: int = 0):
         self.timeout_s = timeout_s
         self.max_pixels = max_pixels
         self._settings = {"threads": threads, "max_pixels": max_pixels,
                           "max_duration_s": max_duration_s, "memory_bytes": memory_bytes,
                           "hash_rate_hz": hash_rate_hz, "hash_max_frames": hash_max_frames,
-                          "hash_max_side": hash_max_side}
+                          "hash_max_side": hash_max_side, "hash_min_frames": hash_min_frames}
         self._idle: queue.SimpleQueue[_Child] = queue.SimpleQueue()
 
     def sample(self, path: Path, count: int) -> SampledFrames:
@@ -189,7 +190,7 @@ def _serve(settings: dict) -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     sampler = DecordSampler(settings["threads"], settings["max_pixels"], settings["max_duration_s"],
                             settings["hash_rate_hz"], settings["hash_max_frames"],
-                            settings["hash_max_side"])
+                            settings["hash_max_side"], settings["hash_min_frames"])
     out = sys.stdout.buffer
     for line in sys.stdin.buffer:
         request = json.loads(line)

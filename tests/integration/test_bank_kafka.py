@@ -80,6 +80,55 @@ def test_a_takedown_on_one_worker_catches_a_re_upload_on_another(kafka_config, p
     assert score["data"]["model"] is not None and score["data"]["face_count"] > 0
 
 
+def test_a_takedowns_dense_entry_catches_a_trimmed_re_upload_on_another_worker(
+        kafka_config, pipeline_with_model, pipeline_without_model, tmp_path):
+    """bikes.mp4 pans fast: the entry its takedown adds at once (its upload's one-a-second
+    frames) misses the middle half re-encoded. The verdict also queues the upload on the
+    densify topic; a worker of the group fingerprints it densely and writes the entry again;
+    the second worker's bank swaps it in, and then catches the clip."""
+    from worker.kafka_io import ensure_topics
+
+    source = sample_video("bikes.mp4")
+    frames, rate = decode_all(source)
+    clip = build_variant(source, frames, rate, "trim", tmp_path)
+    first = kafka_config.replace(bank={"densify_topic": kafka_config.bank.topic + "-densify"})
+    second = first.replace(kafka={"group_id": first.kafka.group_id + "-second",
+                                  "upload_topic": first.kafka.upload_topic + "-second",
+                                  "verdict_topic": first.kafka.verdict_topic + "-second",
+                                  "dead_letter_topic": first.kafka.dead_letter_topic + "-second"},
+                           bank={"densify_topic": ""}, worker={"id": "second-worker"})
+    ensure_topics(first.kafka, extra_topics=(first.bank.densify_topic,))
+    ensure_topics(second.kafka)
+
+    second_registry = CollectorRegistry()
+
+    def rows() -> float:
+        return second_registry.get_sample_value("moderation_bank_index_rows") or 0
+
+    with (running_worker(second, pipeline_without_model, registry=second_registry),
+          running_worker(first, pipeline_with_model)):
+        publish(first, [_event("bikes-original", source)])
+        [(_, _, original)] = read_outputs(first, expected=1, settle_s=0)
+        assert original["data"]["decision"] == "takedown"
+        wait_for_bank_entries(second_registry, 1)
+        one_a_second = rows()
+        deadline = time.monotonic() + 120
+        while rows() < 3 * one_a_second:  # the dense version replaces the entry
+            assert time.monotonic() < deadline, f"no dense entry: {rows()} rows"
+            time.sleep(0.1)
+        publish(second, [_event("bikes-clip", clip)])
+        [(_, _, caught)] = read_outputs(second, expected=1, settle_s=0)
+        first_outputs = read_outputs(first, expected=1, settle_s=1)
+
+    data = caught["data"]
+    assert (data["decision"], data["reasons"]) == ("takedown", ["known_content_match"])
+    assert data["known_content"]["source_video_id"] == "bikes-original"
+    assert data["known_content"]["query_match_percent"] >= 70
+    assert [r["type"] for _, _, r in first_outputs] == ["dev.moderation.verdict.v1"]  # no dead letter
+    # one entry in the bank, written twice: the takedown's, then the dense one
+    assert second_registry.get_sample_value("moderation_bank_entries", {"bank": "positive"}) == 1
+
+
 def test_hash_lists_export_and_import_round_trip(kafka_config, tmp_path):
     """vPDQ files in, the bank topic, vPDQ files out, into a second bank and out again."""
     import json

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from worker.bank.fingerprint import HashingConfig, VideoFingerprint, fingerprint_frames
+from worker.bank.fingerprint import HashingConfig, VideoFingerprint, fingerprint_entry, fingerprint_frames
 from worker.bank.index import BankIndex
 from worker.bank.matching import MatchRule, compare, linear_search
 from worker.decoding import DecordSampler
@@ -270,3 +270,93 @@ def test_exported_vpdq_text_round_trips_and_matches_after_import(robust):
         # another platform's bank, plain hashes only, still catches a re-encode and a mirror
         assert compare(robust[name, "reencode"], imported).is_match
         assert compare(robust[name, "mirror"], imported).is_match
+
+
+# --- Through the worker's own hash frames: uploads at one a second, entries dense -----------
+
+EVERY_FRAME = HashingConfig(seconds_per_hash=0)  # the decoder has picked the hash frames
+
+
+@pytest.fixture(scope="session")
+def as_worker(decoded, tmp_path_factory):
+    """(video, variant) -> the fingerprint the worker computes for an upload of that file
+    (the decoder's hash frames: one a second, at least 6), and video -> the entries it writes
+    for the original: at once from the upload's own hash frames ("1hz"), and dense
+    (``bank.entry_hash_rate_hz`` 30, thinned at 16 bits), as densify and confirmations do."""
+    folder = tmp_path_factory.mktemp("bank-worker-path")
+    upload = DecordSampler(hash_rate_hz=1.0, hash_max_frames=300, hash_min_frames=6)
+    entry = DecordSampler(hash_rate_hz=30.0, hash_max_frames=900)
+    queries, entries = {}, {}
+    for name in VIDEOS:
+        source = sample_video(name)
+        frames, rate = decode_all(source)
+        for variant in ("source", "trim", "reencode", "half", "mirror"):
+            path = source if variant == "source" else build_variant(source, frames, rate, variant, folder)
+            s = upload.sample(path, 1)
+            queries[name, variant] = fingerprint_frames(s.hash_frames, s.hash_timestamps_s, s.hash_indices,
+                                                        EVERY_FRAME)
+        dense = entry.sample(source, 1)
+        entries[name, "1hz"] = queries[name, "source"].bank_side()
+        entries[name, "dense"] = fingerprint_entry(dense.hash_frames, dense.hash_timestamps_s,
+                                                   dense.hash_indices, EVERY_FRAME, keep_distance=16)
+        print(f"{name}: {len(dense.hash_frames)} dense hash frames, "
+              f"{len(entries[name, 'dense'].frames)} kept, {len(entries[name, '1hz'].frames)} at one a second")
+    return queries, entries
+
+
+@pytest.mark.parametrize("name", VIDEOS)
+def test_a_trimmed_upload_matches_the_dense_entry_of_its_original(as_worker, name):
+    """The middle half, hashed as the worker hashes an upload, against the entry as densify
+    writes it. For bikes.mp4 (a pan: frames 40 ms apart differ by up to 110 bits) the entry
+    made from the original upload's one-a-second frames does not catch the clip; the dense
+    one does, because every frame it dropped is within 16 bits of one it kept."""
+    queries, entries = as_worker
+    index = BankIndex()
+    index.add_many((f"{video}/dense", entries[video, "dense"]) for video in VIDEOS)
+    found = index.search(queries[name, "trim"])
+    # carphone (4 s, a talking head) is so still that its clip also covers 80 % of the
+    # entry's slots: either rule may decide; the others can only match by the clip rule
+    assert [m.entry_id for m in found] == [f"{name}/dense"], found
+    assert found[0].query_matched_pct >= 70
+    if name == "bikes.mp4":
+        assert not compare(queries[name, "trim"], entries[name, "1hz"]).is_match
+
+
+@pytest.mark.parametrize("variant", ("source", "reencode", "half", "mirror"))
+@pytest.mark.parametrize("name", VIDEOS)
+def test_a_whole_reupload_matches_the_dense_entry_by_the_entry_rule(as_worker, name, variant):
+    """A dense entry holds several frames a second where its picture moves; its share is
+    counted in one-second slots, so a whole re-upload, hashed at one frame a second, still
+    covers 80 % of it (the reference rule)."""
+    queries, entries = as_worker
+    match = compare(queries[name, variant], entries[name, "dense"])
+    assert match.is_match and match.rule == "entry", match
+    assert match.entry_matched_pct >= 80
+    assert match.entry_frames <= len(entries[name, "1hz"].frames) + 1
+
+
+def test_worker_path_uploads_never_match_other_videos_dense_entries(as_worker):
+    queries, entries = as_worker
+    for name in VIDEOS:
+        index = BankIndex()
+        index.add_many((f"{other}/{kind}", entries[other, kind])
+                       for other in VIDEOS if other != name for kind in ("dense", "1hz"))
+        for (video, variant), query in queries.items():
+            if video == name:
+                assert index.search(query) == [], (name, variant)
+
+
+def test_a_short_upload_gets_at_least_min_hash_frames():
+    """carphone is 4 s: one hash frame a second would give 4 (and a 2-s clip 2, under the
+    clip rule's 3); hash_min_frames spreads 6 evenly instead. Never more than the video has,
+    never more than hash_max_frames."""
+    path = sample_video("carphone_pristine.mp4")
+    plain = DecordSampler(hash_rate_hz=1.0).sample(path, 1)
+    short = DecordSampler(hash_rate_hz=1.0, hash_min_frames=6).sample(path, 1)
+    assert len(plain.hash_indices) == 4 and len(short.hash_indices) == 6
+    assert short.hash_indices[0] == 0 and short.hash_indices[-1] == short.frame_count - 1
+    assert np.all(np.diff(short.hash_timestamps_s) > 0.5)
+    capped = DecordSampler(hash_rate_hz=1.0, hash_min_frames=6, hash_max_frames=5).sample(path, 1)
+    assert len(capped.hash_indices) == 5
+    every = DecordSampler(hash_rate_hz=1000.0, hash_max_frames=10_000).sample(path, 1)
+    assert every.hash_indices == tuple(range(every.frame_count))

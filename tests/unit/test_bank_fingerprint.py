@@ -140,3 +140,44 @@ def test_uncrop_hashes_are_query_side_only_and_not_stored_in_the_bank():
     entry_rows, query_rows = (hash_rows(fingerprint, rule, mirrored=m) for m in (False, True))
     assert len(entry_rows.bits) == len(hash_rows(stored, rule, mirrored=False).bits)
     assert len(query_rows.bits) == len(kinds)
+
+
+def panning(frames: int, step: int, seed: int = 3, size: int = 128) -> list[np.ndarray]:
+    """A window moving ``step`` pixels a frame across a wide textured picture."""
+    wide = textured(seed, size, size + frames * step)
+    return [np.ascontiguousarray(wide[:, k * step:k * step + size]) for k in range(frames)]
+
+
+def test_dense_entries_keep_a_frame_wherever_the_picture_moved_on():
+    from worker.bank.fingerprint import thin_dense
+
+    still = [textured(1, 128, 128)] * 60                      # 2 s still at 30 fps
+    moving = panning(60, 2)                                   # then 2 s of a pan
+    frames, times = still + moving, [i / 30 for i in range(120)]
+    kept = thin_dense(frames, times, keep_distance=16)
+    digests = [np.frombuffer(pdq_hash(f)[0], np.uint8) for f in frames]
+    distance = lambda a, b: int(np.unpackbits(digests[a] ^ digests[b]).sum())  # noqa: E731
+    # the still part: one frame a second; the pan: many more
+    assert [i for i in kept if i < 60] == [0, 30]
+    assert len([i for i in kept if i >= 60]) > 4
+    # every dropped frame is within 16 bits of the kept frame before it, and no kept frame is
+    # more than a second after the one before it
+    for i in range(120):
+        before = max(k for k in kept if k <= i)
+        assert distance(i, before) <= 16 and times[i] - times[before] < 1.0 + 1e-9
+    # out of order input: positions, in time order
+    assert thin_dense(frames[::-1], times[::-1], keep_distance=16) == sorted(119 - k for k in kept)
+
+
+def test_an_entry_fingerprint_holds_the_kept_frames_with_bank_side_hashes_only():
+    from worker.bank.fingerprint import fingerprint_entry, query_side_only, thin_dense
+
+    frames = panning(30, 3)
+    times = [i / 30 for i in range(30)]
+    entry = fingerprint_entry(frames, times, range(100, 130), keep_distance=16)
+    kept = thin_dense(frames, times, keep_distance=16)
+    assert [f.frame_index for f in entry.frames] == [100 + k for k in kept]
+    assert entry.bank_side() == entry
+    assert not any(query_side_only(h.kind) for f in entry.frames for h in f.hashes)
+    with pytest.raises(ValueError):
+        fingerprint_entry(frames, times[:-1])

@@ -238,3 +238,46 @@ def test_longest_chain():
     assert longest_chain(q, e) == 4            # (0,0) (1,1) (2,2) (3,3)
     assert longest_chain(np.array([0, 0, 0]), np.array([1, 2, 3])) == 1
     assert longest_chain(np.array([], int), np.array([], int)) == 0
+
+
+def test_time_slots_are_one_second_wide_whatever_the_phase():
+    from worker.bank.matching import time_slots
+
+    slot, count = time_slots([0.0, 0.04, 0.5, 0.96, 1.0, 2.0], 1.0)
+    assert slot.tolist() == [0, 0, 1, 1, 1, 2] and count == 3
+    assert time_slots([0.5, 1.5, 2.5], 1.0)[0].tolist() == [0, 1, 2]      # a grid off by half a step
+    assert time_slots([3.0, 0.0, 1.0], 1.0)[0].tolist() == [2, 0, 1]      # positions keep their order
+    slot, count = time_slots([0.0, 7.0], 1.0)
+    assert slot.tolist() == [0, 1] and count == 2                       # empty seconds are not slots
+    assert time_slots([], 1.0)[1] == 0
+
+
+def test_a_dense_entrys_share_is_counted_in_slots():
+    """An entry with four frames a second for 5 s, a whole re-upload hashed at one a second
+    (one of every four frames, phase a quarter second): 5 of the entry's 6 slots matched,
+    though only 5 of its 20 frames are."""
+    hashes = [random_hash() for _ in range(20)]
+    entry = VideoFingerprint(tuple(FrameFingerprint(i, i / 4, (FrameHash(PLAIN, h, 100),))
+                                   for i, h in enumerate(hashes)))
+    upload = VideoFingerprint(tuple(FrameFingerprint(k, k + 0.25, (FrameHash(PLAIN, flip(hashes[4 * k + 1], 5), 100),))
+                                    for k in range(5)))
+    result = compare(upload, entry)
+    assert (result.entry_frames, result.matched_entry_frames) == (6, 5)
+    assert result.entry_matched_pct == pytest.approx(100 * 5 / 6) and result.rule == "entry"
+    per_frame = compare(upload, entry, MatchRule(entry_slot_s=0.25, clip_min_frames=0))
+    assert per_frame.entry_matched_pct == 25.0 and not per_frame.is_match
+    index = BankIndex()
+    index.add("dense", entry)
+    [found] = index.search(upload)
+    assert (found.entry_frames, found.entry_matched_pct) == (6, result.entry_matched_pct)
+
+
+def test_a_chain_may_stay_on_one_entry_frame_but_never_go_back():
+    """A short upload is hashed at several frames a second, so where the entry kept one frame
+    for a still second, several upload frames meet it: they still count in order."""
+    entry = [random_hash() for _ in range(8)]
+    still = video(flip(entry[2], 3, 1), flip(entry[2], 4, 2), flip(entry[2], 5, 3), flip(entry[3], 3, 4))
+    result = compare(still, video(*entry))
+    assert (result.in_order_frames, result.rule) == (4, "clip")
+    backwards = video(flip(entry[5], 3, 1), flip(entry[4], 3, 2), flip(entry[3], 3, 3), flip(entry[2], 3, 4))
+    assert compare(backwards, video(*entry)).in_order_frames == 1

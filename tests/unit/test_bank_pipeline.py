@@ -148,3 +148,98 @@ def test_match_scoring_refuses_a_pipeline_with_the_bank(make_pipeline):
 
     with pytest.raises(ValueError):
         MatchScoring("score.v1", KAFKA.verdict_topic, make_pipeline(bank=FakeBank(MATCH)), "w")
+
+
+def _densifier_runner(world, make_pipeline, holds, wait_s=0.0):
+    from prometheus_client import CollectorRegistry
+
+    from worker.bank.confirmations import VideoFingerprinter
+    from worker.bank.densify import TakedownDensifier
+    from worker.bank.fingerprint import HashingConfig
+    from worker.config import WorkerConfig
+    from worker.delivery import ExactlyOnce
+    from worker.fakes import FakeConsumer, FakeFetcher, FakeProducer, InlineThreads
+    from worker.metrics import Health, WorkerMetrics
+    from worker.runner import Runner
+
+    from .conftest import VIDEOS
+    from .test_runner import NOW
+
+    # 30 hash frames a second: the entry sampler (bank.entry_hash_rate_hz)
+    fingerprinter = VideoFingerprinter(FakeFetcher(VIDEOS), FakeSampler(frame_count=100, fps=25.0, hash_frames=True),
+                                       HashingConfig(seconds_per_hash=0))
+    densifier = TakedownDensifier("densify.v1", "bank.v1", fingerprinter, holds, "worker-2",
+                                  wait_s=wait_s, now=lambda: NOW, sleep=lambda s: None)
+    metrics = WorkerMetrics(CollectorRegistry())
+    consumer = FakeConsumer(world.broker, "densify.v1", KAFKA.group_id)
+    runner = Runner(consumer, ExactlyOnce(lambda: FakeProducer(world.broker, "tx-2"), 1.0),
+                    make_pipeline(), KAFKA, WorkerConfig(id="worker-2"), metrics, Health(metrics),
+                    now=lambda: NOW, side_topics=[densifier])
+    runner.start()
+    return runner, consumer, InlineThreads(runner.handle)
+
+
+def test_a_takedowns_entry_is_written_again_densely_after_the_verdict(make_pipeline, make_event):
+    world = _bank_world(make_pipeline)
+    world.runner.densify_topic = "densify.v1"
+    upload = make_event("vid-a", "file:///videos/a.mp4")
+    world.upload(upload)
+    world.broker.fail_next_commits = 1  # the first transaction aborts: none of the three shows
+    world.runner.step(world.threads)
+    assert world.broker.logs["bank.v1"] == [] and world.broker.values("densify.v1") == []
+    world.settle()
+    assert world.broker.values("densify.v1") == [upload]
+    [first] = world.broker.logs["bank.v1"]
+    assert first.key == b"takedown:vid-a"
+
+    held = {"takedown:vid-a"}
+    runner, consumer, threads = _densifier_runner(world, make_pipeline, held.__contains__)
+    for _ in range(5):
+        runner.step(threads)
+    first_entry, dense = (parse_entry_record(r.key, r.value) for r in world.broker.logs["bank.v1"])
+    assert world.broker.logs["bank.v1"][1].key == b"takedown:vid-a"  # the same entry, replaced
+    assert dense.source_video_id == "vid-a" and dense.reason == "takedown_verdict"
+    assert dense.fingerprint and dense.added_by == "worker:worker-2"
+    assert world.broker.committed[(KAFKA.group_id, consumer.tp)] == 1
+    assert world.broker.values(KAFKA.dead_letter_topic) == []
+
+    # a takedown whose entry was removed meanwhile (a reviewer rejected it) is not brought back
+    held.clear()
+    world.broker.append("densify.v1", upload, b"vid-a")
+    for _ in range(5):
+        runner.step(threads)
+    assert len(world.broker.logs["bank.v1"]) == 2
+    [dead] = [json.loads(v) for v in world.broker.values(KAFKA.dead_letter_topic)]
+    assert (dead["data"]["reason"], dead["data"]["source_topic"]) == ("bank_entry_gone", "densify.v1")
+    assert world.broker.committed[(KAFKA.group_id, consumer.tp)] == 2
+
+
+def test_the_densifier_waits_for_its_bank_to_catch_up():
+    """The entry and the queued record were written in one transaction, but this worker's
+    follower may not have applied the entry yet: the densifier looks again until it has."""
+    import numpy as np
+
+    from worker.bank.densify import TakedownDensifier
+    from worker.bank.fingerprint import fingerprint_entry
+    from worker.events import upload_event
+    from worker.fakes import FakeRecord
+
+    rng = np.random.default_rng(5)
+    frames = [np.kron(rng.integers(0, 256, (8, 8, 3)).astype(np.uint8), np.ones((16, 16, 1), np.uint8))
+              for _ in range(3)]
+
+    class Fingerprinter:
+        def fingerprint(self, uri):
+            return fingerprint_entry(frames, [0.0, 1.0, 2.0])
+
+    looks = []
+
+    def holds(entry_id):
+        looks.append(entry_id)
+        return len(looks) >= 3  # the follower applies the entry before the third look
+
+    record = FakeRecord("d", 0, 0, b"vid-z", upload_event("vid-z", "file:///videos/z.mp4", "uploader-1"))
+    densifier = TakedownDensifier("d", "b", Fingerprinter(), holds, "w", wait_s=60.0, sleep=lambda s: None)
+    fields, [(topic, key, value)] = densifier.handle_record(record)
+    assert (topic, key, fields["frames"]) == ("b", b"takedown:vid-z", 3)
+    assert looks == ["takedown:vid-z"] * 3

@@ -183,3 +183,16 @@ def test_kafka_security_settings_reach_the_client():
     options = client_options(scram.kafka)
     assert (options["sasl_mechanism"], options["sasl_plain_username"], options["sasl_plain_password"]) == (
         "SCRAM-SHA-512", "worker", "s3cret")
+
+
+@pytest.mark.parametrize("override, match", [
+    ("bank.min_hash_frames=-1", "bank.min_hash_frames"),
+    ("bank.hash_rate_hz=0", "bank.hash_rate_hz"),
+    ("bank.entry_hash_rate_hz=0.5", "bank.entry_hash_rate_hz"),
+    ("bank.entry_keep_distance=256", "bank.entry_keep_distance"),
+    ("bank.entry_max_hash_frames=0", "bank.entry_max_hash_frames"),
+])
+def test_bank_hashing_settings_are_validated(override, match):
+    with pytest.raises(ConfigError, match=match):
+        load_config(env={}, overrides=[override])
+    assert load_config(env={}, overrides=["bank.min_hash_frames=0", "bank.entry_keep_distance=0"])

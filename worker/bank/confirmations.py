@@ -34,7 +34,7 @@ from .. import errors
 from ..errors import DeadLetter
 from ..events import checked_document, parse_time
 from .entries import NEGATIVE, POSITIVE, BankEntry, automatic_entry_id, entry_record
-from .fingerprint import HashingConfig, VideoFingerprint, fingerprint_frames
+from .fingerprint import HashingConfig, VideoFingerprint, fingerprint_entry
 
 CONFIRMATION_TYPE = "dev.moderation.reviewer-confirmation.v1"
 _TYPE_PREFIX = "dev.moderation.reviewer-confirmation."
@@ -109,21 +109,27 @@ class Fingerprinter(Protocol):
 
 
 class VideoFingerprinter:
-    """Fetch, decode and fingerprint a video with the pipeline's own fetcher and sampler
-    (whose hash frames, about one a second, are what uploads are fingerprinted from)."""
+    """Fetch, decode and fingerprint a video as a bank entry, with the pipeline's fetcher (its
+    URI rules) and a sampler of the same kind whose hash frames are dense
+    (``bank.entry_hash_rate_hz``), thinned by :func:`fingerprint_entry` to the frames that
+    differ by more than ``keep_distance`` bits: a trimmed re-upload's one-a-second frames land
+    near one of them at any phase."""
 
-    def __init__(self, fetcher: Any, sampler: Any, hashing: HashingConfig = HashingConfig()):
+    def __init__(self, fetcher: Any, sampler: Any, hashing: HashingConfig = HashingConfig(),
+                 keep_distance: int = 16, seconds_per_frame: float = 1.0):
         self.fetcher = fetcher
         self.sampler = sampler
         self.hashing = hashing
+        self.keep_distance = keep_distance
+        self.seconds_per_frame = seconds_per_frame
 
     def fingerprint(self, uri: str) -> VideoFingerprint:
         with self.fetcher.fetch(uri) as path:
             sampled = self.sampler.sample(path, 1)
         if sampled.hash_frames is None or not len(sampled.hash_frames):
             raise DeadLetter(errors.NO_FRAMES, "no frames to fingerprint (is the bank's hashing on?)")
-        return fingerprint_frames(sampled.hash_frames, sampled.hash_timestamps_s,
-                                  sampled.hash_indices, self.hashing)
+        return fingerprint_entry(sampled.hash_frames, sampled.hash_timestamps_s, sampled.hash_indices,
+                                 self.hashing, self.keep_distance, self.seconds_per_frame)
 
 
 class ConfirmationHandler:

@@ -32,7 +32,7 @@ original. ``plain_max_side=None`` hashes plain frames at full size, exactly as t
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Sequence
 
 import numpy as np
@@ -193,6 +193,55 @@ def fingerprint_frames(frames: np.ndarray | Sequence[np.ndarray], timestamps_s: 
         FrameFingerprint(int(indices[i]), round(max(0.0, float(timestamps_s[i])), 3),
                          hash_frame(np.asarray(frames[i]), config))
         for i in select_frames(timestamps_s, config.seconds_per_hash)))
+
+
+def fingerprint_entry(frames: np.ndarray | Sequence[np.ndarray], timestamps_s: Sequence[float],
+                      frame_indices: Sequence[int] | None = None,
+                      config: HashingConfig = HashingConfig(), keep_distance: int = 16,
+                      seconds_per_frame: float = 1.0) -> VideoFingerprint:
+    """A bank entry's fingerprint from densely decoded frames (every frame, or many a
+    second): the frames :func:`thin_dense` keeps, with their bank-side hashes."""
+    if len(frames) != len(timestamps_s):
+        raise ValueError("one timestamp per frame")
+    indices = list(range(len(frames))) if frame_indices is None else list(frame_indices)
+    if len(indices) != len(frames):
+        raise ValueError("one frame index per frame")
+    bank = replace(config, side_crops=())  # the query-side guesses are never stored
+    return VideoFingerprint(tuple(
+        FrameFingerprint(int(indices[i]), round(max(0.0, float(timestamps_s[i])), 3),
+                         hash_frame(np.asarray(frames[i]), bank))
+        for i in thin_dense(frames, timestamps_s, config, keep_distance, seconds_per_frame)))
+
+
+def thin_dense(frames: np.ndarray | Sequence[np.ndarray], timestamps_s: Sequence[float],
+               config: HashingConfig = HashingConfig(), keep_distance: int = 16,
+               seconds_per_frame: float = 1.0) -> list[int]:
+    """Positions of the frames an entry keeps: in time order, a frame is kept when its plain
+    hash is more than ``keep_distance`` bits from the last kept frame's, or when
+    ``seconds_per_frame`` has passed since it.
+
+    Why: an upload is hashed at about one frame a second at a phase set by wherever it was
+    trimmed, so its frames fall between the entry's. Every frame dropped here is within
+    ``keep_distance`` bits of the kept frame before it, so an upload frame that is a copy of
+    it (re-encoded: a few bits off) is within ``keep_distance`` plus those bits of a kept
+    frame, by the triangle inequality, at any phase. A still picture keeps one frame a
+    second; a fast pan keeps most of its frames. Bank memory follows how much the picture
+    changes, not the frame rate. The guarantee is the plain hash's; the cropped and mirrored
+    hashes change with the picture as it does and are kept with the same frames.
+    """
+    if len(frames) != len(timestamps_s):
+        raise ValueError("one timestamp per frame")
+    kept: list[int] = []
+    last_bits, last_time = None, 0.0
+    for i in np.argsort(np.asarray(timestamps_s, dtype=np.float64), kind="stable").tolist():
+        digest, _ = pdq_hash(shrink(np.asarray(frames[i]), config.plain_max_side))
+        bits = np.frombuffer(digest, np.uint8)
+        time_s = float(timestamps_s[i])
+        if (last_bits is None or time_s - last_time >= seconds_per_frame - 1e-6
+                or int(np.unpackbits(bits ^ last_bits).sum()) > keep_distance):
+            kept.append(i)
+            last_bits, last_time = bits, time_s
+    return sorted(kept)
 
 
 def select_frames(timestamps_s: Sequence[float], seconds_per_hash: float) -> list[int]:

@@ -56,6 +56,7 @@ class BankIndex:
         self._faiss = self._new_faiss()
         self._row_entry = _Growable((), np.int32)
         self._row_frame = _Growable((), np.int32)
+        self._row_slot = _Growable((), np.int32)
         self._entry_ids: list[str] = []
         self._entry_frames = _Growable((), np.int32)
         self._entry_rows = _Growable((), np.int64)
@@ -76,22 +77,23 @@ class BankIndex:
                      else hash_rows(rows, self.rule, mirrored=False))
                     for entry_id, rows in entries]
         with self._lock.writing():
-            bits, row_entry, row_frame = [], [], []
+            bits, row_entry, row_frame, row_slot = [], [], [], []
             for entry_id, rows in prepared:
                 self._tombstone(entry_id)
                 number = len(self._entry_ids)
                 self._entry_ids.append(entry_id)
                 self._number_of[entry_id] = number
-                self._entry_frames.append(rows.frame_count)
+                self._entry_frames.append(rows.slots)
                 self._entry_rows.append(len(rows.bits))
                 self._entry_negative.append(negative)
                 self._entry_alive.append(rows.frame_count > 0)
                 bits.append(rows.bits)
                 row_entry.append(np.full(len(rows.bits), number, np.int32))
                 row_frame.append(rows.frame)
+                row_slot.append(rows.row_slots())
             if prepared:
                 self._add_rows(np.concatenate(bits), np.concatenate(row_entry),
-                               np.concatenate(row_frame))
+                               np.concatenate(row_frame), np.concatenate(row_slot))
 
     def remove(self, entry_id: str) -> bool:
         """Removes an entry; False if there was none."""
@@ -129,6 +131,7 @@ class BankIndex:
             query_row = np.repeat(np.arange(len(q.bits)), np.diff(limits.astype(np.int64)))
             query_frame = q.frame[query_row][alive]
             entry_frame = self._row_frame.view()[rows][alive]
+            entry_slot = self._row_slot.view()[rows][alive]
             entries, distances = entries[alive], distances[alive].astype(np.int32)
             negative = self._entry_negative.view()[entries]
             frames = self._entry_frames.view()
@@ -140,7 +143,7 @@ class BankIndex:
                 is_negative = bool(negative[at[0]])
                 match = video_match(query_frame[at], entry_frame[at], distances[at],
                                     q.frame_count, int(frames[number]), self.rule,
-                                    None if is_negative else known_good)
+                                    None if is_negative else known_good, entry_slot[at])
                 if match.is_match:
                     found.append(BankMatch.of(ids[number], is_negative, match))
         return sort_matches(found)
@@ -154,11 +157,13 @@ class BankIndex:
             self._dead_rows += int(self._entry_rows.view()[number])
         return True
 
-    def _add_rows(self, bits: np.ndarray, row_entry: np.ndarray, row_frame: np.ndarray) -> None:
+    def _add_rows(self, bits: np.ndarray, row_entry: np.ndarray, row_frame: np.ndarray,
+                  row_slot: np.ndarray) -> None:
         if len(bits):
             self._faiss.add(np.ascontiguousarray(bits))
             self._row_entry.extend(row_entry)
             self._row_frame.extend(row_frame)
+            self._row_slot.extend(row_slot)
 
     def _rebuild(self) -> None:
         live = self._entry_alive.view()[self._row_entry.view()]
@@ -166,10 +171,12 @@ class BankIndex:
         stored = faiss.vector_to_array(faiss.downcast_IndexBinary(self._faiss.storage).xb)
         bits = stored.reshape(-1, HASH_BYTES)[live]
         row_entry, row_frame = self._row_entry.view()[live], self._row_frame.view()[live]
+        row_slot = self._row_slot.view()[live]
         self._faiss = self._new_faiss()
         self._row_entry, self._row_frame = _Growable((), np.int32), _Growable((), np.int32)
+        self._row_slot = _Growable((), np.int32)
         self._dead_rows = 0
-        self._add_rows(bits, row_entry, row_frame)
+        self._add_rows(bits, row_entry, row_frame, row_slot)
 
     def _new_faiss(self):
         index = faiss.IndexBinaryMultiHash(_BITS, self._chunks, _BITS // self._chunks)

@@ -1,6 +1,6 @@
 """The video match rule, as vPDQ defines it, and the linear scan that serves as its oracle.
 
-Frames are a bag of hashes (order and timestamps play no part). Frames whose hashes are all
+For the reference rule, frames are a bag of hashes (order plays no part). Frames whose hashes are all
 below ``min_quality`` are dropped, and repeated frames (the same plain hash) count once. Two
 frames match when any hash of the query frame (mirrored ones included) is within
 ``max_distance`` bits of any unmirrored hash of the bank frame: mirrors are taken on one
@@ -18,6 +18,16 @@ apart from a few frames that happen to look alike (a black card, a logo): an unr
 video that matched a few frames here and there, out of order, is not a clip. The minimum
 count keeps a one- or two-frame query from matching on a single frame. Both shares are
 reported whichever rule matched, and ``VideoMatch.rule`` says which one did.
+
+An entry may hold more than one frame a second: where its picture changes fast (a pan, a
+cut), :func:`worker.bank.fingerprint.thin_dense` keeps extra frames so that an upload's
+frames, sampled at whatever phase a trim left them, still land near one of them. The
+entry's share is therefore counted in time slots of ``entry_slot_s`` (one second, the rate
+uploads are hashed at), not in frames: a slot is matched when any of its frames is. An entry
+with one frame a second has one frame a slot, so for it nothing changes. The clip rule's
+chain moves forward in the query and never backward in the entry: a short upload is hashed
+at more than one frame a second (``bank.min_hash_frames``), so several of its frames may
+meet one entry frame where the entry's picture stood still.
 
 Negative banks hold known-good content. A query frame that matches any negative-bank frame
 is known-good: it is taken out of the query before it is compared with the positive bank,
@@ -51,12 +61,15 @@ class MatchRule:
     # The clip rule (see the module docstring); clip_min_frames = 0 turns it off.
     clip_query_threshold_pct: float = 70.0
     clip_min_frames: int = 3
+    entry_slot_s: float = 1.0    # an entry's share is counted in slots this long
 
     def __post_init__(self):
         if self.clip_min_frames < 0:
             raise ValueError("clip_min_frames must not be negative (0: no clip rule)")
         if not 0 <= self.clip_query_threshold_pct <= 100:
             raise ValueError("clip_query_threshold_pct is a percentage, 0..100")
+        if not self.entry_slot_s > 0:
+            raise ValueError("entry_slot_s must be positive")
         if not 0 <= self.max_distance < 8 * HASH_BYTES:
             raise ValueError("max_distance must be within 0..255")
         if not 0 <= self.min_quality <= 100:
@@ -70,12 +83,23 @@ class HashRows:
     """The hashes of a fingerprint that take part in matching, one row each.
 
     ``frame`` is the row's frame position among the fingerprint's usable frames, of which
-    there are ``frame_count``.
+    there are ``frame_count``. ``slot`` gives each frame position its time slot (see the
+    module docstring), of which there are ``slot_count``; None: one slot a frame.
     """
 
     bits: np.ndarray
     frame: np.ndarray
     frame_count: int
+    slot: np.ndarray | None = None
+    slot_count: int | None = None
+
+    @property
+    def slots(self) -> int:
+        return self.frame_count if self.slot_count is None else self.slot_count
+
+    def row_slots(self) -> np.ndarray:
+        """Each row's slot."""
+        return self.frame if self.slot is None else self.slot[self.frame]
 
 
 @dataclass(frozen=True)
@@ -88,9 +112,9 @@ class VideoMatch:
     entry_matched_pct: float
     median_distance: float | None
     query_frames: int
-    entry_frames: int
+    entry_frames: int             # the entry's time slots (one a frame at one frame a second)
     matched_query_frames: int
-    matched_entry_frames: int
+    matched_entry_frames: int     # slots
     in_order_frames: int = 0     # matched frames in the same order (worked out for the clip rule)
     rule: str | None = None      # which rule matched: "entry" (the reference) or "clip"
 
@@ -124,6 +148,7 @@ def hash_rows(fingerprint: VideoFingerprint, rule: MatchRule, *, mirrored: bool)
     seen: set[bytes] = set()
     bits: list[bytes] = []
     frames: list[int] = []
+    times: list[float] = []
     count = 0
     for frame in fingerprint.frames:
         if frame.plain.hash in seen:
@@ -138,9 +163,25 @@ def hash_rows(fingerprint: VideoFingerprint, rule: MatchRule, *, mirrored: bool)
             if mirrored or not h.mirrored:
                 bits.append(h.hash)
                 frames.append(count)
+        times.append(frame.timestamp_s)
         count += 1
     array = np.frombuffer(b"".join(bits), dtype=np.uint8).reshape(-1, HASH_BYTES)
-    return HashRows(array, np.asarray(frames, dtype=np.int32), count)
+    slot, slot_count = time_slots(times, rule.entry_slot_s)
+    return HashRows(array, np.asarray(frames, dtype=np.int32), count, slot, slot_count)
+
+
+def time_slots(timestamps_s, slot_s: float) -> tuple[np.ndarray, int]:
+    """Each frame's slot (numbered 0.., in time order) and how many slots hold a frame.
+
+    Slots are ``slot_s`` long and centred on the first frame's time plus whole steps, so the
+    frames of a one-a-second grid fall one to a slot whatever the grid's phase.
+    """
+    times = np.asarray(timestamps_s, dtype=np.float64)
+    if len(times) == 0:
+        return np.zeros(0, np.int32), 0
+    raw = np.floor((times - times.min()) / slot_s + 0.5).astype(np.int64)
+    used, slot = np.unique(raw, return_inverse=True)
+    return slot.astype(np.int32).reshape(-1), len(used)
 
 
 def hamming(a: bytes, b: bytes) -> int:
@@ -161,24 +202,28 @@ def close_pairs(query: HashRows, entry: HashRows, max_distance: int):
 
 def video_match(query_frame: np.ndarray, entry_frame: np.ndarray, distance: np.ndarray,
                 query_frames: int, entry_frames: int, rule: MatchRule,
-                known_good: np.ndarray | None = None) -> VideoMatch:
+                known_good: np.ndarray | None = None,
+                entry_slot: np.ndarray | None = None) -> VideoMatch:
     """The video rule, from the close hash pairs between a query and an entry.
 
-    ``known_good`` marks query frames (by position) that matched the negative bank: they
-    are left out of the query, from its frame count as much as from its matches.
+    ``entry_frames`` is the entry's slot count, and ``entry_slot`` each pair's entry slot
+    (None: one slot a frame). ``known_good`` marks query frames (by position) that matched
+    the negative bank: they are left out of the query, from its frame count as much as from
+    its matches.
     """
     keep = distance <= rule.max_distance
     counted = query_frames
     if known_good is not None:
         keep &= ~known_good[query_frame]
         counted -= int(known_good.sum())
-    query_frame, entry_frame, distance = query_frame[keep], entry_frame[keep], distance[keep]
+    slots = entry_frame if entry_slot is None else entry_slot
+    query_frame, entry_frame, distance, slots = query_frame[keep], entry_frame[keep], distance[keep], slots[keep]
     if counted <= 0 or entry_frames <= 0:
         return VideoMatch(False, 0.0, 0.0, None, counted, entry_frames, 0, 0)
     best = np.full(query_frames, np.iinfo(np.int32).max, dtype=np.int32)
     np.minimum.at(best, query_frame, distance.astype(np.int32))
     matched = best <= rule.max_distance
-    matched_query, matched_entry = int(matched.sum()), len(np.unique(entry_frame))
+    matched_query, matched_entry = int(matched.sum()), len(np.unique(slots))
     query_pct = 100.0 * matched_query / counted
     entry_pct = 100.0 * matched_entry / entry_frames
     which, in_order = None, 0
@@ -202,12 +247,12 @@ def video_match(query_frame: np.ndarray, entry_frame: np.ndarray, distance: np.n
 
 
 def longest_chain(query_frame: np.ndarray, entry_frame: np.ndarray) -> int:
-    """The most matched pairs that can be taken with query and entry frames both strictly
-    increasing: how many query frames match the entry in the same order.
+    """The most matched pairs that can be taken with query frames strictly increasing and
+    entry frames never decreasing: how many query frames match the entry in the same order.
 
     Pairs sorted by query frame, and by entry frame downwards within a query frame, make this
-    the longest strictly increasing run of entry frames (patience sorting, n log n); the
-    downward order within a query frame keeps two pairs of one query frame out of a chain.
+    the longest non-decreasing run of entry frames (patience sorting, n log n); the downward
+    order within a query frame keeps two pairs of one query frame out of a chain.
     """
     if len(query_frame) == 0:
         return 0
@@ -215,7 +260,7 @@ def longest_chain(query_frame: np.ndarray, entry_frame: np.ndarray) -> int:
                                 -np.asarray(entry_frame, np.int64)], axis=1), axis=0)
     tails: list[int] = []
     for entry in (-pairs[:, 1]).tolist():
-        at = bisect.bisect_left(tails, entry)
+        at = bisect.bisect_right(tails, entry)
         if at == len(tails):
             tails.append(entry)
         else:
@@ -228,7 +273,15 @@ def compare(query: VideoFingerprint, entry: VideoFingerprint,
     """One query against one entry, by brute force."""
     q = hash_rows(query, rule, mirrored=True)
     e = hash_rows(entry, rule, mirrored=False)
-    return video_match(*close_pairs(q, e, rule.max_distance), q.frame_count, e.frame_count, rule)
+    return entry_match(q, e, rule)
+
+
+def entry_match(q: HashRows, e: HashRows, rule: MatchRule,
+                known_good: np.ndarray | None = None) -> VideoMatch:
+    """The video rule between a query's rows and an entry's, by brute force."""
+    query_frame, entry_frame, distance = close_pairs(q, e, rule.max_distance)
+    return video_match(query_frame, entry_frame, distance, q.frame_count, e.slots, rule,
+                       known_good, None if e.slot is None else e.slot[entry_frame])
 
 
 def linear_search(query: VideoFingerprint, positives: Mapping[str, VideoFingerprint],
@@ -240,15 +293,12 @@ def linear_search(query: VideoFingerprint, positives: Mapping[str, VideoFingerpr
     found = []
     for entry_id, fingerprint in (negatives or {}).items():
         e = hash_rows(fingerprint, rule, mirrored=False)
-        pairs = close_pairs(q, e, rule.max_distance)
-        known_good[pairs[0]] = True
-        match = video_match(*pairs, q.frame_count, e.frame_count, rule)
+        known_good[close_pairs(q, e, rule.max_distance)[0]] = True
+        match = entry_match(q, e, rule)
         if match.is_match:
             found.append(BankMatch.of(entry_id, True, match))
     for entry_id, fingerprint in positives.items():
-        e = hash_rows(fingerprint, rule, mirrored=False)
-        match = video_match(*close_pairs(q, e, rule.max_distance), q.frame_count,
-                            e.frame_count, rule, known_good)
+        match = entry_match(q, hash_rows(fingerprint, rule, mirrored=False), rule, known_good)
         if match.is_match:
             found.append(BankMatch.of(entry_id, False, match))
     return sort_matches(found)

@@ -20,7 +20,7 @@ def match_rule(bank: Any) -> MatchRule:
     return MatchRule(entry_threshold_pct=bank.entry_threshold_pct,
                      query_threshold_pct=bank.query_threshold_pct,
                      clip_query_threshold_pct=bank.clip_query_threshold_pct,
-                     clip_min_frames=bank.clip_min_frames)
+                     clip_min_frames=bank.clip_min_frames, entry_slot_s=1.0 / bank.hash_rate_hz)
 
 
 def entry_fingerprint(entry: BankEntry) -> VideoFingerprint:
