@@ -62,44 +62,63 @@ class NaiveLoop:
         self.std = torch.tensor(self.pre.std).view(1, 3, 1, 1).to(device)
 
     def process(self, path: Path) -> VideoResult:
-        started = time.perf_counter()
-        seconds: dict[str, float] = {}
-        mark = started
+        laps = _Laps()
+        frames = self.read(path)
+        laps("decode")
+        faces = self.detect(frames)
+        laps("detect_faces")
+        if faces:
+            self.classify(frames, faces)
+            laps("classify")
+        return VideoResult(frames=len(frames), faces=len(faces), seconds=laps.total(),
+                           stage_seconds=laps.seconds)
 
-        def lap(stage: str) -> None:
-            nonlocal mark
-            now = time.perf_counter()
-            seconds[stage] = now - mark
-            mark = now
-
+    def read(self, path: Path) -> np.ndarray:
+        """The sampled frames: decord, only those indices (it seeks past keyframes)."""
         reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
         count = self.pre.frames_per_video
         indices = sorted({int(i) for i in np.linspace(0, len(reader) - 1, num=count).astype(np.int64)})
-        frames = reader.get_batch(indices).asnumpy()
-        del reader
-        lap("decode")
+        return reader.get_batch(indices).asnumpy()
 
+    def detect(self, frames) -> list[tuple[int, tuple[float, ...]]]:
+        """(frame position, box in full-resolution pixels) of every face: one MTCNN call."""
+        boxes, _ = self.mtcnn.detect([self.detector_input(f) for f in frames])
+        return [(pos, self.full_scale(box)) for pos, frame_boxes in enumerate(boxes)
+                if frame_boxes is not None for box in frame_boxes]
+
+    def detector_input(self, frame: np.ndarray) -> Image.Image:
+        image = Image.fromarray(frame)
         scale = self.pre.detector_scale
-        images = [Image.fromarray(f) for f in frames]
-        if scale != 1.0:
-            images = [im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))))
-                      for im in images]
-        boxes, _ = self.mtcnn.detect(images)
-        faces = [(pos, tuple(float(c) / scale for c in box))
-                 for pos, frame_boxes in enumerate(boxes) if frame_boxes is not None
-                 for box in frame_boxes]
-        lap("detect_faces")
+        if scale == 1.0:
+            return image
+        return image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
 
-        if faces:
-            crops = np.stack([self.crop(frames[pos], box, self.pre) for pos, box in faces])
-            with torch.no_grad():
-                x = torch.from_numpy(crops).to(self.device).permute(0, 3, 1, 2).float() / 255.0
-                x = (x - self.mean) / self.std
-                scores = [torch.sigmoid(net(x).flatten()).cpu().numpy() for net in self.networks]
-            assert all(len(s) == len(faces) for s in scores)
-            lap("classify")
-        return VideoResult(frames=len(indices), faces=len(faces), seconds=time.perf_counter() - started,
-                           stage_seconds=seconds)
+    def full_scale(self, box) -> tuple[float, ...]:
+        return tuple(float(c) / self.pre.detector_scale for c in box)
+
+    def classify(self, frames, faces) -> None:
+        crops = np.stack([self.crop(frames[pos], box, self.pre) for pos, box in faces])
+        with torch.no_grad():
+            x = torch.from_numpy(crops).to(self.device).permute(0, 3, 1, 2).float() / 255.0
+            x = (x - self.mean) / self.std
+            scores = [torch.sigmoid(net(x).flatten()).cpu().numpy() for net in self.networks]
+        assert all(len(s) == len(faces) for s in scores)
+
+
+class _Laps:
+    """Seconds per stage, each from the end of the one before."""
+
+    def __init__(self):
+        self.started = self.mark = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + now - self.mark
+        self.mark = now
+
+    def total(self) -> float:
+        return time.perf_counter() - self.started
 
 
 class DfdcEraLoop(NaiveLoop):
@@ -107,17 +126,7 @@ class DfdcEraLoop(NaiveLoop):
     its crop, its networks, its detector scale and thresholds. Only the reading and the
     per-frame detection differ from :class:`NaiveLoop`."""
 
-    def process(self, path: Path) -> VideoResult:
-        started = time.perf_counter()
-        seconds: dict[str, float] = {}
-        mark = started
-
-        def lap(stage: str) -> None:
-            nonlocal mark
-            now = time.perf_counter()
-            seconds[stage] = seconds.get(stage, 0.0) + now - mark
-            mark = now
-
+    def read(self, path: Path) -> list[np.ndarray]:
         capture = cv2.VideoCapture(str(path))
         try:
             count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
@@ -138,26 +147,12 @@ class DfdcEraLoop(NaiveLoop):
             capture.release()
         if not frames:
             raise ValueError(f"{path}: no frame read")
-        lap("decode")
+        return frames
 
-        scale = self.pre.detector_scale
+    def detect(self, frames) -> list[tuple[int, tuple[float, ...]]]:
         faces = []
         for pos, frame in enumerate(frames):  # one detector call a frame, as the winner's kernel
-            image = Image.fromarray(frame)
-            if scale != 1.0:
-                image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))))
-            boxes, _ = self.mtcnn.detect(image)
+            boxes, _ = self.mtcnn.detect(self.detector_input(frame))
             if boxes is not None:
-                faces.extend((pos, tuple(float(c) / scale for c in box)) for box in boxes)
-        lap("detect_faces")
-
-        if faces:
-            crops = np.stack([self.crop(frames[pos], box, self.pre) for pos, box in faces])
-            with torch.no_grad():
-                x = torch.from_numpy(crops).to(self.device).permute(0, 3, 1, 2).float() / 255.0
-                x = (x - self.mean) / self.std
-                scores = [torch.sigmoid(net(x).flatten()).cpu().numpy() for net in self.networks]
-            assert all(len(s) == len(faces) for s in scores)
-            lap("classify")
-        return VideoResult(frames=len(frames), faces=len(faces), seconds=time.perf_counter() - started,
-                           stage_seconds=seconds)
+                faces.extend((pos, self.full_scale(box)) for box in boxes)
+        return faces

@@ -25,6 +25,15 @@ def wait_for_bank_entries(registry: CollectorRegistry, count: int, timeout_s: fl
         time.sleep(0.05)
 
 
+def second_worker(first, **bank):
+    """Another worker on the same broker and bank topic, with its own group and topics."""
+    return first.replace(kafka={"group_id": first.kafka.group_id + "-second",
+                                "upload_topic": first.kafka.upload_topic + "-second",
+                                "verdict_topic": first.kafka.verdict_topic + "-second",
+                                "dead_letter_topic": first.kafka.dead_letter_topic + "-second"},
+                         bank=bank, worker={"id": "second-worker"})
+
+
 def test_a_takedown_on_one_worker_catches_a_re_upload_on_another(kafka_config, pipeline_with_model,
                                                                pipeline_without_model, tmp_path):
     source = sample_video("carphone_pristine.mp4")
@@ -32,11 +41,7 @@ def test_a_takedown_on_one_worker_catches_a_re_upload_on_another(kafka_config, p
     reupload = build_variant(source, frames, rate, "half", tmp_path)  # scaled to half size
     # The first worker has a model and scores matches after their verdicts.
     first = kafka_config.replace(bank={"score_matches": True})
-    second = first.replace(kafka={"group_id": first.kafka.group_id + "-second",
-                                  "upload_topic": first.kafka.upload_topic + "-second",
-                                  "verdict_topic": first.kafka.verdict_topic + "-second",
-                                  "dead_letter_topic": first.kafka.dead_letter_topic + "-second"},
-                           worker={"id": "second-worker"})
+    second = second_worker(first)
     from worker.kafka_io import ensure_topics
     ensure_topics(second.kafka, bank_topic=second.bank.topic)
 
@@ -92,11 +97,7 @@ def test_a_takedowns_dense_entry_catches_a_trimmed_re_upload_on_another_worker(
     frames, rate = decode_all(source)
     clip = build_variant(source, frames, rate, "trim", tmp_path)
     first = kafka_config.replace(bank={"densify_topic": kafka_config.bank.topic + "-densify"})
-    second = first.replace(kafka={"group_id": first.kafka.group_id + "-second",
-                                  "upload_topic": first.kafka.upload_topic + "-second",
-                                  "verdict_topic": first.kafka.verdict_topic + "-second",
-                                  "dead_letter_topic": first.kafka.dead_letter_topic + "-second"},
-                           bank={"densify_topic": ""}, worker={"id": "second-worker"})
+    second = second_worker(first, densify_topic="")
     ensure_topics(first.kafka, extra_topics=(first.bank.densify_topic,))
     ensure_topics(second.kafka)
 
@@ -212,11 +213,7 @@ def test_a_reviewers_confirmation_makes_another_worker_take_down_a_re_upload(
     reupload = build_variant(source, frames, rate, "left", tmp_path)  # 5% off the left
     # The first worker's group consumes reviewers' confirmations with its uploads.
     first = kafka_config.replace(bank={"confirmation_topic": kafka_config.bank.topic + "-confirmations"})
-    second = first.replace(kafka={"group_id": first.kafka.group_id + "-second",
-                                  "upload_topic": first.kafka.upload_topic + "-second",
-                                  "verdict_topic": first.kafka.verdict_topic + "-second",
-                                  "dead_letter_topic": first.kafka.dead_letter_topic + "-second"},
-                           bank={"confirmation_topic": ""}, worker={"id": "second-worker"})
+    second = second_worker(first, confirmation_topic="")
     ensure_topics(first.kafka, extra_topics=(first.bank.confirmation_topic,))
     ensure_topics(second.kafka)
 
