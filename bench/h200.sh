@@ -24,7 +24,7 @@ out="${OUT:-$(mktemp -d /tmp/h200-bench-XXXX)}"
 mkdir -p "$out"
 
 # 1. Packages: only when this Python lacks them (a developer machine has them in its venv).
-needed="import decord, facenet_pytorch, kafka, timm, jsonschema, tomli_w, pdqhash, faiss, skvideo"
+needed="import decord, facenet_pytorch, kafka, timm, jsonschema, tomli_w, pdqhash, skvideo"
 if ! "$PY" -c "$needed" 2>/dev/null; then
     site="${BENCH_SITE:-/tmp/bench-site}"
     shopt -s nullglob

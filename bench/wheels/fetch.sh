@@ -16,7 +16,7 @@ pip=(python3 -m pip)
     -d "$here" \
     'decord2>=3.4,<4' 'facenet-pytorch==2.5.3' 'kafka-python>=3.0.12,<4' \
     'jsonschema>=4.21,<5' 'jsonschema-specifications>=2023.3' 'referencing>=0.28' 'rpds-py>=0.7' \
-    'faiss-cpu>=1.8,<2' 'tomli-w>=1.0,<2' 'av>=14,<20' 'scikit-video==1.1.11' 'py-spy>=0.3.14,<0.5'
+    'tomli-w>=1.0,<2' 'av>=14,<20' 'scikit-video==1.1.11' 'py-spy>=0.3.14,<0.5'
 # pdqhash publishes no cp312 wheel: build one where a Python 3.12 is at hand, else carry the
 # source (h200.sh builds it there with the image's Cython and compiler).
 py312="${PYTHON312:-}"

@@ -5,7 +5,7 @@ size, a 5% crop, 5% off the left only, 10% off the top only, the middle half, a 
 a mirror image, letterbox bars, a border),
 decoded by the worker's own decoder as the pipeline does (32 frames spread evenly), and
 fingerprinted. Every copy must match its original (the trimmed one by its own share of
-frames, see its test), no copy may match another video, and the FAISS index must find exactly
+frames, see its test), no copy may match another video, and the index must find exactly
 what the linear scan finds. The copies are built once per session in a temporary folder.
 """
 from __future__ import annotations

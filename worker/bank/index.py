@@ -1,37 +1,49 @@
-"""A FAISS index over every hash of a bank, so that lookup does not scan every entry.
+"""Bank lookup that does not scan every entry: multi-index hashing to shortlist entries, then
+the exact video rule on each shortlisted entry.
 
-Each usable hash of each entry is a row of a FAISS multi-index hash (``IndexBinaryMultiHash``:
-the 256 bits split into 16 chunks of 16). A range search returns the rows within the match
-distance of each query hash, and those are the close hash pairs from which the exact video
-rule of :mod:`worker.bank.matching` is computed, by the same function as the linear scan.
+Every usable hash of every entry is a row. Its 256 bits are cut into byte-aligned chunks, and
+for each chunk the index keeps the rows sorted by that chunk's value. Two hashes within the
+match distance agree exactly on some chunk unless the difference is spread over all of them,
+so looking up each query hash's chunk values (binary searches in the sorted columns) finds the
+rows that may be close; their distances are then computed exactly. Any entry with at least one
+row within the distance is shortlisted, and the video rule of :mod:`worker.bank.matching` is
+computed for it from ALL of its rows against all of the query's (a few hundred by a few
+hundred hashes), by the same function as the linear scan. So a shortlisted entry gets exactly
+the linear scan's answer; only an entry none of whose pairs was found can be missed.
 
-Which rows the search sees depends on the probes. By default only chunks equal to the query's
-are probed: a pair within 31 bits is seen unless all 16 of its chunks differ (measured on
-random hashes: always up to 16 bits apart, 99.9% at 20, 99.2% at 24, 91% at 31). A video
-match rests on many frames, each with several hashes, so that loses next to nothing, and it
-is fast: 86 ms against 3M rows where the exact search takes 1.4 s. ``exact=True`` also
-probes every one-bit change of each chunk; then nothing is missed, since two hashes at most
-31 bits apart differ in at most one bit on at least one of 16 chunks, and the answer is the
-linear scan's.
+Chunk widths trade noise against reach. By default 10 chunks of 3 bytes and one of 2: at 30M
+rows a 24-bit value is shared by about 2 random rows, so a query's lookups return hundreds of
+rows, not millions (16-bit chunks return ~460 random rows each, which is what made a 1M-entry
+lookup take a second with FAISS's multi-index hash). One pair at 31 bits apart is found with
+probability about 0.4, at 20 bits about 0.8, and near-copies (re-encodes, a few bits) nearly
+always; a video match rests on many frames, each with several hashes, and one found pair is
+enough to shortlist the entry. ``exact=True`` uses 16 chunks of 2 bytes and also probes every
+one-bit change of each: two hashes at most 31 bits apart differ in at most one bit on at least
+one of 16 chunks (pigeonhole), so no entry with a close pair is missed, and the answer is the
+linear scan's (the tests' setting; it is slow on a large bank).
 
-Removal leaves a tombstone (this FAISS index cannot delete cheaply); the index is rebuilt
-from its live rows when tombstones are the majority. One writer and many readers may use an
-index at once: searches share a lock that additions and removals take alone.
+Rows are added in runs: each addition is sorted on its own and merged with the run before it
+while that one is less than twice its size, so there are about log2(rows) runs and each row
+is merged about log2 times. Merging happens outside the readers' lock (runs are immutable
+once made); only the swap of the run list takes it. Removal leaves a tombstone; the index is
+rebuilt from its live rows when tombstones are the majority. One writer and many readers may
+use an index at once: searches share a lock that the swaps take alone.
 """
 from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Iterator
+from typing import Iterable, Sequence
 
-import faiss
 import numpy as np
 
 from .fingerprint import HASH_BYTES, VideoFingerprint
-from .matching import BankMatch, HashRows, MatchRule, hash_rows, sort_matches, video_match
+from .matching import (BankMatch, HashRows, MatchRule, hash_rows, pairwise_distances, sort_matches,
+                       video_match)
 
-_BITS = 8 * HASH_BYTES
+FAST_CHUNKS = (3,) * 10 + (2,)   # bytes per chunk
+EXACT_CHUNKS = (2,) * 16
 
 
 @dataclass(frozen=True)
@@ -42,22 +54,42 @@ class IndexStats:
     tombstoned_rows: int
 
 
+@dataclass(frozen=True)
+class _Run:
+    """Rows sorted by each chunk's value: ``keys[c]`` ascending, ``rows[c]`` their row numbers."""
+
+    keys: tuple[np.ndarray, ...]
+    rows: tuple[np.ndarray, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.rows[0]) if self.rows else 0
+
+
 class BankIndex:
     """Positive and negative bank entries, searchable by a query fingerprint."""
 
-    def __init__(self, rule: MatchRule = MatchRule(), chunks: int = 16, exact: bool = False):
-        if _BITS % chunks:
-            raise ValueError("chunks must divide 256")
+    def __init__(self, rule: MatchRule = MatchRule(), exact: bool = False,
+                 chunks: Sequence[int] | None = None):
+        chunks = tuple(chunks or (EXACT_CHUNKS if exact else FAST_CHUNKS))
+        if sum(chunks) != HASH_BYTES or any(not 1 <= c <= 4 for c in chunks):
+            raise ValueError(f"chunks are 1 to 4 bytes each and cover all {HASH_BYTES} bytes")
         self.rule = rule
         self._chunks = chunks
+        self._starts = np.cumsum((0,) + chunks[:-1])
         # Pigeonhole: within max_distance, some chunk is off by max_distance // chunks bits at most.
-        self._nflip = rule.max_distance // chunks if exact else 0
+        self._nflip = rule.max_distance // len(chunks) if exact else 0
+        if self._nflip > 1:
+            raise ValueError("exact probing covers at most one flipped bit a chunk: use more chunks")
         self._lock = _ReadWriteLock()
-        self._faiss = self._new_faiss()
+        self._writer = threading.Lock()
+        self._runs: tuple[_Run, ...] = ()
+        self._bits = _Growable((HASH_BYTES,), np.uint8)
         self._row_entry = _Growable((), np.int32)
         self._row_frame = _Growable((), np.int32)
         self._row_slot = _Growable((), np.int32)
         self._entry_ids: list[str] = []
+        self._entry_first = _Growable((), np.int64)
         self._entry_frames = _Growable((), np.int32)
         self._entry_rows = _Growable((), np.int64)
         self._entry_negative = _Growable((), np.bool_)
@@ -65,40 +97,53 @@ class BankIndex:
         self._number_of: dict[str, int] = {}
         self._dead_rows = 0
 
+    # --- writing ----------------------------------------------------------------------------
+
     def add(self, entry_id: str, fingerprint: VideoFingerprint, negative: bool = False) -> None:
         """Adds an entry, or replaces the entry with that id."""
         self.add_many([(entry_id, fingerprint)], negative)
 
     def add_many(self, entries: Iterable[tuple[str, VideoFingerprint | HashRows]],
                  negative: bool = False) -> None:
-        """Adds entries in one FAISS call: for loading a bank. ``HashRows`` (already
-        filtered by this index's rule) skip fingerprint parsing, for synthetic banks."""
+        """Adds entries as one run: for loading a bank. ``HashRows`` (already filtered by this
+        index's rule) skip fingerprint parsing, for synthetic banks."""
         prepared = [(entry_id, rows if isinstance(rows, HashRows)
                      else hash_rows(rows, self.rule, mirrored=False))
                     for entry_id, rows in entries]
-        with self._lock.writing():
-            bits, row_entry, row_frame, row_slot = [], [], [], []
-            for entry_id, rows in prepared:
-                self._tombstone(entry_id)
-                number = len(self._entry_ids)
-                self._entry_ids.append(entry_id)
-                self._number_of[entry_id] = number
-                self._entry_frames.append(rows.slots)
-                self._entry_rows.append(len(rows.bits))
-                self._entry_negative.append(negative)
-                self._entry_alive.append(rows.frame_count > 0)
-                bits.append(rows.bits)
-                row_entry.append(np.full(len(rows.bits), number, np.int32))
-                row_frame.append(rows.frame)
-                row_slot.append(rows.row_slots())
-            if prepared:
-                self._add_rows(np.concatenate(bits), np.concatenate(row_entry),
-                               np.concatenate(row_frame), np.concatenate(row_slot))
+        if not prepared:
+            return
+        with self._writer:
+            first = len(self._bits)
+            bits = np.concatenate([rows.bits for _, rows in prepared]).reshape(-1, HASH_BYTES)
+            # Rows first (readers only reach rows through the runs, swapped in below), then the
+            # entries, under the lock, so that a search sees an entry with all of its rows.
+            self._bits.extend(bits)
+            self._row_entry.extend(np.concatenate([
+                np.full(len(rows.bits), len(self._entry_ids) + i, np.int32)
+                for i, (_, rows) in enumerate(prepared)]))
+            self._row_frame.extend(np.concatenate([rows.frame for _, rows in prepared]).astype(np.int32))
+            self._row_slot.extend(np.concatenate([rows.row_slots() for _, rows in prepared]).astype(np.int32))
+            runs = self._merged(self._runs + (self._sorted_run(bits, first),))
+            with self._lock.writing():
+                at = first
+                for entry_id, rows in prepared:
+                    self._tombstone(entry_id)
+                    number = len(self._entry_ids)
+                    self._entry_ids.append(entry_id)
+                    self._number_of[entry_id] = number
+                    self._entry_first.append(at)
+                    self._entry_frames.append(rows.slots)
+                    self._entry_rows.append(len(rows.bits))
+                    self._entry_negative.append(negative)
+                    self._entry_alive.append(rows.frame_count > 0)
+                    at += len(rows.bits)
+                self._runs = runs
 
     def remove(self, entry_id: str) -> bool:
         """Removes an entry; False if there was none."""
-        with self._lock.writing():
-            removed = self._tombstone(entry_id)
+        with self._writer:
+            with self._lock.writing():
+                removed = self._tombstone(entry_id)
             if self._dead_rows > max(1024, len(self._row_entry) // 2):
                 self._rebuild()
             return removed
@@ -112,7 +157,9 @@ class BankIndex:
             alive = self._entry_alive.view()
             return IndexStats(entries=len(self._number_of),
                               negative_entries=int((alive & self._entry_negative.view()).sum()),
-                              rows=len(self._row_entry), tombstoned_rows=self._dead_rows)
+                              rows=sum(run.size for run in self._runs), tombstoned_rows=self._dead_rows)
+
+    # --- searching ----------------------------------------------------------------------------
 
     def search(self, query: VideoFingerprint) -> list[BankMatch]:
         """Every entry the query matches by the rule: positive ones first, then negative."""
@@ -120,33 +167,98 @@ class BankIndex:
 
     def search_rows(self, q: HashRows) -> list[BankMatch]:
         """:meth:`search` for a query already reduced to its usable hashes (mirrored too)."""
-        if q.frame_count == 0:
+        if q.frame_count == 0 or len(q.bits) == 0:
             return []
         with self._lock.reading():
-            if self._faiss.ntotal == 0:
+            shortlist = self._shortlist(q)
+            if len(shortlist) == 0:
                 return []
-            limits, distances, rows = self._faiss.range_search(q.bits, self.rule.max_distance + 1)
-            entries = self._row_entry.view()[rows]
-            alive = self._entry_alive.view()[entries]
-            query_row = np.repeat(np.arange(len(q.bits)), np.diff(limits.astype(np.int64)))
-            query_frame = q.frame[query_row][alive]
-            entry_frame = self._row_frame.view()[rows][alive]
-            entry_slot = self._row_slot.view()[rows][alive]
-            entries, distances = entries[alive], distances[alive].astype(np.int32)
-            negative = self._entry_negative.view()[entries]
-            frames = self._entry_frames.view()
-            ids = self._entry_ids
+            negative = self._entry_negative.view()[shortlist]
+            # Negative entries first: their matched query frames are known-good for the rest.
             known_good = np.zeros(q.frame_count, dtype=bool)
-            known_good[query_frame[negative]] = True
             found = []
-            for number, at in _groups(entries):
-                is_negative = bool(negative[at[0]])
-                match = video_match(query_frame[at], entry_frame[at], distances[at],
-                                    q.frame_count, int(frames[number]), self.rule,
-                                    None if is_negative else known_good, entry_slot[at])
+            for number, is_negative in sorted(zip(shortlist.tolist(), negative.tolist()),
+                                              key=lambda item: not item[1]):
+                match, query_frames = self._verify(q, number, None if is_negative else known_good)
+                if is_negative:
+                    known_good[query_frames] = True
                 if match.is_match:
-                    found.append(BankMatch.of(ids[number], is_negative, match))
+                    found.append(BankMatch.of(self._entry_ids[number], is_negative, match))
         return sort_matches(found)
+
+    def _shortlist(self, q: HashRows) -> np.ndarray:
+        """Alive entries with at least one row within the match distance of a query hash."""
+        probes, owner = self._probe_keys(q.bits)
+        rows, queries = [], []
+        for run in self._runs:
+            for c in range(len(self._chunks)):
+                lo = np.searchsorted(run.keys[c], probes[c], side="left")
+                hi = np.searchsorted(run.keys[c], probes[c], side="right")
+                hit = hi > lo
+                if hit.any():
+                    rows.append(_ranges(run.rows[c], lo[hit], hi[hit]))
+                    queries.append(np.repeat(owner[c][hit], (hi - lo)[hit]))
+        if not rows:
+            return np.zeros(0, np.int64)
+        # a (row, query hash) pair may be found through several chunks: once each
+        pairs = np.unique(np.concatenate(rows).astype(np.int64) * len(q.bits) + np.concatenate(queries))
+        candidate, query_row = pairs // len(q.bits), pairs % len(q.bits)
+        bits = self._bits.view()
+        close = _distances(q.bits[query_row], bits[candidate]) <= self.rule.max_distance
+        entries = np.unique(self._row_entry.view()[candidate[close]])
+        return entries[self._entry_alive.view()[entries]]
+
+    def _probe_keys(self, bits: np.ndarray) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """Per chunk: the values to look up, and the query row each belongs to (with exact
+        probing, each value and its one-bit changes)."""
+        keys = _chunk_keys(bits, self._chunks, self._starts)
+        rows = np.arange(len(bits))
+        probes, owner = [], []
+        for c, width in enumerate(self._chunks):
+            values, of = [keys[c]], [rows]
+            if self._nflip:
+                for bit in range(8 * width):
+                    values.append(keys[c] ^ np.uint32(1 << bit))
+                    of.append(rows)
+            values, of = np.concatenate(values), np.concatenate(of)
+            order = np.argsort(values, kind="stable")  # sorted needles: searchsorted walks forward
+            probes.append(values[order])
+            owner.append(of[order])
+        return probes, owner
+
+    def _verify(self, q: HashRows, number: int, known_good: np.ndarray | None):
+        """The video rule between the query and one entry, from all of their rows."""
+        first = int(self._entry_first.view()[number])
+        last = first + int(self._entry_rows.view()[number])
+        distances = pairwise_distances(q.bits, self._bits.view()[first:last])
+        qi, ei = np.nonzero(distances <= self.rule.max_distance)
+        query_frame = q.frame[qi]
+        match = video_match(query_frame, self._row_frame.view()[first + ei], distances[qi, ei],
+                            q.frame_count, int(self._entry_frames.view()[number]), self.rule,
+                            known_good, self._row_slot.view()[first + ei])
+        return match, query_frame
+
+    # --- internals ------------------------------------------------------------------------------
+
+    def _sorted_run(self, bits: np.ndarray, first: int) -> _Run:
+        keys = _chunk_keys(bits, self._chunks, self._starts)
+        order = [np.argsort(k, kind="stable") for k in keys]
+        return _Run(tuple(k[o] for k, o in zip(keys, order)),
+                    tuple((o + first).astype(np.int32) for o in order))
+
+    def _merged(self, runs: tuple[_Run, ...]) -> tuple[_Run, ...]:
+        """Merges the newest run into the one before while that one is under twice its size."""
+        runs = list(runs)
+        while len(runs) > 1 and runs[-2].size < 2 * runs[-1].size:
+            older, newer = runs[-2], runs.pop()
+            keys, rows = [], []
+            for c in range(len(self._chunks)):
+                k = np.concatenate([older.keys[c], newer.keys[c]])
+                order = np.argsort(k, kind="stable")  # two sorted runs: timsort merges them
+                keys.append(k[order])
+                rows.append(np.concatenate([older.rows[c], newer.rows[c]])[order])
+            runs[-1] = _Run(tuple(keys), tuple(rows))
+        return tuple(runs)
 
     def _tombstone(self, entry_id: str) -> bool:
         number = self._number_of.pop(entry_id, None)
@@ -157,42 +269,52 @@ class BankIndex:
             self._dead_rows += int(self._entry_rows.view()[number])
         return True
 
-    def _add_rows(self, bits: np.ndarray, row_entry: np.ndarray, row_frame: np.ndarray,
-                  row_slot: np.ndarray) -> None:
-        if len(bits):
-            self._faiss.add(np.ascontiguousarray(bits))
+    def _rebuild(self) -> None:
+        """The index again from its live rows only (called with the writer's lock held)."""
+        with self._lock.writing():
+            live = self._entry_alive.view()[self._row_entry.view()]
+            bits = self._bits.view()[live]
+            row_entry = self._row_entry.view()[live]
+            row_frame, row_slot = self._row_frame.view()[live], self._row_slot.view()[live]
+            # Rows keep their order, so each entry's rows stay together: renumber its first row.
+            first_row = np.full(len(self._entry_ids), -1, np.int64)
+            positions = np.arange(len(row_entry))
+            starts = np.r_[True, row_entry[1:] != row_entry[:-1]] if len(row_entry) else np.zeros(0, bool)
+            first_row[row_entry[starts]] = positions[starts]
+            self._bits = _Growable((HASH_BYTES,), np.uint8)
+            self._row_entry, self._row_frame = _Growable((), np.int32), _Growable((), np.int32)
+            self._row_slot = _Growable((), np.int32)
+            self._bits.extend(bits)
             self._row_entry.extend(row_entry)
             self._row_frame.extend(row_frame)
             self._row_slot.extend(row_slot)
-
-    def _rebuild(self) -> None:
-        live = self._entry_alive.view()[self._row_entry.view()]
-        # The rows' bits are read back from FAISS's own storage rather than kept twice.
-        stored = faiss.vector_to_array(faiss.downcast_IndexBinary(self._faiss.storage).xb)
-        bits = stored.reshape(-1, HASH_BYTES)[live]
-        row_entry, row_frame = self._row_entry.view()[live], self._row_frame.view()[live]
-        row_slot = self._row_slot.view()[live]
-        self._faiss = self._new_faiss()
-        self._row_entry, self._row_frame = _Growable((), np.int32), _Growable((), np.int32)
-        self._row_slot = _Growable((), np.int32)
-        self._dead_rows = 0
-        self._add_rows(bits, row_entry, row_frame, row_slot)
-
-    def _new_faiss(self):
-        index = faiss.IndexBinaryMultiHash(_BITS, self._chunks, _BITS // self._chunks)
-        index.nflip = self._nflip
-        return index
+            self._entry_first.view()[:] = first_row
+            self._dead_rows = 0
+            self._runs = (self._sorted_run(bits, 0),) if len(bits) else ()
 
 
-def _groups(keys: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
-    """(key, positions holding it) for each distinct key."""
-    if len(keys) == 0:
-        return
-    order = np.argsort(keys, kind="stable")
-    sorted_keys = keys[order]
-    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
-    for start, end in zip(starts, np.r_[starts[1:], len(keys)]):
-        yield int(sorted_keys[start]), order[start:end]
+def _chunk_keys(bits: np.ndarray, chunks: Sequence[int], starts: np.ndarray) -> list[np.ndarray]:
+    """Each chunk of each row as an unsigned integer (big-endian bytes)."""
+    out = []
+    for start, width in zip(starts, chunks):
+        key = np.zeros(len(bits), np.uint32)
+        for b in range(start, start + width):
+            key = (key << np.uint32(8)) | bits[:, b].astype(np.uint32)
+        out.append(key)
+    return out
+
+
+def _ranges(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """values[lo[0]:hi[0]], values[lo[1]:hi[1]], ... concatenated, without a Python loop."""
+    lengths = hi - lo
+    offsets = np.repeat(lo - np.cumsum(np.r_[0, lengths[:-1]]), lengths)
+    return values[offsets + np.arange(lengths.sum())]
+
+
+def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Hamming distances between rows of ``a`` and the rows of ``b`` at the same positions."""
+    x = np.ascontiguousarray(a).view(np.uint64) ^ np.ascontiguousarray(b).view(np.uint64)
+    return np.bitwise_count(x).sum(axis=1, dtype=np.int32)
 
 
 class _Growable:

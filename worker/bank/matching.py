@@ -34,7 +34,7 @@ is known-good: it is taken out of the query before it is compared with the posit
 so known-good frames (a common intro, a logo card) never count as evidence. Negative
 entries that match by the video rule are reported too, flagged, for the audit trail.
 
-Pure numpy: the FAISS index in :mod:`worker.bank.index` finds candidates faster and then
+Pure numpy: the index in :mod:`worker.bank.index` finds candidates faster and then
 applies :func:`video_match`, the same function, to them.
 """
 from __future__ import annotations
