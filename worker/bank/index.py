@@ -14,10 +14,10 @@ the linear scan's answer; only an entry none of whose pairs was found can be mis
 Chunk widths trade noise against reach. By default 10 chunks of 3 bytes and one of 2: at 30M
 rows a 24-bit value is shared by about 2 random rows, so a query's lookups return hundreds of
 rows, not millions (16-bit chunks return ~460 random rows each, which is what made a 1M-entry
-lookup take a second with FAISS's multi-index hash). One pair at 31 bits apart is found with
-probability about 0.4, at 20 bits about 0.8, and near-copies (re-encodes, a few bits) nearly
-always; a video match rests on many frames, each with several hashes, and one found pair is
-enough to shortlist the entry. ``exact=True`` uses 16 chunks of 2 bytes and also probes every
+lookup take a second with FAISS's multi-index hash). Measured on random hashes, one pair is
+found at 8 bits apart always, at 16 bits 97 % of the time, at 20 87 %, at 25 66 %, at 31 42 %;
+a video match rests on many frames, each with several hashes, and one found pair is enough
+to shortlist the entry. ``exact=True`` uses 16 chunks of 2 bytes and also probes every
 one-bit change of each: two hashes at most 31 bits apart differ in at most one bit on at least
 one of 16 chunks (pigeonhole), so no entry with a close pair is missed, and the answer is the
 linear scan's (the tests' setting; it is slow on a large bank).
