@@ -293,3 +293,17 @@ def test_a_chain_may_stay_on_one_entry_frame_but_never_go_back():
     assert (result.in_order_frames, result.rule) == (4, "clip")
     backwards = video(flip(entry[5], 3, 1), flip(entry[4], 3, 2), flip(entry[3], 3, 3), flip(entry[2], 3, 4))
     assert compare(backwards, video(*entry)).in_order_frames == 1
+
+
+def test_entries_added_one_at_a_time_stay_in_few_runs_and_exact():
+    """Each addition is a sorted run, merged with the one before while that is under twice its
+    size: about log2(additions) runs, and the same answers as the linear scan."""
+    bank, queries = synthetic_bank(entries=200)
+    index = BankIndex(exact=True)
+    for entry_id, fp in bank.items():
+        index.add(entry_id, fp)
+    index.add("empty", video(random_hash(), quality=10))  # no usable rows: no run
+    stats = index.stats()
+    assert stats.entries == 201 and 1 <= stats.runs <= 9
+    for query in queries:
+        assert index.search(query) == linear_search(query, bank)

@@ -52,6 +52,7 @@ class IndexStats:
     negative_entries: int
     rows: int
     tombstoned_rows: int
+    runs: int = 0  # sorted runs a lookup searches (about log2 of the additions)
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,7 @@ class BankIndex:
                 for i, (_, rows) in enumerate(prepared)]))
             self._row_frame.extend(np.concatenate([rows.frame for _, rows in prepared]).astype(np.int32))
             self._row_slot.extend(np.concatenate([rows.row_slots() for _, rows in prepared]).astype(np.int32))
-            runs = self._merged(self._runs + (self._sorted_run(bits, first),))
+            runs = self._merged(self._runs + (self._sorted_run(bits, first),)) if len(bits) else self._runs
             with self._lock.writing():
                 at = first
                 for entry_id, rows in prepared:
@@ -157,7 +158,8 @@ class BankIndex:
             alive = self._entry_alive.view()
             return IndexStats(entries=len(self._number_of),
                               negative_entries=int((alive & self._entry_negative.view()).sum()),
-                              rows=sum(run.size for run in self._runs), tombstoned_rows=self._dead_rows)
+                              rows=sum(run.size for run in self._runs), tombstoned_rows=self._dead_rows,
+                              runs=len(self._runs))
 
     # --- searching ----------------------------------------------------------------------------
 
