@@ -10,7 +10,9 @@ The worker side is the pipeline exactly as ``python -m worker run`` builds it
 (:func:`worker.app.build_pipeline`: sandboxed decoder child, the model file's MTCNN, the
 cross-video classifier batcher when several videos are in flight), driven in-process
 without Kafka by ``worker.processing_threads`` threads, as the runner drives it with that
-many partitions. The baseline is :mod:`baseline` (no overlap at all). Both sides use the
+many partitions. The baseline is :mod:`baseline`'s DFDC-era loop (the DFDC winner's
+kernel: no overlap at all, every frame between the first and last sampled one decoded, one
+MTCNN call a frame), with its batched sequential loop as a second reference. All sides use the
 same model file and frames per video; the figures printed are videos/s, frames/s, faces/s
 and the ratio, per-video latency percentiles, peak RSS (the decoder child included) and each
 stage's share of the time. See bench/README.md.
