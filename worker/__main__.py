@@ -176,7 +176,8 @@ def cmd_bank(args) -> int:
             entries = read_bank(consumer, cfg.bank.topic)
         finally:
             consumer.close()
-        print(f"exported {export_bank(entries.values(), args.folder)} entries to {args.folder}")
+        count = export_bank(entries.values(), args.folder, 0.0 if args.all_frames else 1.0)
+        print(f"exported {count} entries to {args.folder}")
         return 0
     entries = load_hash_list(args.folder, bank=args.bank, reason=args.reason, added_by=args.added_by)
     producer = KafkaProducer(acks="all", enable_idempotence=True, **client_options(cfg.kafka))
@@ -214,6 +215,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="for files without entries.jsonl metadata")
     p.add_argument("--reason", default="imported")
     p.add_argument("--added-by", default="cli-import")
+    p.add_argument("--all-frames", action="store_true",
+                   help="export: every frame of dense entries, not the frame nearest each second "
+                        "(vPDQ's cadence, what other platforms' matchers expect)")
     p.set_defaults(func=cmd_bank)
     p = sub.add_parser("train", help="fine-tune a timm backend on real videos with Self-Blended Images")
     from .training import cli as train_cli

@@ -1,6 +1,14 @@
 """Exporting and importing hash lists, to share them with other platforms and hash-sharing
 programmes: one ThreatExchange vPDQ text file per entry, plus ``entries.jsonl`` with each
-entry's metadata (bank, source video, reason, who added it, when)."""
+entry's metadata (bank, source video, reason, who added it, when).
+
+Our own entries may hold several frames a second where the picture moves (dense entries,
+:func:`worker.bank.fingerprint.thin_dense`). A vPDQ matcher elsewhere counts an entry's
+share in frames, so a dense entry would look only partly matched there by a copy hashed at
+one frame a second, the reference's cadence. So by default an export keeps, of each entry,
+the frame nearest each second (as vPDQ samples); ``seconds_per_frame=0`` exports every
+frame, for our own banks.
+"""
 from __future__ import annotations
 
 import json
@@ -13,7 +21,7 @@ from tqdm import tqdm
 
 from ..events import format_time, parse_time
 from .entries import POSITIVE, BankEntry, entry_record, parse_entry_record
-from .fingerprint import VideoFingerprint
+from .fingerprint import VideoFingerprint, select_frames
 
 MANIFEST = "entries.jsonl"
 
@@ -44,12 +52,13 @@ def read_bank(consumer: Any, topic: str, timeout_s: float = 60.0) -> dict[str, B
     return entries
 
 
-def export_bank(entries: Iterable[BankEntry], folder: Path) -> int:
+def export_bank(entries: Iterable[BankEntry], folder: Path, seconds_per_frame: float = 1.0) -> int:
     folder.mkdir(parents=True, exist_ok=True)
     count = 0
     with open(folder / MANIFEST, "w") as manifest:
         for entry in tqdm(list(entries), unit="entry", desc="exporting", file=sys.stderr):
-            (folder / f"{_safe(entry.entry_id)}.txt").write_text(entry.fingerprint_vpdq)
+            (folder / f"{_safe(entry.entry_id)}.txt").write_text(
+                at_cadence(entry.fingerprint_vpdq, seconds_per_frame))
             manifest.write(json.dumps({
                 "entry_id": entry.entry_id, "file": f"{_safe(entry.entry_id)}.txt",
                 "bank": entry.bank, "source_video_id": entry.source_video_id,
@@ -57,6 +66,17 @@ def export_bank(entries: Iterable[BankEntry], folder: Path) -> int:
                 "added_at": format_time(entry.added_at)}) + "\n")
             count += 1
     return count
+
+
+def at_cadence(vpdq_text: str, seconds_per_frame: float) -> str:
+    """The vPDQ text with only the frame nearest each ``seconds_per_frame`` step (0: all)."""
+    if seconds_per_frame <= 0:
+        return vpdq_text
+    frames = VideoFingerprint.from_vpdq_text(vpdq_text).frames
+    keep = select_frames([f.timestamp_s for f in frames], seconds_per_frame)
+    if len(keep) == len(frames):
+        return vpdq_text  # as it came (another platform's list keeps its own formatting)
+    return VideoFingerprint(tuple(frames[i] for i in keep)).to_vpdq_text()
 
 
 def load_hash_list(folder: Path, bank: str = POSITIVE, reason: str = "imported",
