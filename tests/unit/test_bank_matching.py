@@ -307,3 +307,36 @@ def test_entries_added_one_at_a_time_stay_in_few_runs_and_exact():
     assert stats.entries == 201 and 1 <= stats.runs <= 9
     for query in queries:
         assert index.search(query) == linear_search(query, bank)
+
+
+def test_searches_go_on_while_the_index_is_rebuilt():
+    """Removing most entries rebuilds the index beside the old one: searches running at the
+    same time see either, never a half-built one, and find the same as the linear scan."""
+    bank, queries = synthetic_bank(entries=300)
+    index = BankIndex(exact=True)
+    index.add_many(bank.items())
+    kept = {k: v for i, (k, v) in enumerate(bank.items()) if i % 3 == 0}
+    errors, stop = [], threading.Event()
+
+    def search():
+        try:
+            while not stop.is_set():
+                for query in queries:
+                    found = {m.entry_id for m in index.search(query)}
+                    assert found <= set(bank)
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    readers = [threading.Thread(target=search) for _ in range(2)]
+    for reader in readers:
+        reader.start()
+    for entry_id in bank:
+        if entry_id not in kept:
+            index.remove(entry_id)
+    stop.set()
+    for reader in readers:
+        reader.join()
+    assert not errors
+    assert index.stats().tombstoned_rows < 200 * 6  # a rebuild ran
+    for query in queries:
+        assert index.search(query) == linear_search(query, kept)

@@ -26,7 +26,8 @@ Rows are added in runs: each addition is sorted on its own and merged with the r
 while that one is less than twice its size, so there are about log2(rows) runs and each row
 is merged about log2 times. Merging happens outside the readers' lock (runs are immutable
 once made); only the swap of the run list takes it. Removal leaves a tombstone; the index is
-rebuilt from its live rows when tombstones are the majority. One writer and many readers may
+rebuilt from its live rows when tombstones are the majority, beside the current one, which
+searches go on using until the swap. One writer and many readers may
 use an index at once: searches share a lock that the swaps take alone.
 """
 from __future__ import annotations
@@ -272,27 +273,29 @@ class BankIndex:
         return True
 
     def _rebuild(self) -> None:
-        """The index again from its live rows only (called with the writer's lock held)."""
+        """The index again from its live rows only (called with the writer's lock held: only
+        the writer changes what it reads). It is built beside the current one, which searches
+        go on using, and swapped in under the readers' lock."""
+        live = self._entry_alive.view()[self._row_entry.view()]
+        bits = self._bits.view()[live]
+        row_entry = self._row_entry.view()[live]
+        # Rows keep their order, so each entry's rows stay together: renumber its first row.
+        first_row = np.full(len(self._entry_ids), -1, np.int64)
+        starts = np.r_[True, row_entry[1:] != row_entry[:-1]] if len(row_entry) else np.zeros(0, bool)
+        first_row[row_entry[starts]] = np.flatnonzero(starts)
+        rebuilt = {}
+        for name, values in (("_bits", bits), ("_row_entry", row_entry),
+                             ("_row_frame", self._row_frame.view()[live]),
+                             ("_row_slot", self._row_slot.view()[live])):
+            rebuilt[name] = _Growable(values.shape[1:], values.dtype)
+            rebuilt[name].extend(values)
+        runs = (self._sorted_run(bits, 0),) if len(bits) else ()
         with self._lock.writing():
-            live = self._entry_alive.view()[self._row_entry.view()]
-            bits = self._bits.view()[live]
-            row_entry = self._row_entry.view()[live]
-            row_frame, row_slot = self._row_frame.view()[live], self._row_slot.view()[live]
-            # Rows keep their order, so each entry's rows stay together: renumber its first row.
-            first_row = np.full(len(self._entry_ids), -1, np.int64)
-            positions = np.arange(len(row_entry))
-            starts = np.r_[True, row_entry[1:] != row_entry[:-1]] if len(row_entry) else np.zeros(0, bool)
-            first_row[row_entry[starts]] = positions[starts]
-            self._bits = _Growable((HASH_BYTES,), np.uint8)
-            self._row_entry, self._row_frame = _Growable((), np.int32), _Growable((), np.int32)
-            self._row_slot = _Growable((), np.int32)
-            self._bits.extend(bits)
-            self._row_entry.extend(row_entry)
-            self._row_frame.extend(row_frame)
-            self._row_slot.extend(row_slot)
+            for name, growable in rebuilt.items():
+                setattr(self, name, growable)
             self._entry_first.view()[:] = first_row
             self._dead_rows = 0
-            self._runs = (self._sorted_run(bits, 0),) if len(bits) else ()
+            self._runs = runs
 
 
 def _chunk_keys(bits: np.ndarray, chunks: Sequence[int], starts: np.ndarray) -> list[np.ndarray]:
