@@ -26,7 +26,8 @@ import torch  # noqa: F401  before decord (README, "Pitfalls")
 import numpy as np
 
 from worker.bank.fingerprint import HashingConfig, fingerprint_frames, hash_frame, query_side_only
-from worker.bank.matching import MatchRule, compare, hash_rows, pairwise_distances
+from worker.bank.hamming import pairwise_distances
+from worker.bank.matching import MatchRule, compare, hash_rows
 from worker.decoding import DecordSampler
 from worker.samples import sample_video
 

@@ -77,8 +77,10 @@ class UploadEvent:
 
 
 def checked_document(value: bytes | None, max_bytes: int, schema: str, type_prefix: str,
-                     event_type: str) -> dict[str, Any]:
-    """The JSON document of one record value, valid against ``schema``; else :class:`DeadLetter`.
+                     event_type: str, time_fields: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The JSON document of one record value, valid against ``schema``, whose CloudEvents
+    ``time`` and ``data`` fields ``time_fields`` are timestamps with a UTC offset; else
+    :class:`DeadLetter`.
 
     A CloudEvents ``type`` under ``type_prefix`` other than ``event_type`` is another version
     of the same contract: it gets its own reason code, so that it can be replayed by a worker
@@ -103,18 +105,21 @@ def checked_document(value: bytes | None, max_bytes: int, schema: str, type_pref
         raise DeadLetter(errors.SCHEMA_VIOLATION, "the JSON is nested too deeply") from None
     if problem is not None:
         raise DeadLetter(errors.SCHEMA_VIOLATION, problem)
+    try:
+        parse_time(document["time"])
+        for field_name in time_fields:
+            parse_time(document["data"][field_name])
+    except ValueError as exc:
+        raise DeadLetter(errors.SCHEMA_VIOLATION, f"bad timestamp: {exc}") from None
     return document
 
 
 def parse_upload_event(value: bytes | None, max_bytes: int) -> UploadEvent:
     """Validate one Kafka record value; raise :class:`DeadLetter` with the reason if it is bad."""
-    document = checked_document(value, max_bytes, "upload-event", _UPLOAD_TYPE_PREFIX, UPLOAD_TYPE)
+    document = checked_document(value, max_bytes, "upload-event", _UPLOAD_TYPE_PREFIX, UPLOAD_TYPE,
+                                ("uploaded_at",))
     data = document["data"]
-    try:
-        parse_time(document["time"])
-        uploaded_at = parse_time(data["uploaded_at"])
-    except ValueError as exc:
-        raise DeadLetter(errors.SCHEMA_VIOLATION, f"bad timestamp: {exc}") from None
+    uploaded_at = parse_time(data["uploaded_at"])
     return UploadEvent(
         event_id=document["id"],
         source=document["source"],

@@ -134,20 +134,27 @@ def build_variant(source: Path, frames: list[np.ndarray], rate: int, variant: st
 
 
 @pytest.fixture(scope="session")
-def decoded(tmp_path_factory):
-    """(video, variant) -> frames and timestamps, as the worker's sampler returns them."""
+def variant_files(tmp_path_factory) -> dict[tuple[str, str], Path]:
+    """(video, variant) -> the file: the original ("source") and each edited copy, made once."""
     folder = tmp_path_factory.mktemp("bank-variants")
-    sampler = DecordSampler()
     out = {}
     for name in VIDEOS:
         source = sample_video(name)
         frames, rate = decode_all(source)
-        paths = {"source": source}
+        out[name, "source"] = source
         for variant in SPATIAL + ("trim",):
-            paths[variant] = build_variant(source, frames, rate, variant, folder)
-        for variant, path in paths.items():
-            sampled = sampler.sample(path, FRAMES_PER_VIDEO)
-            out[name, variant] = (sampled.frames, sampled.timestamps_s, sampled.indices)
+            out[name, variant] = build_variant(source, frames, rate, variant, folder)
+    return out
+
+
+@pytest.fixture(scope="session")
+def decoded(variant_files):
+    """(video, variant) -> frames and timestamps, as the worker's sampler returns them."""
+    sampler = DecordSampler()
+    out = {}
+    for key, path in variant_files.items():
+        sampled = sampler.sample(path, FRAMES_PER_VIDEO)
+        out[key] = (sampled.frames, sampled.timestamps_s, sampled.indices)
     return out
 
 
@@ -278,24 +285,20 @@ EVERY_FRAME = HashingConfig(seconds_per_hash=0)  # the decoder has picked the ha
 
 
 @pytest.fixture(scope="session")
-def as_worker(decoded, tmp_path_factory):
+def as_worker(variant_files):
     """(video, variant) -> the fingerprint the worker computes for an upload of that file
     (the decoder's hash frames: one a second, at least 6), and video -> the entries it writes
     for the original: at once from the upload's own hash frames ("1hz"), and dense
     (``bank.entry_hash_rate_hz`` 30, thinned at 16 bits), as densify and confirmations do."""
-    folder = tmp_path_factory.mktemp("bank-worker-path")
     upload = DecordSampler(hash_rate_hz=1.0, hash_max_frames=300, hash_min_frames=6)
     entry = DecordSampler(hash_rate_hz=30.0, hash_max_frames=900)
     queries, entries = {}, {}
     for name in VIDEOS:
-        source = sample_video(name)
-        frames, rate = decode_all(source)
         for variant in ("source", "trim", "reencode", "half", "mirror"):
-            path = source if variant == "source" else build_variant(source, frames, rate, variant, folder)
-            s = upload.sample(path, 1)
+            s = upload.sample(variant_files[name, variant], 1)
             queries[name, variant] = fingerprint_frames(s.hash_frames, s.hash_timestamps_s, s.hash_indices,
                                                         EVERY_FRAME)
-        dense = entry.sample(source, 1)
+        dense = entry.sample(variant_files[name, "source"], 1)
         entries[name, "1hz"] = queries[name, "source"].bank_side()
         entries[name, "dense"] = fingerprint_entry(dense.hash_frames, dense.hash_timestamps_s,
                                                    dense.hash_indices, EVERY_FRAME, keep_distance=16)

@@ -8,7 +8,7 @@ import pytest
 from worker.bank.fingerprint import (PLAIN, TRIM, FrameFingerprint, FrameHash, HashingConfig,
                                      VideoFingerprint, fingerprint_frames, hash_frame, pdq_hash,
                                      select_frames, uniform_borders)
-from worker.bank.matching import hamming
+from worker.bank.hamming import hamming
 
 
 def textured(seed: int, height: int = 144, width: int = 176) -> np.ndarray:

@@ -9,8 +9,8 @@ import pytest
 
 from worker.bank.fingerprint import PLAIN, FrameFingerprint, FrameHash, VideoFingerprint
 from worker.bank.index import BankIndex
-from worker.bank.matching import (MatchRule, compare, hamming, hash_rows, linear_search,
-                                  pairwise_distances)
+from worker.bank.hamming import hamming, pairwise_distances, row_distances
+from worker.bank.matching import MatchRule, compare, hash_rows, linear_search
 
 RNG = np.random.default_rng(7)
 
@@ -39,6 +39,7 @@ def test_hamming_distances():
     assert hamming(a, a) == 0 and hamming(a, flip(a, 31)) == 31
     b = np.frombuffer(a + flip(a, 5) + flip(a, 200), np.uint8).reshape(3, 32)
     assert pairwise_distances(b[:1], b).tolist() == [[0, 5, 200]]
+    assert row_distances(b, b[::-1]).tolist() == [200, 0, 200]
 
 
 def test_frames_match_at_31_bits_and_not_at_32():

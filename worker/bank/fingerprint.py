@@ -39,6 +39,8 @@ import numpy as np
 import pdqhash
 from PIL import Image
 
+from .hamming import hamming
+
 PLAIN = "plain"
 TRIM = "trim"
 SIDES = ("left", "right", "top", "bottom")
@@ -232,15 +234,14 @@ def thin_dense(frames: np.ndarray | Sequence[np.ndarray], timestamps_s: Sequence
     if len(frames) != len(timestamps_s):
         raise ValueError("one timestamp per frame")
     kept: list[int] = []
-    last_bits, last_time = None, 0.0
+    last_hash, last_time = None, 0.0
     for i in np.argsort(np.asarray(timestamps_s, dtype=np.float64), kind="stable").tolist():
         digest, _ = pdq_hash(shrink(np.asarray(frames[i]), config.plain_max_side))
-        bits = np.frombuffer(digest, np.uint8)
         time_s = float(timestamps_s[i])
-        if (last_bits is None or time_s - last_time >= seconds_per_frame - 1e-6
-                or int(np.unpackbits(bits ^ last_bits).sum()) > keep_distance):
+        if (last_hash is None or time_s - last_time >= seconds_per_frame - 1e-6
+                or hamming(digest, last_hash) > keep_distance):
             kept.append(i)
-            last_bits, last_time = bits, time_s
+            last_hash, last_time = digest, time_s
     return sorted(kept)
 
 

@@ -40,8 +40,8 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .fingerprint import HASH_BYTES, VideoFingerprint
-from .matching import (BankMatch, HashRows, MatchRule, hash_rows, pairwise_distances, sort_matches,
-                       video_match)
+from .hamming import pairwise_distances, row_distances
+from .matching import BankMatch, HashRows, MatchRule, hash_rows, sort_matches, video_match
 
 FAST_CHUNKS = (3,) * 10 + (2,)   # bytes per chunk
 EXACT_CHUNKS = (2,) * 16
@@ -92,7 +92,7 @@ class BankIndex:
         self._row_slot = _Growable((), np.int32)
         self._entry_ids: list[str] = []
         self._entry_first = _Growable((), np.int64)
-        self._entry_frames = _Growable((), np.int32)
+        self._entry_slots = _Growable((), np.int32)
         self._entry_rows = _Growable((), np.int64)
         self._entry_negative = _Growable((), np.bool_)
         self._entry_alive = _Growable((), np.bool_)
@@ -134,7 +134,7 @@ class BankIndex:
                     self._entry_ids.append(entry_id)
                     self._number_of[entry_id] = number
                     self._entry_first.append(at)
-                    self._entry_frames.append(rows.slots)
+                    self._entry_slots.append(rows.slots)
                     self._entry_rows.append(len(rows.bits))
                     self._entry_negative.append(negative)
                     self._entry_alive.append(rows.frame_count > 0)
@@ -207,7 +207,7 @@ class BankIndex:
         pairs = np.unique(np.concatenate(rows).astype(np.int64) * len(q.bits) + np.concatenate(queries))
         candidate, query_row = pairs // len(q.bits), pairs % len(q.bits)
         bits = self._bits.view()
-        close = _distances(q.bits[query_row], bits[candidate]) <= self.rule.max_distance
+        close = row_distances(q.bits[query_row], bits[candidate]) <= self.rule.max_distance
         entries = np.unique(self._row_entry.view()[candidate[close]])
         return entries[self._entry_alive.view()[entries]]
 
@@ -237,7 +237,7 @@ class BankIndex:
         qi, ei = np.nonzero(distances <= self.rule.max_distance)
         query_frame = q.frame[qi]
         match = video_match(query_frame, self._row_frame.view()[first + ei], distances[qi, ei],
-                            q.frame_count, int(self._entry_frames.view()[number]), self.rule,
+                            q.frame_count, int(self._entry_slots.view()[number]), self.rule,
                             known_good, self._row_slot.view()[first + ei])
         return match, query_frame
 
@@ -314,12 +314,6 @@ def _ranges(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     lengths = hi - lo
     offsets = np.repeat(lo - np.cumsum(np.r_[0, lengths[:-1]]), lengths)
     return values[offsets + np.arange(lengths.sum())]
-
-
-def _distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamming distances between rows of ``a`` and the rows of ``b`` at the same positions."""
-    x = np.ascontiguousarray(a).view(np.uint64) ^ np.ascontiguousarray(b).view(np.uint64)
-    return np.bitwise_count(x).sum(axis=1, dtype=np.int32)
 
 
 class _Growable:

@@ -46,9 +46,7 @@ from typing import Mapping
 import numpy as np
 
 from .fingerprint import HASH_BYTES, VideoFingerprint, query_side_only
-
-_POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
-
+from .hamming import pairwise_distances
 
 @dataclass(frozen=True)
 class MatchRule:
@@ -182,15 +180,6 @@ def time_slots(timestamps_s, slot_s: float) -> tuple[np.ndarray, int]:
     raw = np.floor((times - times.min()) / slot_s + 0.5).astype(np.int64)
     used, slot = np.unique(raw, return_inverse=True)
     return slot.astype(np.int32).reshape(-1), len(used)
-
-
-def hamming(a: bytes, b: bytes) -> int:
-    return int(_POPCOUNT[np.frombuffer(a, np.uint8) ^ np.frombuffer(b, np.uint8)].sum())
-
-
-def pairwise_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Hamming distances between rows of ``a`` (n, 32) and rows of ``b`` (m, 32): (n, m)."""
-    return _POPCOUNT[a[:, None, :] ^ b[None, :, :]].sum(axis=2, dtype=np.int32)
 
 
 def close_pairs(query: HashRows, entry: HashRows, max_distance: int):
