@@ -6,8 +6,12 @@ code resembled. Per video and in sequence: OpenCV's ``VideoCapture`` reads the v
 first sampled frame to its last, ``grab()``-ing (decoding) every frame in between and
 ``retrieve()``-ing (converting to BGR, then RGB) the sampled ones; each frame on its own is
 PIL-resized and given to MTCNN (one ``detect`` call a frame); the faces are cropped and
-classified in one batch; then the next video. The frame indices are the winner's too:
-``linspace(0, frame_count - 1, n)`` truncated, with OpenCV's frame count.
+classified in one batch; then the next video.
+
+Both loops are given the worker's frames (:func:`frame_plan`, computed before the timing):
+with ``media.frame_slack`` 0 those are the winner's, ``linspace(0, frame_count - 1, n)``
+truncated; with slack, the same even spread moved to keyframes within reach, as the worker's
+decoder picks them. The baselines see the same frames; how they read them is what differs.
 
 :class:`NaiveLoop` is a stronger sequential reference, kept so that the benchmark shows how
 much of the ratio comes from the overlap and cross-video batching alone: per video and strictly
@@ -36,6 +40,15 @@ import cv2  # the DFDC-era loop reads with OpenCV, as the winner's kernel did
 
 from worker.models.loading import _BACKEND_MODULES  # noqa: F401  (which backend module a spec names)
 from worker.models.spec import ModelSpec
+from worker.sampling import choose_frames
+
+
+def frame_plan(path: Path, count: int, frame_slack: float) -> list[int]:
+    """The frames the worker's decoder samples from ``path`` (hash bank off): ``count`` spread
+    evenly, moved by up to ``frame_slack`` of their spacing to keyframes or cheaper frames."""
+    reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
+    keys = [int(i) for i in reader.get_key_indices()] if frame_slack else []
+    return choose_frames(len(reader), count, frame_slack, keys)
 
 
 @dataclass
@@ -61,9 +74,9 @@ class NaiveLoop:
         self.mean = torch.tensor(self.pre.mean).view(1, 3, 1, 1).to(device)
         self.std = torch.tensor(self.pre.std).view(1, 3, 1, 1).to(device)
 
-    def process(self, path: Path) -> VideoResult:
+    def process(self, path: Path, indices: list[int]) -> VideoResult:
         laps = _Laps()
-        frames = self.read(path)
+        frames = self.read(path, indices)
         laps("decode")
         faces = self.detect(frames)
         laps("detect_faces")
@@ -73,11 +86,9 @@ class NaiveLoop:
         return VideoResult(frames=len(frames), faces=len(faces), seconds=laps.total(),
                            stage_seconds=laps.seconds)
 
-    def read(self, path: Path) -> np.ndarray:
+    def read(self, path: Path, indices: list[int]) -> np.ndarray:
         """The sampled frames: decord, only those indices (it seeks past keyframes)."""
         reader = decord.VideoReader(str(path), ctx=decord.cpu(0))
-        count = self.pre.frames_per_video
-        indices = sorted({int(i) for i in np.linspace(0, len(reader) - 1, num=count).astype(np.int64)})
         return reader.get_batch(indices).asnumpy()
 
     def detect(self, frames) -> list[tuple[int, tuple[float, ...]]]:
@@ -126,14 +137,10 @@ class DfdcEraLoop(NaiveLoop):
     its crop, its networks, its detector scale and thresholds. Only the reading and the
     per-frame detection differ from :class:`NaiveLoop`."""
 
-    def read(self, path: Path) -> list[np.ndarray]:
+    def read(self, path: Path, indices: list[int]) -> list[np.ndarray]:
         capture = cv2.VideoCapture(str(path))
         try:
-            count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-            if count <= 0:
-                raise ValueError(f"{path}: OpenCV reports no frames")
-            wanted = np.linspace(0, count - 1, self.pre.frames_per_video, endpoint=True).astype(np.int64)
-            wanted = sorted({int(i) for i in wanted})
+            wanted = sorted(indices)
             frames = []
             for index in range(wanted[0], wanted[-1] + 1):
                 if not capture.grab():

@@ -1,5 +1,6 @@
 """What a benchmark phase cost the machine: peak RSS of a process and its children (the
-sandboxed decoder is a child), percentiles, and GPU utilisation from nvidia-smi."""
+sandboxed decoder is a child), the machine's busy CPU seconds, percentiles, and GPU
+utilisation from nvidia-smi."""
 from __future__ import annotations
 
 import os
@@ -20,6 +21,16 @@ def rss_bytes(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot (Linux ``/proc/stat``: everything but
+    idle and iowait), so that a pass's difference says how many cores it kept busy and how
+    much CPU time a video cost, whatever ran where (the worker, its decoder children)."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def children(pid: int) -> list[int]:

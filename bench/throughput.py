@@ -36,12 +36,13 @@ REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 
 import clips  # noqa: E402
-from procstats import GpuSampler, RssSampler, children, percentile  # noqa: E402
+from procstats import GpuSampler, RssSampler, children, machine_busy_seconds, percentile  # noqa: E402
 from worker.app import build_pipeline  # noqa: E402
 from worker.config import load_config  # noqa: E402
 from worker.errors import DeadLetter  # noqa: E402
 from worker.events import parse_upload_event, upload_event  # noqa: E402
 from worker.models.checkpoint import save_checkpoint  # noqa: E402
+from worker.models.loading import model_frame_slack  # noqa: E402
 from worker.models.spec import load_model_spec, write_model_file  # noqa: E402
 from worker.samples import NAMES, sample_video  # noqa: E402
 
@@ -173,16 +174,20 @@ class WorkerSide:
 class BaselineSide:
     child_pids: set[int] = set()  # it decodes in this process
 
-    def __init__(self, spec, device: torch.device, warm_up: Path, kind: str = "dfdc"):
-        from baseline import DfdcEraLoop, NaiveLoop
+    def __init__(self, spec, device: torch.device, warm_up: Path, videos: list[Path],
+                 frame_slack: float, kind: str = "dfdc"):
+        from baseline import DfdcEraLoop, NaiveLoop, frame_plan
 
         self.loop = (DfdcEraLoop if kind == "dfdc" else NaiveLoop)(spec, device)
-        self.loop.process(warm_up)
+        count = spec.preprocessing.frames_per_video
+        # the worker's frames for each video, worked out before any timing
+        self.plans = {path: frame_plan(path, count, frame_slack) for path in {warm_up, *videos}}
+        self.loop.process(warm_up, self.plans[warm_up])
 
     def run(self, videos: list[Path]) -> list[dict]:
         out = []
         for path in videos:
-            r = self.loop.process(path)
+            r = self.loop.process(path, self.plans[path])
             out.append({"video": path.name, "seconds": r.seconds, "stages": r.stage_seconds,
                         "frames": r.frames, "faces": r.faces})
         return out
@@ -195,9 +200,10 @@ def timed_pass(side, videos: list[Path], rss: RssSampler, gpu: GpuSampler | None
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
     calls = side.watch_device_calls() if hasattr(side, "watch_device_calls") else {}
-    started = time.perf_counter()
+    busy, started = machine_busy_seconds(), time.perf_counter()
     per_video = side.run(videos)
     wall = time.perf_counter() - started
+    per_video[0]["cpu_busy_s"] = machine_busy_seconds() - busy
     for stage, bucket in calls.items():
         if bucket:
             per_video[0].setdefault("device_calls", {})[stage] = list(bucket)
@@ -225,6 +231,9 @@ def merge_passes(name: str, passes: list[tuple]) -> dict:
         d["mean_batch"] = d["items"] / max(d["calls"], 1)
         d["busy_share_of_wall"] = d["seconds"] / wall
     result["device_calls"] = device
+    busy = sum(v.pop("cpu_busy_s", 0.0) for v in per_video)
+    result["cpu_cores_busy"] = busy / wall
+    result["cpu_s_per_video"] = busy / max(len(per_video), 1)
     return result
 
 
@@ -254,15 +263,17 @@ def classifier_ceiling(model_file: Path, device: torch.device, batch_sizes: list
 def print_table(results: list[dict], baseline: dict | None) -> None:
     print()
     print(f"{'':<26}{'videos/s':>9}{'frames/s':>10}{'faces/s':>9}{'x base':>8}"
-          f"{'p50 s':>8}{'p95 s':>8}{'p99 s':>8}{'RSS MiB':>9}{'child':>7}")
+          f"{'p50 s':>8}{'p95 s':>8}{'p99 s':>8}{'RSS MiB':>9}{'child':>7}{'cores':>7}{'CPU s/video':>12}")
     for r in results:
         lat, rss = r["latency_s"], r["rss"]
         print(f"{r['name']:<26}{r['videos_per_s']:>9.3f}{r['frames_per_s']:>10.2f}{r['faces_per_s']:>9.2f}"
               + (f"{r['videos_per_s'] / baseline['videos_per_s']:>7.2f}x" if baseline else f"{'-':>8}")
               + f"{lat['p50']:>8.2f}{lat['p95']:>8.2f}{lat['p99']:>8.2f}{rss['main_mib']:>9.0f}"
-              f"{rss['largest_child_mib']:>7.0f}")
+              f"{rss['largest_child_mib']:>7.0f}{r['cpu_cores_busy']:>7.2f}{r['cpu_s_per_video']:>12.2f}")
     print("\n(RSS MiB: this process's peak during the pass; it holds every side's models at once. "
-          "child: the peak of that side's largest decoder process; the baseline decodes in-process)")
+          "child: the peak of that side's largest decoder process; the baseline decodes in-process. "
+          "cores: the machine's busy CPU seconds during the pass over its wall time; CPU s/video: "
+          "those seconds per video, the work a video cost, wherever it ran)")
     for r in results:
         shares = ", ".join(f"{k} {v:.0%}" for k, v in r["stage_share"].items())
         print(f"stage share, {r['name']}: {shares}   ({r['videos']} videos, {r['frames']} frames, "
@@ -394,10 +405,16 @@ def main(argv: list[str] | None = None) -> int:
     warm = sample_video("carphone_pristine.mp4")
     sides: list[tuple[str, object]] = []
     started = time.perf_counter()
+    # the worker's frames (media.frame_slack, unless the model's backend fixes them) for the baselines too
+    configured = worker_config(model_file, device_name, 1, roots, args.overrides).media.frame_slack
+    slack = model_frame_slack(spec, configured)
+    report["frame_slack"] = slack
+    print(f"media.frame_slack {slack}: both sides get "
+          + ("the winner's even frames" if not slack else "the even frames moved to keyframes within reach"))
     if not args.no_baseline:
-        sides.append(("baseline (DFDC-era loop)", BaselineSide(spec, device, warm, "dfdc")))
+        sides.append(("baseline (DFDC-era loop)", BaselineSide(spec, device, warm, videos, slack, "dfdc")))
         if not args.no_batched_loop:
-            sides.append(("batched sequential loop", BaselineSide(spec, device, warm, "batched")))
+            sides.append(("batched sequential loop", BaselineSide(spec, device, warm, videos, slack, "batched")))
     workers = []
     for threads in args.threads:
         side = WorkerSide(worker_config(model_file, device_name, threads, roots, args.overrides), warm)

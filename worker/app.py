@@ -27,7 +27,7 @@ from .media import Fetcher
 from .metrics import Health, HealthServer, WorkerMetrics
 from .microbatch import CrossVideoDetector
 from .models.batching import CrossVideoBatcher
-from .models.loading import load_detector_model, load_face_detector
+from .models.loading import load_detector_model, load_face_detector, model_frame_slack
 from .models.spec import ModelSpec, load_model_spec
 from .models.timing import StageTimer
 from .pipeline import FaceClassifier, FaceDetector, Pipeline
@@ -99,13 +99,16 @@ def _gpu_utilisation() -> float | None:
         return None
 
 
-def build_sampler(media: MediaConfig, bank: BankConfig, entries: bool = False):
+def build_sampler(media: MediaConfig, bank: BankConfig, entries: bool = False,
+                  frame_slack: float | None = None):
     """Decoding in the sandboxed child process, or (``media.sandbox = false``) in-process;
     with the bank on, it also returns about ``bank.hash_rate_hz`` small frames a second
-    (``entries``: ``bank.entry_hash_rate_hz``, for fingerprinting bank entries)."""
+    (``entries``: ``bank.entry_hash_rate_hz``, for fingerprinting bank entries).
+    ``frame_slack`` overrides ``media.frame_slack`` (a model file's backend may fix it)."""
     limits = {"max_pixels": media.max_pixels, "max_duration_s": media.max_duration_s,
               "hash_rate_hz": bank.hash_rate_hz if bank.enabled else 0.0,
-              "hash_max_frames": bank.max_hash_frames, "hash_min_frames": bank.min_hash_frames}
+              "hash_max_frames": bank.max_hash_frames, "hash_min_frames": bank.min_hash_frames,
+              "frame_slack": media.frame_slack if frame_slack is None else frame_slack}
     if entries:
         limits.update(hash_rate_hz=bank.entry_hash_rate_hz, hash_max_frames=bank.entry_max_hash_frames)
     if media.sandbox:
@@ -134,7 +137,8 @@ def build_pipeline(cfg: Config) -> Pipeline:
     log.info("loading models on %s", device)
     return Pipeline(
         fetcher=build_fetcher(cfg.media),
-        sampler=build_sampler(cfg.media, cfg.bank),
+        sampler=build_sampler(cfg.media, cfg.bank,
+                              frame_slack=model_frame_slack(spec, cfg.media.frame_slack)),
         detector=build_detector(spec, cfg.faces, device, cfg.worker.processing_threads),
         classifier=build_classifier(spec, cfg.model, device, cfg.worker.processing_threads),
         policy=Policy(cfg.policy.takedown_threshold, cfg.policy.review_threshold),

@@ -19,17 +19,25 @@ from .container import (IDENTITY_MATRIX, iso_bmff_truncated, mp4_track_handlers,
                         mp4_video_sample_count, mp4_video_track, mp4_without_tracks, sniff)
 from .errors import DeadLetter
 from .pipeline import SampledFrames
+from .sampling import choose_frames
 
 decord.logging.set_level(decord.logging.QUIET)
 
 
 class DecordSampler:
-    """Decodes ``count`` frames spread evenly over a video, as RGB uint8, upright."""
+    """Decodes ``count`` frames spread evenly over a video, as RGB uint8, upright.
+
+    With ``frame_slack`` above 0, each sampled frame may move by that share of the spacing
+    between sampled frames to a keyframe or a hash frame, else to the cheapest frame within
+    reach (:func:`worker.sampling.choose_frames`); 0 takes the DFDC winner's frames exactly.
+    """
 
     def __init__(self, threads: int = 0, max_pixels: int = 4096 * 4096,
                  max_duration_s: float = 3 * 3600.0, hash_rate_hz: float = 0.0,
-                 hash_max_frames: int = 600, hash_max_side: int = 256, hash_min_frames: int = 0):
+                 hash_max_frames: int = 600, hash_max_side: int = 256, hash_min_frames: int = 0,
+                 frame_slack: float = 0.0):
         self.threads = threads
+        self.frame_slack = frame_slack
         self.max_pixels = max_pixels
         self.max_duration_s = max_duration_s
         self.hash_rate_hz = hash_rate_hz
@@ -72,11 +80,12 @@ class DecordSampler:
         if duration > self.max_duration_s:
             raise DeadLetter(errors.VIDEO_TOO_LONG,
                              f"{duration:.0f} s is over the {self.max_duration_s:.0f} s limit")
-        # Spread evenly from the first to the last frame, truncated to int: the DFDC winner's
-        # rule, so its checkpoints see the frames they were published with. Repeats (a video
-        # shorter than ``count``) are dropped.
-        indices = sorted({int(i) for i in np.linspace(0, frame_count - 1, num=count).astype(np.int64)})
+        # Spread evenly from the first to the last frame, truncated to int (the DFDC winner's
+        # rule, so its checkpoints see the frames they were published with), unless
+        # frame_slack lets them move to frames that are cheaper to decode.
         hash_indices = self._hash_indices(frame_count, duration)
+        cheap = [*self._keyframes(reader), *hash_indices] if self.frame_slack else ()
+        indices = choose_frames(frame_count, count, self.frame_slack, cheap)
         try:
             first = reader[indices[0]]
             self._check_pixels(first.shape[1], first.shape[0])
@@ -93,6 +102,15 @@ class DecordSampler:
             hash_frames=np.stack(small) if hash_indices else None,
             hash_indices=tuple(hash_indices), hash_timestamps_s=hash_times,
         )
+
+    @staticmethod
+    def _keyframes(reader) -> list[int]:
+        """The keyframes' indices, from the container's index (no decoding); none when the
+        container does not say, which leaves the sampled frames at their cheapest in reach."""
+        try:
+            return [int(i) for i in reader.get_key_indices()]
+        except (RuntimeError, decord.DECORDError):
+            return []
 
     def _hash_indices(self, frame_count: int, duration: float) -> list[int]:
         """About ``hash_rate_hz`` frames a second, at least ``hash_min_frames`` (a clip of a

@@ -14,13 +14,17 @@ from functools import partial
 from http.server import BaseHTTPRequestHandler, SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch  # noqa: F401  (before decord: see README, "Pitfalls")
+import decord
 
 from worker.decoding import DecordSampler
 from worker.errors import DeadLetter
 from worker.media import Fetcher
 from worker.sandbox import SandboxedSampler
 from worker.samples import sample_video
+from worker.sampling import choose_frames, even_frames
 
 from ..media_factory import (CODECS, corrupt_moov, set_mp4_rotation, write_audio_only,
                              write_video, write_zero_frames)
@@ -332,6 +336,35 @@ def test_decoder_samples_evenly_with_timestamps(sandbox):
 
 def test_decoder_asked_for_more_frames_than_the_video_has(sandbox):
     assert sandbox.sample(sample_video("carphone_pristine.mp4"), 500).indices == tuple(range(120))
+
+
+def test_sampled_frames_move_to_keyframes_within_reach_and_are_those_frames():
+    path = sample_video("bikes.mp4")  # 250 frames, keyframes 0, 30, 76, 137, 187, 242
+    reader = decord.VideoReader(str(path))
+    keyframes = [int(i) for i in reader.get_key_indices()]
+    sampler = SandboxedSampler(timeout_s=60, memory_bytes=4 << 30, frame_slack=0.5)
+    try:
+        sampled = sampler.sample(path, 8)
+    finally:
+        sampler.close()
+    assert list(sampled.indices) == choose_frames(250, 8, 0.5, keyframes)
+    assert len(set(sampled.indices) & set(keyframes)) >= 5
+    assert sampled.indices != tuple(even_frames(250, 8))
+    # each moved frame is the frame at its index, decoded the plain way, with its own time
+    assert np.array_equal(sampled.frames, reader.get_batch(list(sampled.indices)).asnumpy())
+    assert sampled.timestamps_s == pytest.approx([i / 25.0 for i in sampled.indices], abs=0.05)
+
+
+def test_the_sandbox_hands_over_large_frames_intact():
+    path = sample_video("bigbuckbunny.mp4")  # 1280x720: 22 MB for 8 frames, many pipe-fulls
+    sandboxed = SandboxedSampler(timeout_s=60, memory_bytes=4 << 30)
+    try:
+        through_pipe = sandboxed.sample(path, 8)
+    finally:
+        sandboxed.close()
+    in_process = DecordSampler().sample(path, 8)
+    assert through_pipe.frames.shape == (8, 720, 1280, 3)
+    assert np.array_equal(through_pipe.frames, in_process.frames)
 
 
 # --- the score command ----------------------------------------------------------------------

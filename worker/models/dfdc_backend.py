@@ -20,6 +20,10 @@ from .dfdc_preprocess import (DETECTOR_SCALE, DETECTOR_THRESHOLDS, INPUT_SIZE, c
                               detect_faces, face_input, face_limit)
 from .spec import ModelFileError, ModelSpec, Preprocessing
 
+# The winner's frames are linspace(0, frame_count - 1, n) truncated, never moved to cheaper
+# ones (media.frame_slack does not apply).
+FRAME_SLACK = 0.0
+
 
 def check_rules(spec: ModelSpec) -> None:
     """Refuse a model file whose preprocessing differs from the winner's fixed rules."""

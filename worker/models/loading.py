@@ -28,6 +28,15 @@ def model_info(spec: ModelSpec) -> ModelInfo:
                      aggregation=spec.aggregation, calibration=spec.calibration)
 
 
+def model_frame_slack(spec: ModelSpec | None, configured: float) -> float:
+    """How far sampled frames may move to cheaper ones (``media.frame_slack``), unless the
+    model file's backend fixes its frames: the DFDC winner's are exactly even."""
+    if spec is None:
+        return configured
+    backend = importlib.import_module(_BACKEND_MODULES[spec.backend])
+    return getattr(backend, "FRAME_SLACK", configured)
+
+
 def load_face_detector(spec: ModelSpec, device: torch.device, min_face_size: int = 20,
                        batch_size: int = 16):
     """The face detector the model file asks for: the backend's own (the DFDC winner's), or

@@ -95,10 +95,11 @@ class LandmarkDetector:
         scale = self.settings.detector_scale
         found = []
         for start in range(0, len(frames), self.batch_size):
-            batch = torch.from_numpy(frames[start:start + self.batch_size]).to(self._device)
+            chunk = frames[start:start + self.batch_size]
             if scale != 1.0:  # the worker's own downscale, so boxes match its detector's
-                batch = MtcnnDetector._downscale(batch, scale)
-            boxes, probs, points = self._mtcnn.detect(batch, landmarks=True)
+                chunk = MtcnnDetector.downscale(chunk, scale)
+            boxes, probs, points = self._mtcnn.detect(torch.from_numpy(chunk).to(self._device),
+                                                      landmarks=True)
             for frame_boxes, frame_probs, frame_points in zip(boxes, probs, points):
                 kept = []
                 if frame_boxes is not None:
