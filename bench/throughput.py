@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 
 import clips  # noqa: E402
 from procstats import GpuSampler, RssSampler, children, machine_busy_seconds, percentile  # noqa: E402
-from worker.app import build_pipeline  # noqa: E402
+from worker.app import build_pipeline, select_device, torch_threads  # noqa: E402
 from worker.config import load_config  # noqa: E402
 from worker.errors import DeadLetter  # noqa: E402
 from worker.events import parse_upload_event, upload_event  # noqa: E402
@@ -113,6 +113,8 @@ class WorkerSide:
 
     def __init__(self, cfg, warm_up: Path):
         self.threads = cfg.worker.processing_threads
+        # what build_pipeline sets process-wide, set again before each of this side's passes
+        self.torch_threads = torch_threads(cfg, select_device(cfg.model.device))
         before = set(children(os.getpid()))
         self.pipeline = build_pipeline(cfg)
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="processing")
@@ -173,6 +175,7 @@ class WorkerSide:
 
 class BaselineSide:
     child_pids: set[int] = set()  # it decodes in this process
+    torch_threads = torch.get_num_threads()  # torch's default, as DFDC-era code ran
 
     def __init__(self, spec, device: torch.device, warm_up: Path, videos: list[Path],
                  frame_slack: float, kind: str = "dfdc"):
@@ -194,6 +197,7 @@ class BaselineSide:
 
 
 def timed_pass(side, videos: list[Path], rss: RssSampler, gpu: GpuSampler | None, device) -> tuple:
+    torch.set_num_threads(side.torch_threads)
     rss.reset(side.child_pids)
     mark = gpu.mark() if gpu else 0
     if device.type == "cuda":
@@ -420,7 +424,10 @@ def main(argv: list[str] | None = None) -> int:
         side = WorkerSide(worker_config(model_file, device_name, threads, roots, args.overrides), warm)
         workers.append(side)
         sides.append((f"worker, {threads} in flight", side))
-    print(f"models loaded and warmed up in {time.perf_counter() - started:.1f} s", flush=True)
+        report.setdefault("worker_torch_threads", {})[threads] = side.torch_threads
+    print(f"models loaded and warmed up in {time.perf_counter() - started:.1f} s; torch threads: baseline "
+          f"{BaselineSide.torch_threads}, worker " + ", ".join(
+              f"{side.torch_threads} at {side.threads} in flight" for side in workers), flush=True)
 
     passes: dict[str, list] = {name: [] for name, _ in sides}
     try:
@@ -449,6 +456,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{report['ratio_best_worker_over_batched_loop']:.2f}x videos/s; batched sequential "
                       f"loop / baseline: {report['ratio_batched_loop_over_baseline']:.2f}x")
         report["load_average_after"] = os.getloadavg()
+        torch.set_num_threads(BaselineSide.torch_threads)  # the ceiling and scaling: torch's default
         for side in workers:
             side.close()
         if args.ceiling:

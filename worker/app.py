@@ -70,9 +70,10 @@ def build_classifier(spec: ModelSpec | None, cfg: ModelConfig, device: torch.dev
 def build_detector(spec: ModelSpec | None, faces: FacesConfig, device: torch.device,
                    processing_threads: int = 1) -> FaceDetector:
     """The face detector the model file asks for (:func:`load_face_detector`), else MTCNN
-    as [faces] says. With several videos in flight, MTCNN's calls take frames of several
-    videos (``faces.max_batch`` / ``faces.max_wait_ms``); the DFDC winner's detector runs
-    one frame at a time by its rules, so it is left alone."""
+    as [faces] says. With several videos in flight on a GPU (``faces.batch_across_videos``),
+    MTCNN's calls take frames of several videos (``faces.max_batch`` / ``faces.max_wait_ms``);
+    on a CPU each video's thread calls it itself. The DFDC winner's detector runs one frame
+    at a time by its rules, so it is left alone."""
     if spec is None:
         detector = MtcnnDetector(device, max_side=faces.max_side, min_face_size=faces.min_face_size,
                                  min_confidence=faces.min_confidence,
@@ -81,7 +82,9 @@ def build_detector(spec: ModelSpec | None, faces: FacesConfig, device: torch.dev
     else:
         # the model file's own detector keeps faces.batch_size: its boxes may depend on it
         detector = load_face_detector(spec, device, faces.min_face_size, faces.batch_size)
-    if processing_threads > 1 and isinstance(detector, MtcnnDetector):
+    shared = faces.batch_across_videos == "on" or (faces.batch_across_videos == "auto"
+                                                    and device.type == "cuda")
+    if processing_threads > 1 and shared and isinstance(detector, MtcnnDetector):
         return CrossVideoDetector(detector, faces.max_batch, faces.max_wait_ms / 1000.0,
                                   max_queued=processing_threads, timer=StageTimer(device).measure)
     return detector
@@ -131,8 +134,23 @@ def build_fetcher(media: MediaConfig) -> Fetcher:
                    max_redirects=media.max_redirects, connect_timeout_s=media.connect_timeout_s)
 
 
+_TORCH_DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice: one per physical core
+
+
+def torch_threads(cfg: Config, device: torch.device, default: int = _TORCH_DEFAULT_THREADS) -> int:
+    """``worker.torch_threads``, or with 0: on a CPU device with several videos in flight, the
+    cores shared among them (measured: 0.99 against 1.12 CPU s a video with two in flight on
+    two cores, bench/README.md); otherwise torch's default."""
+    if cfg.worker.torch_threads:
+        return cfg.worker.torch_threads
+    if device.type == "cpu" and cfg.worker.processing_threads > 1:
+        return max(1, default // cfg.worker.processing_threads)
+    return default
+
+
 def build_pipeline(cfg: Config) -> Pipeline:
     device = select_device(cfg.model.device)
+    torch.set_num_threads(torch_threads(cfg, device))  # process-wide
     spec = load_model_file(cfg.model)
     log.info("loading models on %s", device)
     return Pipeline(

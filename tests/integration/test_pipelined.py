@@ -1,11 +1,14 @@
 """Real MTCNN batched across videos finds what it finds one video at a time."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import pytest
 import torch
 
+from worker.app import build_detector, torch_threads
+from worker.config import FacesConfig, load_config
 from worker.decoding import DecordSampler
 from worker.faces import MtcnnDetector
 from worker.microbatch import CrossVideoDetector
@@ -42,3 +45,30 @@ def test_mtcnn_batched_across_videos_returns_each_video_its_own_faces():
             assert len(mine) == len(reference)
             for (box, conf), (ref_box, ref_conf) in zip(mine, reference):
                 assert box == pytest.approx(ref_box, abs=0.5) and conf == pytest.approx(ref_conf, abs=1e-3)
+
+
+def test_on_a_cpu_each_video_calls_mtcnn_itself_unless_told_to_share():
+    """Sharing MTCNN calls across videos pays on a GPU; on a CPU one call at a time leaves
+    cores idle during its serial parts (bench/README.md), so auto shares on CUDA only."""
+    faces = FacesConfig()
+    assert faces.batch_across_videos == "auto"
+    assert isinstance(build_detector(None, faces, CPU, processing_threads=3), MtcnnDetector)
+    assert isinstance(build_detector(None, faces, CPU, processing_threads=1), MtcnnDetector)
+    shared = build_detector(None, dataclasses.replace(faces, batch_across_videos="on"), CPU, 3)
+    try:
+        assert isinstance(shared, CrossVideoDetector)
+    finally:
+        shared.close()
+    alone = build_detector(None, dataclasses.replace(faces, batch_across_videos="off"), CPU, 3)
+    assert isinstance(alone, MtcnnDetector)
+
+
+def test_torch_threads_are_shared_among_the_videos_in_flight_on_a_cpu():
+    two = load_config(env={}, overrides=["worker.processing_threads=2"])
+    assert torch_threads(two, CPU, default=2) == 1
+    assert torch_threads(two, CPU, default=16) == 8
+    assert torch_threads(two, torch.device("cuda"), default=16) == 16  # the GPU does the work
+    assert torch_threads(load_config(env={}, overrides=[]), CPU, default=2) == 2
+    assert torch_threads(load_config(env={}, overrides=["worker.processing_threads=5"]), CPU, default=2) == 1
+    forced = load_config(env={}, overrides=["worker.processing_threads=2", "worker.torch_threads=3"])
+    assert torch_threads(forced, CPU, default=2) == 3
