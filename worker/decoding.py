@@ -87,9 +87,7 @@ class DecordSampler:
         cheap = [*self._keyframes(reader), *hash_indices] if self.frame_slack else ()
         indices = choose_frames(frame_count, count, self.frame_slack, cheap)
         try:
-            first = reader[indices[0]]
-            self._check_pixels(first.shape[1], first.shape[0])
-            frames, small = self._decode(reader, indices, hash_indices, rotation, first.shape)
+            frames, small = self._decode(reader, indices, hash_indices, rotation)
             timestamps = reader.get_frame_timestamp(indices)[:, 0]
             hash_times = (tuple(max(0.0, float(t)) for t in reader.get_frame_timestamp(hash_indices)[:, 0])
                           if hash_indices else ())
@@ -122,23 +120,29 @@ class DecordSampler:
         wanted = int(min(self.hash_max_frames, frame_count, wanted))
         return sorted({int(i) for i in np.linspace(0, frame_count - 1, num=wanted).round()})
 
-    def _decode(self, reader, indices: list[int], hash_indices: list[int], rotation: int,
-                shape: tuple[int, ...]) -> tuple[np.ndarray, list[np.ndarray]]:
+    def _decode(self, reader, indices: list[int], hash_indices: list[int],
+                rotation: int) -> tuple[np.ndarray, list[np.ndarray]]:
         """The sampled frames (full resolution) and the hash frames (downscaled as they are
         decoded, so a long video never holds many full frames at once), in ONE forward pass
         over the union of their indices: decord's ``get_batch`` on increasing indices seeks
         to the last keyframe before each target when one lies in between and decodes
-        forward from there, so a second pass would decode the keyframe runs again."""
+        forward from there, so a second pass would decode the keyframe runs again.
+
+        The first frame is decoded alone and its size checked against ``max_pixels`` before
+        anything else is decoded or allocated (only MP4 headers say the size earlier); the
+        pass goes on from it, without seeking back to decode it twice."""
         wanted = sorted(set(indices) | set(hash_indices))
         where = {index: i for i, index in enumerate(indices)}
         hashed = set(hash_indices)
-        height, width = (shape[1], shape[0]) if rotation in (90, 270) else shape[:2]
-        frames = np.empty((len(indices), height, width, 3), np.uint8)
+        frames: np.ndarray | None = None
         small: list[np.ndarray] = []
-        for start in range(0, len(wanted), 32):
-            chunk = wanted[start:start + 32]
-            batch = _upright(reader.get_batch(chunk).asnumpy(), rotation)
-            for index, frame in zip(chunk, batch):
+        for chunk in [wanted[:1]] + [wanted[start:start + 32] for start in range(1, len(wanted), 32)]:
+            raw = reader.get_batch(chunk).asnumpy()
+            if frames is None:
+                self._check_pixels(raw.shape[2], raw.shape[1])
+                height, width = (raw.shape[2], raw.shape[1]) if rotation in (90, 270) else raw.shape[1:3]
+                frames = np.empty((len(indices), height, width, 3), np.uint8)
+            for index, frame in zip(chunk, _upright(raw, rotation)):
                 if index in where:
                     frames[where[index]] = frame
                 if index in hashed:

@@ -283,6 +283,16 @@ def test_dimensions_over_the_cap_are_refused_before_decoding(sandbox):
         small_cap.close()
 
 
+def test_dimensions_over_the_cap_are_refused_at_the_first_frame_without_an_mp4_header(tmp_path):
+    path = write_video(tmp_path / "big.avi", "avi", "mpeg4", width=640, height=480, frames=10)
+    capped = SandboxedSampler(timeout_s=30, memory_bytes=4 << 30, max_pixels=320 * 240)
+    try:
+        assert reason_of(lambda: capped.sample(path, 4)) == "video_dimensions_too_large"
+        assert capped.sample(write_video(tmp_path / "small.avi", "avi", "mpeg4"), 4).frames.shape[0] == 4
+    finally:
+        capped.close()
+
+
 def test_a_long_video_is_refused(tmp_path):
     short_cap = SandboxedSampler(timeout_s=30, memory_bytes=4 << 30, max_duration_s=2.0)
     try:
