@@ -58,7 +58,7 @@ def build_classifier(spec: ModelSpec | None, cfg: ModelConfig, device: torch.dev
     share device batches (flushed at ``model.batch_size`` or after ``model.max_wait_ms``)."""
     if spec is None:
         return None
-    scorer = load_detector_model(spec, device, cfg.batch_size)
+    scorer = load_detector_model(spec, device, cfg.batch_size, cfg.precision)
     if spec.calibration is None:
         log.warning("model %s has no [calibration]: it will recommend review at most", spec.name)
     if processing_threads > 1:

@@ -153,3 +153,18 @@ def test_a_failing_batch_fails_every_video_in_it_and_the_batcher_goes_on(frames)
         batcher.score(frames, FACES)
     assert len(batcher.score(frames, FACES[:2])[0]) == 2
     batcher.close()
+
+
+def test_bf16_on_the_cpu_is_only_used_when_asked_for(frames):
+    torch.manual_seed(0)
+    net = TinyNet()
+    info, pre = ModelInfo("tiny", "1", "0" * 64), Preprocessing(**PRE)
+    reference = reference_scores(net, frames, FACES, PRE)
+    [auto] = FaceScorer([net], info, pre, face_crop, CPU, precision="auto").score(frames, FACES)
+    [fp32] = FaceScorer([net], info, pre, face_crop, CPU, precision="fp32").score(frames, FACES)
+    [bf16] = FaceScorer([net], info, pre, face_crop, CPU, precision="bf16").score(frames, FACES)
+    assert auto == pytest.approx(reference, abs=1e-6) and fp32 == pytest.approx(reference, abs=1e-6)
+    assert bf16 == pytest.approx(reference, abs=1e-2)  # within bf16 rounding...
+    assert bf16 != pytest.approx(reference, abs=1e-6)  # ...which shows: it did run in bf16
+    with pytest.raises(ValueError, match="precision"):
+        FaceScorer([net], info, pre, face_crop, CPU, precision="fp16")

@@ -149,7 +149,7 @@ def test_bad_thresholds(takedown, review):
 @pytest.mark.parametrize("override", ["media.frames_per_video=0", "media.max_video_bytes=0",
                                       "model.device=tpu", "model.batch_size=0",
                                       "media.frame_slack=0.6", "media.frame_slack=-0.1",
-                                      "faces.batch_across_videos=sometimes"])
+                                      "faces.batch_across_videos=sometimes", "model.precision=fp16"])
 def test_other_invalid_values(override):
     with pytest.raises(ConfigError):
         load_config(env={}, overrides=[override])

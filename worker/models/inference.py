@@ -10,7 +10,8 @@ them, so batching, precision and memory format are decided once:
   kernels prefer on recent GPUs, and oneDNN's on the CPU: EfficientNet-B0 at 224 took
   17 against 22 ms a face here), under ``torch.inference_mode()``;
 - on CUDA the networks run under bf16 autocast (same exponent range as fp32, so no loss
-  scaling, and the sigmoid outputs are read back in fp32); on the CPU everything stays fp32.
+  scaling, and the sigmoid outputs are read back in fp32); on the CPU everything stays fp32
+  unless ``precision = "bf16"`` asks for bf16 autocast there too (``model.precision``).
 
 Each model is loaded once per process and warmed up once here (the first CUDA call pays
 for kernel selection and memory pools, not the first upload).
@@ -62,11 +63,15 @@ class FaceScorer:
     """
 
     def __init__(self, members: Sequence[torch.nn.Module], info: ModelInfo, preprocessing: Preprocessing,
-                 crop: CropFn, device: torch.device, batch_size: int = 32):
+                 crop: CropFn, device: torch.device, batch_size: int = 32, precision: str = "auto"):
         if not members:
             raise ValueError("a model needs at least one network")
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"precision is auto, fp32 or bf16, not {precision!r}")
+        # auto: bf16 on CUDA, fp32 on the CPU
+        self.bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
         self.info = info
         self.preprocessing = preprocessing
         self.device = device
@@ -105,7 +110,7 @@ class FaceScorer:
         count = len(crops)
         if count == 0:
             return np.zeros((len(self.members), 0), np.float32)
-        autocast = (torch.autocast(device_type="cuda", dtype=torch.bfloat16) if self.uses_cuda
+        autocast = (torch.autocast(device_type=self.device.type, dtype=torch.bfloat16) if self.bf16
                     else contextlib.nullcontext())
         outputs: list[torch.Tensor] = []
         with self._lock, torch.inference_mode(), autocast:

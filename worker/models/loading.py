@@ -51,8 +51,9 @@ def load_face_detector(spec: ModelSpec, device: torch.device, min_face_size: int
                          min_confidence=0.0, batch_size=batch_size, scale=pre.detector_scale)
 
 
-def load_detector_model(spec: ModelSpec, device: torch.device, batch_size: int = 32) -> FaceScorer:
+def load_detector_model(spec: ModelSpec, device: torch.device, batch_size: int = 32,
+                        precision: str = "auto") -> FaceScorer:
     """Every checkpoint loaded (sha256 first, strictly), moved to ``device`` and warmed up."""
     backend = importlib.import_module(_BACKEND_MODULES[spec.backend])
     return FaceScorer(backend.networks(spec), model_info(spec), spec.preprocessing, backend.crop,
-                      device, batch_size)
+                      device, batch_size, precision)
