@@ -359,13 +359,14 @@ def parse_args(argv):
     p.add_argument("--kafka", action="store_true", help="drive `python -m worker run` through the "
                    "local broker instead (the options of bench/kafka_load.py follow)")
     p.add_argument("--cache", type=Path, default=clips.DEFAULT_CACHE, help="where the generated clips live")
+    p.add_argument("--model-cache", type=Path, default=MODEL_CACHE, help="where the generated model file lives")
     p.add_argument("--json", type=Path, help="also write every figure here")
     return p.parse_known_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args, rest = parse_args(argv)
-    model_file = (args.model_file or bench_model_file(args.frames)).resolve()
+    model_file = (args.model_file or bench_model_file(args.frames, args.model_cache)).resolve()
     if args.kafka:
         import kafka_load
 
