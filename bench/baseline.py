@@ -23,12 +23,23 @@ overlaps: no decoder process, no batching across videos, no reduced-resolution d
 
 It uses the same model file (networks, crop, frames per video) and the same MTCNN settings
 as the worker, so the benchmark's ratio measures the runtime, not the work.
+
+``throughput.py`` runs each loop in its own process (``python bench/baseline.py --model-file F
+--kind dfdc|batched``: one JSON request a line on stdin, the videos and their frames; one
+``RESULT`` line of JSON back): a process that has run the worker's pipeline made the DFDC-era
+loop ~20 % slower afterwards (bench/README.md), and a baseline must not pay for that.
 """
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+if __name__ == "__main__":  # run as a script: the repository's worker package, not an installed one
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 import torch  # before decord: see README, "Pitfalls"
@@ -163,3 +174,25 @@ class DfdcEraLoop(NaiveLoop):
             if boxes is not None:
                 faces.extend((pos, self.full_scale(box)) for box in boxes)
         return faces
+
+
+def serve(model_file: Path, kind: str, device: str) -> None:
+    """The loop as a process: each stdin line is ``{"videos": [[path, [frame indices]], ...]}``;
+    the answer is one ``RESULT`` line, a JSON list of :class:`VideoResult`."""
+    from worker.models.spec import load_model_spec
+
+    loop = (DfdcEraLoop if kind == "dfdc" else NaiveLoop)(load_model_spec(model_file), torch.device(device))
+    for line in sys.stdin:
+        request = json.loads(line)
+        results = [asdict(loop.process(Path(path), indices)) for path, indices in request["videos"]]
+        sys.stdout.write("RESULT " + json.dumps(results) + "\n")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="a baseline loop as a process (for throughput.py)")
+    parser.add_argument("--model-file", type=Path, required=True)
+    parser.add_argument("--kind", choices=["dfdc", "batched"], default="dfdc")
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args()
+    serve(args.model_file, args.kind, args.device)
