@@ -36,9 +36,11 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 sys.path.insert(0, str(REPO))
 
+TORCH_DEFAULT_THREADS = torch.get_num_threads()  # before any worker side sets its own
+
 import clips  # noqa: E402
 from procstats import GpuSampler, RssSampler, children, machine_busy_seconds, percentile  # noqa: E402
-from worker.app import build_pipeline, select_device, torch_threads  # noqa: E402
+from worker.app import build_pipeline  # noqa: E402
 from worker.config import load_config  # noqa: E402
 from worker.errors import DeadLetter  # noqa: E402
 from worker.events import parse_upload_event, upload_event  # noqa: E402
@@ -114,10 +116,10 @@ class WorkerSide:
 
     def __init__(self, cfg, warm_up: Path):
         self.threads = cfg.worker.processing_threads
-        # what build_pipeline sets process-wide, set again before each of this side's passes
-        self.torch_threads = torch_threads(cfg, select_device(cfg.model.device))
         before = set(children(os.getpid()))
         self.pipeline = build_pipeline(cfg)
+        # what build_pipeline set process-wide for this setting; set again before each pass
+        self.torch_threads = torch.get_num_threads()
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="processing")
         list(self.pool.map(self._one, [warm_up] * self.threads))  # decoder children, first calls
         self.child_pids = set(children(os.getpid())) - before  # this side's decoder processes
@@ -139,6 +141,7 @@ class WorkerSide:
                 "frames": verdict.frames_sampled, "faces": verdict.face_count}
 
     def run(self, videos: list[Path]) -> list[dict]:
+        torch.set_num_threads(self.torch_threads)  # another side may have set its own since
         if process_stream is None:  # a worker without worker.stream: the same, by hand
             return list(self.pool.map(self._one, videos))
         out = []
@@ -181,7 +184,6 @@ class BaselineSide:
     process (fewer cores busy, the same CPU time a video; bench/README.md), which flattered
     the worker. Its own process keeps it clean; it is warmed up before any timing.
     """
-    torch_threads = torch.get_num_threads()  # this process's, during the pass (the child's own is torch's default)
 
     def __init__(self, model_file: Path, spec, device: torch.device, warm_up: Path, videos: list[Path],
                  frame_slack: float, kind: str = "dfdc"):
@@ -215,7 +217,6 @@ class BaselineSide:
 
 
 def timed_pass(side, videos: list[Path], rss: RssSampler, gpu: GpuSampler | None, device) -> tuple:
-    torch.set_num_threads(side.torch_threads)
     rss.reset(side.child_pids)
     mark = gpu.mark() if gpu else 0
     if device.type == "cuda":
@@ -447,7 +448,7 @@ def main(argv: list[str] | None = None) -> int:
         sides.append((f"worker, {threads} in flight", side))
         report.setdefault("worker_torch_threads", {})[threads] = side.torch_threads
     print(f"models loaded and warmed up in {time.perf_counter() - started:.1f} s; torch threads: baseline "
-          f"{BaselineSide.torch_threads}, worker " + ", ".join(
+          f"{TORCH_DEFAULT_THREADS}, worker " + ", ".join(
               f"{side.torch_threads} at {side.threads} in flight" for side in workers), flush=True)
 
     passes: dict[str, list] = {name: [] for name, _ in sides}
@@ -477,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{report['ratio_best_worker_over_batched_loop']:.2f}x videos/s; batched sequential "
                       f"loop / baseline: {report['ratio_batched_loop_over_baseline']:.2f}x")
         report["load_average_after"] = os.getloadavg()
-        torch.set_num_threads(BaselineSide.torch_threads)  # the ceiling and scaling: torch's default
+        torch.set_num_threads(TORCH_DEFAULT_THREADS)  # the ceiling and scaling: torch's default
         for _, side in sides:
             side.close()
         if args.ceiling:
