@@ -57,9 +57,19 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)
 if [ ! -f "$stamp" ]; then
+  # torch's CUDA build and the nvidia-* wheels it pulls in take 6.3 GB installed, and pip
+  # holds their downloads (about 3.5 GB) until the install ends: without the room, pip
+  # stops half-way with "No space left on device". Say so before starting.
+  need_kb=$((8 * 1024 * 1024))
+  free_kb=$(df -Pk . | awk 'NR == 2 { print $4 }')
+  if [ "${free_kb:-0}" -lt "$need_kb" ]; then
+    echo "only $((free_kb / 1024)) MiB free on $(df -P . | awk 'NR == 2 { print $6 }');" \
+         "the Python packages need about 8 GiB (torch with its CUDA libraries); free some space first" >&2
+    exit 1
+  fi
   echo "== installing Python packages (torch is large: a few minutes the first time)"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e ".[test]"
+  .venv/bin/python -m pip install -q --no-cache-dir --upgrade pip
+  .venv/bin/python -m pip install -q --no-cache-dir -e ".[test]"
   rm -f .venv/.installed-*
   touch "$stamp"
 fi
