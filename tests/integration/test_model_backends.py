@@ -112,6 +112,27 @@ def test_an_ensemble_scores_with_every_member_and_names_every_hash(tmp_path, fra
     assert scorer.info.checkpoint_sha256 == members[0][1]
 
 
+def test_a_timm_model_runs_with_its_batch_norms_folded_and_scores_as_before(tmp_path, frames):
+    torch.manual_seed(2)
+    net = build_model("efficientnet_b0").eval()
+    g = torch.Generator().manual_seed(3)
+    with torch.no_grad():  # statistics far from a fresh network's, as a trained one has
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.normal_(0, 0.3, generator=g)
+                m.running_var.uniform_(0.5, 2.0, generator=g)
+    path = tmp_path / "b0.pt"
+    spec = write_model_file(tmp_path / "b0.toml", name="b0", version="1", backend="timm",
+                            architecture="efficientnet_b0",
+                            checkpoints=[(path, save_checkpoint(net, path, "efficientnet_b0", "b0"))],
+                            preprocessing=PRE, aggregation={"method": "mean"})
+    scorer = load_detector_model(spec, CPU, batch_size=8)
+    assert scorer.folded_norms == 49
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in scorer.members[0].modules())
+    [scores] = scorer.score(frames, FACES)
+    assert scores == pytest.approx(reference_scores(net, frames, FACES, PRE), abs=1e-5)
+
+
 def test_faces_of_videos_in_flight_share_batches(tmp_path, frames):
     torch.manual_seed(1)
     net = TinyNet()
