@@ -10,6 +10,12 @@ import time
 import uuid
 from pathlib import Path
 
+from .allocator import reexec_with_tuned_allocator
+
+# the allocator's settings are read when a process starts: see worker/allocator.py
+if sys.argv[1:2] in (["run"], ["demo"], ["score"]):
+    reexec_with_tuned_allocator()
+
 # ``run``: SIGTERM/SIGINT only set this event, from the first moment, so a worker told to stop
 # while it is still importing torch or loading models exits cleanly instead of dying of the
 # signal. Other commands keep the default handling (Ctrl-C interrupts them).

@@ -57,6 +57,16 @@ def test_it_starts_the_worker_and_serves_health_on_the_metrics_port():
         assert setting in env
 
 
+def test_the_image_sets_the_workers_allocator_tunables_so_it_needs_no_second_start():
+    from worker.allocator import tuned_environment
+
+    env = dict(_final_stage())["ENV"]
+    tunables = re.search(r"GLIBC_TUNABLES=(\S+)", env)
+    assert tunables, "no GLIBC_TUNABLES in the final stage's ENV"
+    # every tunable the worker wants is there already: it would not start itself again
+    assert tuned_environment({"GLIBC_TUNABLES": tunables.group(1)}, libc="glibc") is None
+
+
 def test_what_it_copies_exists_and_is_not_docker_ignored():
     ignored = [line.strip().rstrip("/") for line in (ROOT / ".dockerignore").read_text().splitlines()
                if line.strip() and not line.startswith("#")]
