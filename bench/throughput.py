@@ -359,6 +359,8 @@ def parse_args(argv):
     p.add_argument("--threads", type=int, nargs="+", default=[1, 2, 4],
                    help="worker.processing_threads settings to measure (videos in flight)")
     p.add_argument("--rounds", type=int, default=1, help="passes over the videos per side (interleaved)")
+    p.add_argument("--warmup-passes", type=int, default=1,
+                   help="untimed passes of each side over all the videos before the timed rounds")
     p.add_argument("--quick", action="store_true", help="the samples and one 720p clip only")
     p.add_argument("--copies", type=int, default=1,
                    help="each video this many times per pass (enough videos to keep many in flight)")
@@ -451,6 +453,19 @@ def main(argv: list[str] | None = None) -> int:
           f"{TORCH_DEFAULT_THREADS}, worker " + ", ".join(
               f"{side.torch_threads} at {side.threads} in flight" for side in workers), flush=True)
 
+    # Steady state, as a long-running worker sees it: the first pass over new inputs pays for
+    # oneDNN's kernels for each new shape and for growing the heap (the worker's first pass
+    # ran at 60-75 % of the speed of the next ones; the baselines' barely moved).
+    for _ in range(args.warmup_passes):
+        warmed = time.perf_counter()
+        for name, side in sides:
+            side.run(videos)
+        print(f"untimed warm-up pass of every side: {time.perf_counter() - warmed:.1f} s", flush=True)
+    report["warmup_passes"] = args.warmup_passes
+    allocator = os.environ.get("GLIBC_TUNABLES", "")
+    report["glibc_tunables"] = allocator
+    print(f"GLIBC_TUNABLES={allocator or '(unset)'} (all sides)", flush=True)
+
     passes: dict[str, list] = {name: [] for name, _ in sides}
     try:
         for round_ in range(args.rounds):
@@ -505,4 +520,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    # the allocator settings `python -m worker run` starts with (worker/allocator.py), for the
+    # worker sides in this process; the baselines' own processes inherit them too
+    from worker.allocator import reexec_with_tuned_allocator
+
+    reexec_with_tuned_allocator()
     sys.exit(main())
