@@ -8,7 +8,7 @@ import torch
 from worker.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint, sha256_of
 from worker.models.loading import load_detector_model
 from worker.models.spec import write_model_file
-from worker.models.timm_backend import build_model
+from worker.models.timm_backend import build_model, networks
 
 ARCH = "efficientnet_b0"
 
@@ -19,11 +19,14 @@ def model():
     return build_model(ARCH)
 
 
-def _classifier(path, sha):
-    spec = write_model_file(path.parent / "model.toml", name="b0", version="test", backend="timm",
+def _spec(path, sha):
+    return write_model_file(path.parent / "model.toml", name="b0", version="test", backend="timm",
                             architecture=ARCH, checkpoints=[(path, sha)],
                             preprocessing={"input_size": 96}, aggregation={"method": "mean"})
-    return load_detector_model(spec, torch.device("cpu"), batch_size=4)
+
+
+def _classifier(path, sha):
+    return load_detector_model(_spec(path, sha), torch.device("cpu"), batch_size=4)
 
 
 def test_sha256_mismatch_is_refused_before_loading(tmp_path, model):
@@ -45,7 +48,9 @@ def test_dfdc_layout_with_module_prefix_loads_strictly(tmp_path, model):
     classifier = _classifier(path, sha256_of(path))
     assert classifier.info.version == "test"  # the model file's, not the checkpoint's
     assert classifier.info.checkpoint_sha256 == sha256_of(path)
-    loaded = classifier.members[0].state_dict()
+    # the backend's network as loaded (the scorer runs it with its batch norms folded)
+    [network] = networks(_spec(path, sha256_of(path)))
+    loaded = network.state_dict()
     for key, tensor in model.state_dict().items():
         assert torch.equal(loaded[key], tensor), key
 
