@@ -15,6 +15,7 @@ thread busy outside the interpreter, e.g. a torch worker thread) are listed as s
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import subprocess
 import sys
@@ -84,7 +85,12 @@ def main(argv=None) -> int:
                "--format", "raw", "-o", str(out), "--", sys.executable, str(BENCH / "throughput.py"),
                "--no-baseline", "--threads", str(args.threads), *rest]
     print(" ".join(command), flush=True)
-    code = subprocess.call(command)
+    # throughput.py would start itself again under the worker's allocator settings, and py-spy
+    # cannot follow an exec: start it with them already set
+    sys.path.insert(0, str(BENCH.parent))
+    from worker.allocator import tuned_environment
+
+    code = subprocess.call(command, env=tuned_environment(os.environ))
     if code != 0:
         return code
     counts, total = shares(out)
