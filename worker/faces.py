@@ -28,18 +28,7 @@ class MtcnnDetector:
         self.fixed_scale = scale
         self.min_confidence = min_confidence
         self.batch_size = batch_size
-        self._mtcnn = MTCNN(keep_all=True, device=device, min_face_size=min_face_size,
-                            thresholds=list(thresholds), post_process=False)
-        self._mtcnn.pnet = ChannelsLastInput(self._mtcnn.pnet)
-        if device.type == "cpu":
-            # facenet-pytorch stacks the RNet and ONet crops in planar memory, where oneDNN's
-            # CPU kernels for these small inputs are about three times slower than on
-            # channels_last (measured: RNet on 512 crops 111 against 34 ms, ONet on 64 crops
-            # 79 against 24 ms, one thread). The arithmetic is the same up to the order of
-            # the convolutions' sums: boxes move by at most ~2e-4 px (tests/integration/
-            # test_faces.py). Measured on a CPU only, so other devices keep the stock layout.
-            self._mtcnn.rnet = ChannelsLastInput(self._mtcnn.rnet)
-            self._mtcnn.onet = ChannelsLastInput(self._mtcnn.onet)
+        self._mtcnn = worker_mtcnn(device, min_face_size, thresholds)
 
     def detect(self, frames: np.ndarray) -> list[list[tuple[Box, float]]]:
         height, width = frames.shape[1:3]
@@ -79,6 +68,28 @@ class MtcnnDetector:
             if x2 - x1 >= 2 and y2 - y1 >= 2:
                 kept.append(((x1, y1, x2, y2), float(prob)))
         return kept
+
+
+def worker_mtcnn(device: torch.device, min_face_size: int,
+                 thresholds: tuple[float, float, float]) -> MTCNN:
+    """facenet-pytorch's MTCNN (every face kept, no post-processing) with its networks laid
+    out as the worker runs them; the trainer's landmark detector uses it too, so training
+    crops come from the boxes the worker finds.
+
+    PNet gets ``channels_last`` input, as stock MTCNN gives it from NHWC frames. On a CPU,
+    RNet and ONet do too: facenet-pytorch stacks their crops in planar memory, where
+    oneDNN's kernels for these small inputs are about three times slower (measured: RNet on
+    512 crops 111 against 34 ms, ONet on 64 crops 79 against 24 ms, one thread). The
+    arithmetic is the same up to the order of the convolutions' sums: boxes move by at most
+    ~2e-4 px (tests/integration/test_faces.py). Measured on a CPU only, so other devices
+    keep the stock layout there."""
+    mtcnn = MTCNN(keep_all=True, device=device, min_face_size=min_face_size,
+                  thresholds=list(thresholds), post_process=False)
+    mtcnn.pnet = ChannelsLastInput(mtcnn.pnet)
+    if device.type == "cpu":
+        mtcnn.rnet = ChannelsLastInput(mtcnn.rnet)
+        mtcnn.onet = ChannelsLastInput(mtcnn.onet)
+    return mtcnn
 
 
 def planar(frames: torch.Tensor) -> torch.Tensor:

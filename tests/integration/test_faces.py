@@ -89,3 +89,15 @@ def test_downscale_is_a_two_by_two_mean_when_halving():
     blocks = frames.reshape(2, 3, 2, 4, 2, 3).astype(np.float64).mean(axis=(2, 4))
     assert half.shape == (2, 3, 4, 3)
     assert np.abs(half.astype(np.float64) - blocks).max() <= 0.5
+
+
+def test_the_trainers_landmark_detector_finds_the_workers_boxes_bit_for_bit():
+    from worker.training.dataset import DetectionSettings, LandmarkDetector
+
+    frames = sampled("carphone_pristine.mp4", 4)
+    settings = DetectionSettings(detector_scale=0.5, detector_thresholds=THRESHOLDS, min_confidence=0.9)
+    worker = MtcnnDetector(CPU, thresholds=THRESHOLDS, min_confidence=0.9, scale=0.5).detect(frames)
+    trainer = LandmarkDetector(settings, CPU).detect(frames)
+    assert sum(map(len, worker)) >= 7
+    assert [[box for box, _ in f] for f in worker] == [[tuple(float(c) for c in box) for box, _ in f]
+                                                      for f in trainer]

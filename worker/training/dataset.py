@@ -31,7 +31,7 @@ import torch
 
 from ..decoding import DecordSampler
 from ..errors import DeadLetter
-from ..faces import MtcnnDetector
+from ..faces import MtcnnDetector, worker_mtcnn
 from ..models.crops import expand_box, face_crop
 from ..models.inference import normalise
 from ..models.spec import Preprocessing
@@ -83,11 +83,9 @@ class LandmarkDetector:
     """MTCNN boxes and five landmarks, with the worker's detector settings."""
 
     def __init__(self, settings: DetectionSettings, device: torch.device, batch_size: int = 16):
-        from facenet_pytorch import MTCNN
         self.settings = settings
         self.batch_size = batch_size
-        self._mtcnn = MTCNN(keep_all=True, device=device, min_face_size=settings.min_face_size,
-                            thresholds=list(settings.detector_thresholds), post_process=False)
+        self._mtcnn = worker_mtcnn(device, settings.min_face_size, settings.detector_thresholds)
         self._device = device
 
     def detect(self, frames: np.ndarray) -> list[list[tuple[np.ndarray, np.ndarray]]]:
