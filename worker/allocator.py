@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
-from typing import Callable, Mapping, MutableMapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 MALLOC_TUNABLES = {
     "glibc.malloc.mmap_threshold": 256 * 1024 * 1024,  # frames, pyramids and crops come from the heap
@@ -53,7 +53,7 @@ def tuned_environment(environ: Mapping[str, str], libc: str | None = None) -> di
 
 
 def reexec_with_tuned_allocator(argv: Sequence[str] | None = None,
-                                environ: MutableMapping[str, str] | None = None,
+                                environ: Mapping[str, str] | None = None,
                                 execve: Callable[[str, Sequence[str], Mapping[str, str]], None] = os.execve) -> None:
     """Start this interpreter again with the same command line (``sys.orig_argv``) under
     :func:`tuned_environment`, or return when there is nothing to change. Call it first

@@ -84,7 +84,7 @@ def _foldable_pairs(network: torch.nn.Module, graph: torch.fx.Graph) -> list[tup
         if type(conv) not in CONVOLUTIONS:  # subclasses may transform their weights (StdConv2d)
             continue
         (user,) = node.users
-        if user.op != "call_module" or calls[user.target] != 1 or user.args[:1] != (node,) or len(user.args) != 1 or user.kwargs:
+        if user.op != "call_module" or calls[user.target] != 1 or user.args != (node,) or user.kwargs:
             continue
         norm = network.get_submodule(user.target)
         if (type(norm) in NORMS and not norm.training and norm.track_running_stats
