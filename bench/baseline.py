@@ -51,7 +51,7 @@ import cv2  # the DFDC-era loop reads with OpenCV, as the winner's kernel did
 
 from worker.models.loading import _BACKEND_MODULES  # noqa: F401  (which backend module a spec names)
 from worker.models.spec import ModelSpec
-from worker.sampling import choose_frames
+from worker.media.sampling import choose_frames
 
 
 def frame_plan(path: Path, count: int, frame_slack: float) -> list[int]:

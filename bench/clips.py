@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from worker.samples import sample_video
+from worker.testing.samples import sample_video
 
 DEFAULT_CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "moderation-bench" / "clips"
 FPS = 30

@@ -29,13 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from worker.app import build_pipeline  # noqa: E402
 from worker.config import load_config  # noqa: E402
-from worker.events import parse_upload_event, upload_event  # noqa: E402
+from worker.core.events import parse_upload_event, upload_event  # noqa: E402
 from worker.models.checkpoint import save_checkpoint, sha256_of  # noqa: E402
 from worker.models.dfdc import DeepFakeClassifier  # noqa: E402
 from worker.models.loading import load_detector_model  # noqa: E402
 from worker.models.spec import write_model_file  # noqa: E402
 from worker.models.timm_backend import build_model  # noqa: E402
-from worker.samples import NAMES, sample_dir, sample_video  # noqa: E402
+from worker.testing.samples import NAMES, sample_dir, sample_video  # noqa: E402
 
 B7 = "tf_efficientnet_b7_ns"
 WINNER_PRE = {"input_size": 380, "crop_margin": 1 / 3, "resize": "isotropic",

@@ -2,7 +2,7 @@
 offered rates, and one against two worker processes in one consumer group.
 
 Reached through ``bench/throughput.py --kafka`` (which makes the model file and the clips).
-It starts a local Apache Kafka broker (:mod:`worker.local_kafka`), creates fresh topics, and
+It starts a local Apache Kafka broker (:mod:`worker.testing.local_kafka`), creates fresh topics, and
 starts the worker as a child process configured through ``MODERATION_*`` variables, as
 bench/soak.py does (whose helpers it uses). Then:
 
@@ -33,10 +33,10 @@ import clips  # noqa: E402
 import soak  # noqa: E402
 from procstats import RssSampler, percentile  # noqa: E402
 from worker.config import load_config  # noqa: E402
-from worker.events import upload_event  # noqa: E402
-from worker.kafka_io import build_producer, ensure_topics  # noqa: E402
-from worker.local_kafka import LocalKafka  # noqa: E402
-from worker.samples import sample_video  # noqa: E402
+from worker.core.events import upload_event  # noqa: E402
+from worker.runtime.clients import build_producer, ensure_topics  # noqa: E402
+from worker.testing.local_kafka import LocalKafka  # noqa: E402
+from worker.testing.samples import sample_video  # noqa: E402
 
 
 def parse_args(argv):

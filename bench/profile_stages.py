@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     # throughput.py would start itself again under the worker's allocator settings, and py-spy
     # cannot follow an exec: start it with them already set
     sys.path.insert(0, str(BENCH.parent))
-    from worker.allocator import tuned_environment
+    from worker.runtime.allocator import tuned_environment
 
     code = subprocess.call(command, env=tuned_environment(os.environ))
     if code != 0:

@@ -40,10 +40,10 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from worker.config import load_config  # noqa: E402
-from worker.events import upload_event  # noqa: E402
-from worker.kafka_io import build_admin, build_producer, build_results_consumer, ensure_topics  # noqa: E402
-from worker.local_kafka import LocalKafka  # noqa: E402
-from worker.samples import sample_dir, sample_video  # noqa: E402
+from worker.core.events import upload_event  # noqa: E402
+from worker.runtime.clients import build_admin, build_producer, build_results_consumer, ensure_topics  # noqa: E402
+from worker.testing.local_kafka import LocalKafka  # noqa: E402
+from worker.testing.samples import sample_dir, sample_video  # noqa: E402
 
 GOOD_VIDEOS = ("carphone_pristine.mp4", "bikes.mp4")
 # What each kind of bad event must turn into; a different outcome is reported as a mismatch.

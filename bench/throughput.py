@@ -42,15 +42,15 @@ import clips  # noqa: E402
 from procstats import GpuSampler, RssSampler, children, machine_busy_seconds, percentile  # noqa: E402
 from worker.app import build_pipeline  # noqa: E402
 from worker.config import load_config  # noqa: E402
-from worker.errors import DeadLetter  # noqa: E402
-from worker.events import parse_upload_event, upload_event  # noqa: E402
+from worker.core.dead_letters import DeadLetter  # noqa: E402
+from worker.core.events import parse_upload_event, upload_event  # noqa: E402
 from worker.models.checkpoint import save_checkpoint  # noqa: E402
 from worker.models.loading import model_frame_slack  # noqa: E402
 from worker.models.spec import load_model_spec, write_model_file  # noqa: E402
-from worker.samples import NAMES, sample_video  # noqa: E402
+from worker.testing.samples import NAMES, sample_video  # noqa: E402
 
 try:  # the worker's own driver without Kafka (threads in flight, results in order)
-    from worker.stream import process_stream  # noqa: E402
+    from worker.runtime.stream import process_stream  # noqa: E402
 except ImportError:
     process_stream = None
 
@@ -142,7 +142,7 @@ class WorkerSide:
 
     def run(self, videos: list[Path]) -> list[dict]:
         torch.set_num_threads(self.torch_threads)  # another side may have set its own since
-        if process_stream is None:  # a worker without worker.stream: the same, by hand
+        if process_stream is None:  # a worker without worker.runtime.stream: the same, by hand
             return list(self.pool.map(self._one, videos))
         out = []
         for result in process_stream(self.pipeline, [self._event(p) for p in videos], self.threads):
@@ -522,7 +522,7 @@ def main(argv: list[str] | None = None) -> int:
 if __name__ == "__main__":
     # the allocator settings `python -m worker run` starts with (worker/allocator.py), for the
     # worker sides in this process; the baselines' own processes inherit them too
-    from worker.allocator import reexec_with_tuned_allocator
+    from worker.runtime.allocator import reexec_with_tuned_allocator
 
     reexec_with_tuned_allocator()
     sys.exit(main())

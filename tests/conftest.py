@@ -10,7 +10,7 @@ import os
 import pytest
 import torch  # noqa: F401  -- before decord: see README, "Pitfalls"
 
-from worker.local_kafka import LocalKafka
+from worker.testing.local_kafka import LocalKafka
 
 _outcomes = {"kafka_passed": 0, "skipped": []}
 

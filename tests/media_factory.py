@@ -9,7 +9,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from worker.container import iter_boxes
+from worker.media.container import iter_boxes
 
 # (file name, container format, encoder)
 CODECS = [

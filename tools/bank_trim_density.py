@@ -28,8 +28,8 @@ import numpy as np
 from worker.bank.fingerprint import HashingConfig, fingerprint_frames, hash_frame, query_side_only
 from worker.bank.hamming import pairwise_distances
 from worker.bank.matching import MatchRule, compare, hash_rows
-from worker.decoding import DecordSampler
-from worker.samples import sample_video
+from worker.media.decoding import DecordSampler
+from worker.testing.samples import sample_video
 
 # The clips are made, and read back, exactly as the variant test makes them.
 from tests.integration.test_bank_variants import build_variant, decode_all

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from worker.decoding import DecordSampler
-from worker.faces import MtcnnDetector
+from worker.media.decoding import DecordSampler
+from worker.faces.mtcnn import MtcnnDetector
 
 
 def main() -> None:

@@ -20,7 +20,7 @@ import av
 import decord
 import numpy as np
 
-from worker.samples import sample_video
+from worker.testing.samples import sample_video
 
 
 def make_clip(path: Path, width: int, height: int, seconds: int, keyint: int, fps: int = 30) -> Path:

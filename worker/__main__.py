@@ -10,7 +10,7 @@ import time
 import uuid
 from pathlib import Path
 
-from .allocator import reexec_with_tuned_allocator
+from worker.runtime.allocator import reexec_with_tuned_allocator
 
 # the allocator's settings are read when a process starts: see worker/allocator.py
 if sys.argv[1:2] in (["run"], ["demo"], ["score"]):
@@ -34,7 +34,7 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 
 
 def _config(args, **extra):
-    from .config import load_config
+    from worker.config import load_config
     return load_config(args.config, overrides=[*args.overrides, *extra.get("overrides", [])])
 
 
@@ -46,8 +46,8 @@ def _stop_on_signals() -> threading.Event:
 
 
 def cmd_run(args) -> int:
-    from .app import serve
-    from .logs import setup_logging
+    from worker.app import serve
+    from worker.logs import setup_logging
 
     cfg = _config(args)
     setup_logging(cfg.worker.log_level)
@@ -59,10 +59,10 @@ def cmd_score(args) -> int:
     """Score one local file or URL without Kafka; print the verdict record."""
     from datetime import datetime, timezone
 
-    from .app import build_pipeline
-    from .errors import DeadLetter
-    from .events import parse_upload_event, upload_event, verdict_record
-    from .logs import setup_logging
+    from worker.app import build_pipeline
+    from worker.core.dead_letters import DeadLetter
+    from worker.core.events import parse_upload_event, upload_event, verdict_record
+    from worker.logs import setup_logging
 
     target = args.video
     extra = ["metrics.port=0"]
@@ -86,7 +86,7 @@ def cmd_score(args) -> int:
 
 def cmd_broker(args) -> int:
     """Run the local development broker until interrupted."""
-    from .local_kafka import LocalKafka
+    from worker.testing.local_kafka import LocalKafka
 
     stop = _stop_on_signals()
     with LocalKafka() as broker:
@@ -112,12 +112,12 @@ def cmd_demo(args) -> int:
     """Local broker, topics, a worker, sample uploads in; verdicts printed as they arrive."""
     from kafka import KafkaProducer
 
-    from .app import serve
-    from .events import upload_event
-    from .kafka_io import build_results_consumer, ensure_topics
-    from .local_kafka import LocalKafka
-    from .logs import setup_logging
-    from .samples import NAMES, sample_dir, sample_video
+    from worker.app import serve
+    from worker.core.events import upload_event
+    from worker.runtime.clients import build_results_consumer, ensure_topics
+    from worker.testing.local_kafka import LocalKafka
+    from worker.logs import setup_logging
+    from worker.testing.samples import NAMES, sample_dir, sample_video
 
     setup_logging("ERROR")  # the demo prints each result itself
     started = time.monotonic()
@@ -172,8 +172,8 @@ def cmd_bank(args) -> int:
     """Export the hash bank to vPDQ files, or import vPDQ files into it."""
     from kafka import KafkaProducer
 
-    from .bank.transfer import export_bank, load_hash_list, publish_entries, read_bank
-    from .kafka_io import build_bank_consumer, client_options
+    from worker.bank.transfer import export_bank, load_hash_list, publish_entries, read_bank
+    from worker.runtime.clients import build_bank_consumer, client_options
 
     cfg = _config(args)
     if args.action == "export":
@@ -226,17 +226,17 @@ def main(argv: list[str] | None = None) -> int:
                         "(vPDQ's cadence, what other platforms' matchers expect)")
     p.set_defaults(func=cmd_bank)
     p = sub.add_parser("train", help="fine-tune a timm backend on real videos with Self-Blended Images")
-    from .training import cli as train_cli
+    from worker.training import cli as train_cli
     train_cli.add_arguments(p)
     p.set_defaults(func=train_cli.run)
-    from .evaluation.commands import add_parsers as add_evaluation_parsers
+    from worker.evaluation.commands import add_parsers as add_evaluation_parsers
     add_evaluation_parsers(sub, _add_config_args, _config)  # eval, calibrate
     p = sub.add_parser("broker", help="run the local development Kafka broker")
     p.set_defaults(func=cmd_broker)
     args = parser.parse_args(argv)
-    from .config import ConfigError
-    from .models.checkpoint import CheckpointError
-    from .models.spec import ModelFileError
+    from worker.config import ConfigError
+    from worker.models.checkpoint import CheckpointError
+    from worker.models.spec import ModelFileError
     try:
         return args.func(args)
     except (ConfigError, CheckpointError, ModelFileError) as exc:

@@ -13,27 +13,27 @@ from pathlib import Path
 import torch  # before decord (imported by .media): see README, "Pitfalls"
 from prometheus_client import CollectorRegistry
 
-from .config import BankConfig, Config, FacesConfig, MediaConfig, ModelConfig
-from .faces import MtcnnDetector
-from .bank.follower import BankFollower
-from .bank.confirmations import ConfirmationHandler, VideoFingerprinter
-from .bank.index import BankIndex
-from .bank.densify import TakedownDensifier
-from .bank.fingerprint import HashingConfig
-from .bank.scoring import MatchScoring
-from .bank.service import HashBank, match_rule
-from .kafka_io import build_bank_consumer, build_consumer, build_delivery
-from .media import Fetcher
-from .metrics import Health, HealthServer, WorkerMetrics
-from .microbatch import CrossVideoDetector
-from .models.batching import CrossVideoBatcher
-from .models.loading import load_detector_model, load_face_detector, model_frame_slack
-from .models.spec import ModelSpec, load_model_spec
-from .models.timing import StageTimer
-from .pipeline import FaceClassifier, FaceDetector, Pipeline
-from .policy import Policy
-from .runner import Runner
-from .sandbox import SandboxedSampler
+from worker.config import BankConfig, Config, FacesConfig, MediaConfig, ModelConfig
+from worker.faces.mtcnn import MtcnnDetector
+from worker.bank.follower import BankFollower
+from worker.bank.confirmations import ConfirmationHandler, VideoFingerprinter
+from worker.bank.index import BankIndex
+from worker.bank.densify import TakedownDensifier
+from worker.bank.fingerprint import HashingConfig
+from worker.bank.scoring import MatchScoring
+from worker.bank.service import HashBank, match_rule
+from worker.runtime.clients import build_bank_consumer, build_consumer, build_delivery
+from worker.media.fetch import Fetcher
+from worker.metrics import Health, HealthServer, WorkerMetrics
+from worker.faces.batching import CrossVideoDetector
+from worker.models.batching import CrossVideoBatcher
+from worker.models.loading import load_detector_model, load_face_detector, model_frame_slack
+from worker.models.spec import ModelSpec, load_model_spec
+from worker.models.timing import StageTimer
+from worker.core.pipeline import FaceClassifier, FaceDetector, Pipeline
+from worker.core.policy import Policy
+from worker.runtime.runner import Runner
+from worker.media.sandbox import SandboxedSampler
 
 log = logging.getLogger("worker.app")
 
@@ -117,7 +117,7 @@ def build_sampler(media: MediaConfig, bank: BankConfig, entries: bool = False,
     if media.sandbox:
         return SandboxedSampler(media.decode_timeout_s, media.decoder_memory_bytes,
                                 media.decode_threads, **limits)
-    from .decoding import DecordSampler
+    from worker.media.decoding import DecordSampler
 
     return DecordSampler(media.decode_threads, **limits)
 

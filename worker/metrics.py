@@ -15,8 +15,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
-from . import __version__
-from .errors import REASONS
+from worker import __version__
+from worker.core.dead_letters import REASONS
 
 PREFIX = "moderation"
 # From a short clip on a GPU (50 ms) to a long video queued behind others (10 min).

@@ -88,5 +88,5 @@ if [ "$MODE" = test ] && { [ ! -x .venv/bin/kustomize ] || [ ! -f ".venv/.kustom
 fi
 
 echo "== Kafka broker jars (Maven Central, cached in deploy/kafka-local/target/lib)"
-.venv/bin/python -c "from worker.local_kafka import ensure_jars; print(ensure_jars())"
-.venv/bin/python -c "from worker.samples import NAMES, sample_video; [sample_video(n) for n in NAMES]"
+.venv/bin/python -c "from worker.testing.local_kafka import ensure_jars; print(ensure_jars())"
+.venv/bin/python -c "from worker.testing.samples import NAMES, sample_video; [sample_video(n) for n in NAMES]"

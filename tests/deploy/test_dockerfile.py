@@ -58,7 +58,7 @@ def test_it_starts_the_worker_and_serves_health_on_the_metrics_port():
 
 
 def test_the_image_sets_the_workers_allocator_tunables_so_it_needs_no_second_start():
-    from worker.allocator import tuned_environment
+    from worker.runtime.allocator import tuned_environment
 
     env = dict(_final_stage())["ENV"]
     tunables = re.search(r"GLIBC_TUNABLES=(\S+)", env)

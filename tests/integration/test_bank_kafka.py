@@ -8,7 +8,7 @@ import time
 import pytest
 from prometheus_client import CollectorRegistry
 
-from worker.samples import sample_video
+from worker.testing.samples import sample_video
 
 from .conftest import publish, read_outputs, running_worker
 from .test_bank_variants import build_variant, decode_all
@@ -42,7 +42,7 @@ def test_a_takedown_on_one_worker_catches_a_re_upload_on_another(kafka_config, p
     # The first worker has a model and scores matches after their verdicts.
     first = kafka_config.replace(bank={"score_matches": True})
     second = second_worker(first)
-    from worker.kafka_io import ensure_topics
+    from worker.runtime.clients import ensure_topics
     ensure_topics(second.kafka, bank_topic=second.bank.topic)
 
     # The second worker has no model: only the bank can make it recommend a takedown.
@@ -91,7 +91,7 @@ def test_a_takedowns_dense_entry_catches_a_trimmed_re_upload_on_another_worker(
     frames) misses the middle half re-encoded. The verdict also queues the upload on the
     densify topic; a worker of the group fingerprints it densely and writes the entry again;
     the second worker's bank swaps it in, and then catches the clip."""
-    from worker.kafka_io import ensure_topics
+    from worker.runtime.clients import ensure_topics
 
     source = sample_video("bikes.mp4")
     frames, rate = decode_all(source)
@@ -138,7 +138,7 @@ def test_hash_lists_export_and_import_round_trip(kafka_config, tmp_path):
     import sys
 
     from worker.bank.fingerprint import fingerprint_frames
-    from worker.kafka_io import ensure_topics
+    from worker.runtime.clients import ensure_topics
 
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     shared = tmp_path / "shared"
@@ -178,7 +178,7 @@ def _bank_records(cfg, wanted: str, timeout_s: float = 60.0) -> dict:
     """The bank topic's committed records by key, once one keyed ``wanted`` has arrived."""
     from kafka.structs import TopicPartition
 
-    from worker.kafka_io import build_bank_consumer
+    from worker.runtime.clients import build_bank_consumer
 
     consumer = build_bank_consumer(cfg.kafka)
     seen: dict = {}
@@ -206,7 +206,7 @@ def test_a_reviewers_confirmation_makes_another_worker_take_down_a_re_upload(
 
     from worker.bank.confirmations import CONFIRMATION_TYPE, reviewed_entry_id
     from worker.bank.entries import parse_entry_record
-    from worker.kafka_io import ensure_topics
+    from worker.runtime.clients import ensure_topics
 
     source = sample_video("carphone_pristine.mp4")
     frames, rate = decode_all(source)

@@ -21,8 +21,8 @@ from PIL import Image, ImageDraw, ImageFont
 from worker.bank.fingerprint import HashingConfig, VideoFingerprint, fingerprint_entry, fingerprint_frames
 from worker.bank.index import BankIndex
 from worker.bank.matching import MatchRule, compare, linear_search
-from worker.decoding import DecordSampler
-from worker.samples import sample_video
+from worker.media.decoding import DecordSampler
+from worker.testing.samples import sample_video
 
 VIDEOS = ("carphone_pristine.mp4", "bikes.mp4", "bigbuckbunny.mp4")
 # libvpx-vp9 is slow to encode larger frames: VP9 for the small one, HEVC for the others.

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch  # noqa: F401  (before decord: see README, "Pitfalls")
 
-from worker.decoding import DecordSampler
-from worker.samples import NAMES, sample_video
-from worker.sampling import even_frames
+from worker.media.decoding import DecordSampler
+from worker.testing.samples import NAMES, sample_video
+from worker.media.sampling import even_frames
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))

@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from worker.kafka_io import build_admin, build_producer, ensure_topics
-from worker.local_kafka import LocalKafkaCluster
+from worker.runtime.clients import build_admin, build_producer, ensure_topics
+from worker.testing.local_kafka import LocalKafkaCluster
 
 from .conftest import read_outputs
 from .test_faults import WorkerProcess, publish_stream, stream_through_fault, tally

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from worker.decoding import DecordSampler
-from worker.events import ModelInfo
+from worker.media.decoding import DecordSampler
+from worker.core.events import ModelInfo
 from worker.models import dfdc_backend
 from worker.models.dfdc import winner_mtcnn
 from worker.models.dfdc_preprocess import detect_faces, frame_indices, normalise, video_face_inputs
 from worker.models.inference import FaceScorer
 from worker.models.spec import ModelFileError, Preprocessing, write_model_file
-from worker.samples import sample_video
+from worker.testing.samples import sample_video
 
 CPU = torch.device("cpu")
 WINNER = Preprocessing(input_size=380, frames_per_video=8)

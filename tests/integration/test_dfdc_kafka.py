@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from worker.app import build_pipeline
-from worker.calibration import Calibration
-from worker.events import upload_event, validator
+from worker.core.calibration import Calibration
+from worker.core.events import upload_event, validator
 from worker.models.checkpoint import sha256_of
 from worker.models.dfdc import DeepFakeClassifier
 from worker.models.spec import write_model_file
-from worker.samples import sample_video
+from worker.testing.samples import sample_video
 
 from .conftest import publish, read_outputs, running_worker
 

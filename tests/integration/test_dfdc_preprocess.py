@@ -21,7 +21,7 @@ from worker.models.dfdc import winner_mtcnn
 from worker.models.dfdc_preprocess import (
     MEAN, STD, detect_faces, frame_indices, normalise, video_face_inputs)
 from worker.models.inference import normalise as torch_normalise
-from worker.samples import sample_video
+from worker.testing.samples import sample_video
 
 SIZE = 380
 

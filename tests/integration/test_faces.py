@@ -9,8 +9,8 @@ import torch  # before decord: see README, "Pitfalls"
 import decord
 from facenet_pytorch import MTCNN
 
-from worker.faces import ChannelsLastInput, MtcnnDetector
-from worker.samples import sample_video
+from worker.faces.mtcnn import ChannelsLastInput, MtcnnDetector
+from worker.testing.samples import sample_video
 
 CPU = torch.device("cpu")
 THRESHOLDS = (0.7, 0.8, 0.8)  # the DFDC winner's, as the bench model file says

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from kafka import KafkaProducer
 
-from worker.events import upload_event
-from worker.kafka_io import ensure_topics
-from worker.local_kafka import LocalKafka
-from worker.samples import sample_video
+from worker.core.events import upload_event
+from worker.runtime.clients import ensure_topics
+from worker.testing.local_kafka import LocalKafka
+from worker.testing.samples import sample_video
 
 from .conftest import read_outputs
 

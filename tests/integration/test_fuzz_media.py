@@ -10,10 +10,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.errors import REASONS, DeadLetter
-from worker.pipeline import SampledFrames
-from worker.sandbox import SandboxedSampler
-from worker.samples import sample_video
+from worker.core.dead_letters import REASONS, DeadLetter
+from worker.core.pipeline import SampledFrames
+from worker.media.sandbox import SandboxedSampler
+from worker.testing.samples import sample_video
 
 SOURCE = sample_video("carphone_pristine.mp4").read_bytes()
 BUDGET = settings(max_examples=40, deadline=None,

@@ -9,7 +9,7 @@ from kafka import KafkaProducer
 from kafka.admin import NewTopic
 
 from worker.config import KafkaConfig
-from worker.kafka_io import build_admin, build_consumer
+from worker.runtime.clients import build_admin, build_consumer
 
 pytestmark = pytest.mark.kafka
 

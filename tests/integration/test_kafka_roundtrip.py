@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from prometheus_client import CollectorRegistry
 
-from worker.events import upload_event, validator
-from worker.samples import sample_video
+from worker.core.events import upload_event, validator
+from worker.testing.samples import sample_video
 
 from .conftest import publish, read_outputs, running_worker
 

@@ -1,8 +1,8 @@
 """The project's own broker launcher: the ids it makes and the commands it runs."""
 import uuid
 
-from worker import local_kafka
-from worker.local_kafka import _kafka_uuid, _Node
+from worker.testing import local_kafka
+from worker.testing.local_kafka import _kafka_uuid, _Node
 
 # The first six bits 111110 encode as "-" in URL-safe base64 (index 62).
 _DASH_FIRST = uuid.UUID(bytes=b"\xf8" + bytes(15))

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from worker.events import upload_event
+from worker.core.events import upload_event
 from worker.metrics import LATENCY_BUCKETS
-from worker.samples import sample_video
+from worker.testing.samples import sample_video
 
 from ..deploy.tooling import DASHBOARDS, RULES_DIR, dashboard_queries, recording_rules, tool
 from .conftest import publish, read_outputs, running_worker

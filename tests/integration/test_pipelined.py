@@ -9,10 +9,10 @@ import torch
 
 from worker.app import build_detector, torch_threads
 from worker.config import FacesConfig, load_config
-from worker.decoding import DecordSampler
-from worker.faces import MtcnnDetector
-from worker.microbatch import CrossVideoDetector
-from worker.samples import sample_video
+from worker.media.decoding import DecordSampler
+from worker.faces.mtcnn import MtcnnDetector
+from worker.faces.batching import CrossVideoDetector
+from worker.testing.samples import sample_video
 
 CPU = torch.device("cpu")
 

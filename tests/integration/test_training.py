@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from worker.__main__ import main
-from worker.decoding import DecordSampler
+from worker.media.decoding import DecordSampler
 from worker.models.checkpoint import load_checkpoint
 from worker.models.loading import load_detector_model, load_face_detector
 from worker.models.spec import load_model_spec
-from worker.samples import sample_video
+from worker.testing.samples import sample_video
 from worker.training.dataset import (DetectionSettings, SelfBlendedPairs, TrainingDataError, find_videos,
                                      load_faces, step_batches)
 from worker.training.train import ModelFileInfo, TrainingError, TrainSettings, preprocessing_of, train

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.models.aggregation import aggregate, confident_strategy, ensemble, maximum, mean
+from worker.core.aggregation import aggregate, confident_strategy, ensemble, maximum, mean
 
 
 def test_many_confident_fakes_score_by_themselves():

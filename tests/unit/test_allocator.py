@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from worker.allocator import MALLOC_TUNABLES, OPT_OUT, reexec_with_tuned_allocator, tuned_environment
+from worker.runtime.allocator import MALLOC_TUNABLES, OPT_OUT, reexec_with_tuned_allocator, tuned_environment
 
 OURS = ":".join(f"{k}={v}" for k, v in MALLOC_TUNABLES.items())
 
@@ -48,7 +48,7 @@ def test_a_restarted_process_reuses_freed_memory_without_page_faults():
     no new pages once the process has started itself again under the tunables."""
     code = textwrap.dedent("""
         import os, resource, sys
-        from worker.allocator import reexec_with_tuned_allocator
+        from worker.runtime.allocator import reexec_with_tuned_allocator
         reexec_with_tuned_allocator()
         import numpy as np
         def faults():

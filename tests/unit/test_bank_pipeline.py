@@ -4,8 +4,8 @@ from __future__ import annotations
 import json
 
 from worker.bank.entries import parse_entry_record
-from worker.fakes import FakeBank, FakeDetector, FakeSampler
-from worker.policy import KnownContentMatch
+from worker.testing.fakes import FakeBank, FakeDetector, FakeSampler
+from worker.core.policy import KnownContentMatch
 
 from .conftest import FACE
 from .test_runner import KAFKA, World
@@ -24,7 +24,7 @@ class CountingDetector(FakeDetector):
 
 
 def test_a_bank_match_is_a_takedown_without_waiting_for_the_models(make_pipeline, make_event):
-    from worker.events import parse_upload_event
+    from worker.core.events import parse_upload_event
 
     detector = CountingDetector()
     pipeline = make_pipeline(sampler=FakeSampler(hash_frames=True), detector=detector, bank=FakeBank(MATCH))
@@ -39,7 +39,7 @@ def test_a_bank_match_is_a_takedown_without_waiting_for_the_models(make_pipeline
 
 
 def test_no_match_goes_on_to_the_models_and_keeps_the_fingerprint(make_pipeline, make_event):
-    from worker.events import parse_upload_event
+    from worker.core.events import parse_upload_event
 
     pipeline = make_pipeline(sampler=FakeSampler(hash_frames=True), bank=FakeBank(None))
     verdict = pipeline.process(parse_upload_event(make_event(), 1 << 20))
@@ -91,10 +91,10 @@ def test_a_matched_uploads_score_follows_the_verdict_exactly_once(make_pipeline,
 
     from worker.bank.scoring import MATCH_SCORE_TYPE, MatchScoring
     from worker.config import WorkerConfig
-    from worker.delivery import ExactlyOnce
-    from worker.fakes import FakeConsumer, FakeProducer, InlineThreads
+    from worker.runtime.delivery import ExactlyOnce
+    from worker.testing.fakes import FakeConsumer, FakeProducer, InlineThreads
     from worker.metrics import Health, WorkerMetrics
-    from worker.runner import Runner
+    from worker.runtime.runner import Runner
 
     from .test_runner import NOW
 
@@ -157,10 +157,10 @@ def _densifier_runner(world, make_pipeline, holds, wait_s=0.0):
     from worker.bank.densify import TakedownDensifier
     from worker.bank.fingerprint import HashingConfig
     from worker.config import WorkerConfig
-    from worker.delivery import ExactlyOnce
-    from worker.fakes import FakeConsumer, FakeFetcher, FakeProducer, InlineThreads
+    from worker.runtime.delivery import ExactlyOnce
+    from worker.testing.fakes import FakeConsumer, FakeFetcher, FakeProducer, InlineThreads
     from worker.metrics import Health, WorkerMetrics
-    from worker.runner import Runner
+    from worker.runtime.runner import Runner
 
     from .conftest import VIDEOS
     from .test_runner import NOW
@@ -221,8 +221,8 @@ def test_the_densifier_waits_for_its_bank_to_catch_up():
 
     from worker.bank.densify import TakedownDensifier
     from worker.bank.fingerprint import fingerprint_entry
-    from worker.events import upload_event
-    from worker.fakes import FakeRecord
+    from worker.core.events import upload_event
+    from worker.testing.fakes import FakeRecord
 
     rng = np.random.default_rng(5)
     frames = [np.kron(rng.integers(0, 256, (8, 8, 3)).astype(np.uint8), np.ones((16, 16, 1), np.uint8))

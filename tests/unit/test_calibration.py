@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from worker.calibration import Calibration, CalibrationError, logit, sigmoid
+from worker.core.calibration import Calibration, CalibrationError, logit, sigmoid
 
 
 def test_temperature_one_is_the_identity_and_larger_temperatures_soften():

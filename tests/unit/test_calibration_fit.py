@@ -7,8 +7,9 @@ import pytest
 import tomli_w
 from sklearn.isotonic import IsotonicRegression
 
-from worker.calibration import (Calibration, CalibrationError, choose_thresholds, fit_calibration,
-                                fit_isotonic, fit_temperature, precision_lower_bound)
+from worker.core.calibration import Calibration, CalibrationError
+from worker.evaluation.calibration import (choose_thresholds, fit_calibration, fit_isotonic, fit_temperature,
+                                           precision_lower_bound)
 from worker.evaluation import metrics
 
 

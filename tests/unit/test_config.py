@@ -169,7 +169,7 @@ def test_replace_validates_and_keeps_the_rest():
 
 
 def test_kafka_security_settings_reach_the_client():
-    from worker.kafka_io import client_options
+    from worker.runtime.clients import client_options
 
     cfg = load_config(env={"MODERATION_KAFKA_SECURITY_PROTOCOL": "SSL",
                            "MODERATION_KAFKA_SSL_CAFILE": "/etc/kafka/ca.pem",

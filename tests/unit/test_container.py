@@ -6,8 +6,8 @@ import struct
 
 import pytest
 
-from worker.container import iso_bmff_truncated, sniff
-from worker.samples import sample_video
+from worker.media.container import iso_bmff_truncated, sniff
+from worker.testing.samples import sample_video
 
 
 def box(kind: bytes, payload: bytes) -> bytes:

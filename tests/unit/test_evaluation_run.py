@@ -8,14 +8,14 @@ import pytest
 from sklearn import metrics as sk
 
 from worker.__main__ import main
-from worker.calibration import Calibration
-from worker.errors import CORRUPT_VIDEO, DeadLetter
+from worker.core.calibration import Calibration
+from worker.core.dead_letters import CORRUPT_VIDEO, DeadLetter
 from worker.evaluation.datasets import Dataset, LabelledVideo
 from worker.evaluation.predictions import (FAILED, NO_FACES, SCORED, PredictionLog, VideoPrediction,
                                            read_predictions)
 from worker.evaluation.report import build_report
 from worker.evaluation.run import PREDICTIONS_FILE, evaluate
-from worker.fakes import FakeVideoScorer
+from worker.testing.fakes import FakeVideoScorer
 from worker.models.spec import load_model_spec
 
 TABLE = {"r1.mp4": 0.1, "r2.mp4": 0.4, "r3.mp4": 0.35, "f1.mp4": 0.8, "f2.mp4": 0.35, "f3.mp4": 0.9,

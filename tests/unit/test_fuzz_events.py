@@ -7,8 +7,8 @@ import json
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker.errors import REASONS, DeadLetter
-from worker.events import UploadEvent, parse_upload_event, upload_event
+from worker.core.dead_letters import REASONS, DeadLetter
+from worker.core.events import UploadEvent, parse_upload_event, upload_event
 
 BUDGET = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 VALID = json.loads(upload_event("vid-1", "https://cdn.example.com/v.mp4", "user-1", event_id="e-1"))

@@ -8,8 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from worker.fakes import FakeDetector
-from worker.microbatch import BatcherClosed, CrossVideoDetector, DynamicBatcher
+from worker.testing.fakes import FakeDetector
+from worker.batching import BatcherClosed, DynamicBatcher
+from worker.faces.batching import CrossVideoDetector
 
 
 def _callers(batcher, items, barrier=True):

@@ -9,8 +9,8 @@ from collections import Counter
 
 import pytest
 
-from worker.fakes import FakeRecord, ManualThreads
-from worker.ordering import ReorderWindow
+from worker.testing.fakes import FakeRecord, ManualThreads
+from worker.runtime.ordering import ReorderWindow
 
 from .test_runner import World
 

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import pytest
 
-from worker.calibration import Calibration
-from worker.fakes import identity_calibration
-from worker.policy import Policy, decide, policy_version, video_score
-from worker.tracks import Detection, FaceTrack
+from worker.core.calibration import Calibration
+from worker.testing.fakes import identity_calibration
+from worker.core.policy import Policy, decide, policy_version, video_score
+from worker.core.tracks import Detection, FaceTrack
 
 
 def track(track_id: int, *scores: float | None) -> FaceTrack:

@@ -11,12 +11,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from worker.config import KafkaConfig, WorkerConfig
-from worker.delivery import AtLeastOnce, ExactlyOnce, Fenced
-from worker.errors import DeadLetter
-from worker.fakes import (FakeBroker, FakeClassifier, FakeConsumer, FakeDetector, FakeProducer,
+from worker.runtime.delivery import AtLeastOnce, ExactlyOnce, Fenced
+from worker.core.dead_letters import DeadLetter
+from worker.testing.fakes import (FakeBroker, FakeClassifier, FakeConsumer, FakeDetector, FakeProducer,
                           InlineThreads)
 from worker.metrics import Health, WorkerMetrics
-from worker.runner import Runner
+from worker.runtime.runner import Runner
 
 from .conftest import FACE, UPLOADED_AT, VIDEOS
 

@@ -5,7 +5,7 @@ import random
 import numpy as np
 import pytest
 
-from worker.sampling import MAX_SLACK, choose_frames, even_frames
+from worker.media.sampling import MAX_SLACK, choose_frames, even_frames
 
 
 def decode_cost(frames: list[int], keyframes: list[int]) -> int:

@@ -8,11 +8,11 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from worker.errors import DeadLetter
-from worker.events import SCHEMA_DIR, parse_upload_event, validator
-from worker.calibration import Calibration
-from worker.policy import KnownContentMatch, Policy, decide, policy_version
-from worker.tracks import Detection, FaceTrack
+from worker.core.dead_letters import DeadLetter
+from worker.core.events import SCHEMA_DIR, parse_upload_event, validator
+from worker.core.calibration import Calibration
+from worker.core.policy import KnownContentMatch, Policy, decide, policy_version
+from worker.core.tracks import Detection, FaceTrack
 
 SCHEMAS = ("upload-event", "verdict", "dead-letter", "bank-entry", "reviewer-confirmation",
            "match-score")

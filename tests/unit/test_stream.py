@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import threading
 
-from worker.errors import DeadLetter
-from worker.events import parse_upload_event
-from worker.fakes import FakeDetector
-from worker.stream import process_stream
+from worker.core.dead_letters import DeadLetter
+from worker.core.events import parse_upload_event
+from worker.testing.fakes import FakeDetector
+from worker.runtime.stream import process_stream
 
 from .conftest import FACE, VIDEOS
 

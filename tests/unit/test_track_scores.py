@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from worker.track_scores import Aggregation, score_tracks
-from worker.tracks import Detection, FaceTrack
+from worker.core.aggregation import Aggregation, score_tracks
+from worker.core.tracks import Detection, FaceTrack
 
 
 def track(track_id: int, *members: tuple[float, ...]) -> FaceTrack:

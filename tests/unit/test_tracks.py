@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker.tracks import Detection, FaceTrack, iou, link_tracks
+from worker.core.tracks import Detection, FaceTrack, iou, link_tracks
 
 
 def det(frame: int, box, score=None) -> Detection:

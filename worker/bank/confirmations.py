@@ -3,7 +3,7 @@
 A review tool publishes a ``reviewer-confirmation`` event (``schemas/v1``) on
 ``bank.confirmation_topic``. The worker's consumer group reads that topic next to the upload
 topic, and each confirmation, like each upload, becomes its output records and its offset
-commit in one Kafka transaction (:mod:`worker.delivery`): the bank-entry records it adds or
+commit in one Kafka transaction (:mod:`worker.runtime.delivery`): the bank-entry records it adds or
 deletes on the bank topic, or one dead-letter record with a reason code if the event is bad.
 Every worker's bank follower then picks the change up from the compacted bank topic.
 
@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
-from .. import errors
-from ..errors import DeadLetter
-from ..events import checked_document, parse_time
-from .entries import NEGATIVE, POSITIVE, BankEntry, automatic_entry_id, entry_record
-from .fingerprint import HashingConfig, VideoFingerprint, fingerprint_entry
+from worker.core import dead_letters
+from worker.core.dead_letters import DeadLetter
+from worker.core.events import checked_document, parse_time
+from worker.bank.entries import NEGATIVE, POSITIVE, BankEntry, automatic_entry_id, entry_record
+from worker.bank.fingerprint import HashingConfig, VideoFingerprint, fingerprint_entry
 
 CONFIRMATION_TYPE = "dev.moderation.reviewer-confirmation.v1"
 _TYPE_PREFIX = "dev.moderation.reviewer-confirmation."
@@ -123,7 +123,7 @@ class VideoFingerprinter:
         with self.fetcher.fetch(uri) as path:
             sampled = self.sampler.sample(path, 1)
         if sampled.hash_frames is None or not len(sampled.hash_frames):
-            raise DeadLetter(errors.NO_FRAMES, "no frames to fingerprint (is the bank's hashing on?)")
+            raise DeadLetter(dead_letters.NO_FRAMES, "no frames to fingerprint (is the bank's hashing on?)")
         return fingerprint_entry(sampled.hash_frames, sampled.hash_timestamps_s, sampled.hash_indices,
                                  self.hashing, self.keep_distance, self.seconds_per_frame)
 
@@ -148,9 +148,9 @@ class ConfirmationHandler:
                 try:
                     fingerprint = VideoFingerprint.from_vpdq_text(confirmation.fingerprint_vpdq or "")
                 except ValueError as exc:
-                    raise DeadLetter(errors.SCHEMA_VIOLATION, f"data/fingerprint_vpdq: {exc}") from None
+                    raise DeadLetter(dead_letters.SCHEMA_VIOLATION, f"data/fingerprint_vpdq: {exc}") from None
             if not fingerprint.frames:
-                raise DeadLetter(errors.NO_FRAMES, "the fingerprint has no frames")
+                raise DeadLetter(dead_letters.NO_FRAMES, "the fingerprint has no frames")
         return confirmation, bank_changes(confirmation, fingerprint, self.bank_topic)
 
     def handle_record(self, record: Any) -> tuple[dict, list[Record]]:

@@ -27,10 +27,10 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from .. import errors
-from ..errors import DeadLetter
-from ..events import parse_upload_event
-from .entries import POSITIVE, BankEntry, automatic_entry_id, entry_record
+from worker.core import dead_letters
+from worker.core.dead_letters import DeadLetter
+from worker.core.events import parse_upload_event
+from worker.bank.entries import POSITIVE, BankEntry, automatic_entry_id, entry_record
 
 
 def _utcnow() -> datetime:
@@ -64,7 +64,7 @@ class TakedownDensifier:
         self._wait_for(entry_id)
         fingerprint = self.fingerprinter.fingerprint(event.video_uri)
         if not fingerprint.frames:
-            raise DeadLetter(errors.NO_FRAMES, "the video gave no frames to fingerprint")
+            raise DeadLetter(dead_letters.NO_FRAMES, "the video gave no frames to fingerprint")
         entry = BankEntry(entry_id=entry_id, bank=POSITIVE, fingerprint_vpdq=fingerprint.to_vpdq_text(),
                           reason="takedown_verdict", added_by=f"worker:{self.worker_id}",
                           added_at=self.now(), source_video_id=event.video_id,
@@ -76,7 +76,7 @@ class TakedownDensifier:
         deadline = time.monotonic() + self.wait_s
         while not self.holds(entry_id):
             if time.monotonic() >= deadline:
-                raise DeadLetter(errors.BANK_ENTRY_GONE,
+                raise DeadLetter(dead_letters.BANK_ENTRY_GONE,
                                  f"{entry_id} is not in the bank (removed since the takedown?): "
                                  "not written again")
             self.sleep(0.2)

@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from ..events import SourcePosition, checked_json, first_error, format_time, parse_time
+from worker.core.events import SourcePosition, checked_json, first_error, format_time, parse_time
 
 BANK_ENTRY_TYPE = "dev.moderation.bank-entry.v1"
 POSITIVE = "positive"

@@ -39,7 +39,7 @@ import numpy as np
 import pdqhash
 from PIL import Image
 
-from .hamming import hamming
+from worker.bank.hamming import hamming
 
 PLAIN = "plain"
 TRIM = "trim"

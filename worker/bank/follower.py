@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from kafka.structs import TopicPartition
 
-from .entries import BankEntry, parse_entry_record
+from worker.bank.entries import BankEntry, parse_entry_record
 
 log = logging.getLogger("worker.bank")
 

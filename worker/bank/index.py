@@ -39,9 +39,9 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .fingerprint import HASH_BYTES, VideoFingerprint
-from .hamming import pairwise_distances, row_distances
-from .matching import BankMatch, HashRows, MatchRule, hash_rows, sort_matches, video_match
+from worker.bank.fingerprint import HASH_BYTES, VideoFingerprint
+from worker.bank.hamming import pairwise_distances, row_distances
+from worker.bank.matching import BankMatch, HashRows, MatchRule, hash_rows, sort_matches, video_match
 
 FAST_CHUNKS = (3,) * 10 + (2,)   # bytes per chunk
 EXACT_CHUNKS = (2,) * 16

@@ -45,8 +45,8 @@ from typing import Mapping
 
 import numpy as np
 
-from .fingerprint import HASH_BYTES, VideoFingerprint, query_side_only
-from .hamming import pairwise_distances
+from worker.bank.fingerprint import HASH_BYTES, VideoFingerprint, query_side_only
+from worker.bank.hamming import pairwise_distances
 
 @dataclass(frozen=True)
 class MatchRule:

@@ -20,7 +20,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any, Callable
 
-from ..events import Verdict, checked_json, format_time, output_id, parse_upload_event, SourcePosition
+from worker.core.events import Verdict, checked_json, format_time, output_id, parse_upload_event, SourcePosition
 
 MATCH_SCORE_TYPE = "dev.moderation.match-score.v1"
 

@@ -7,12 +7,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..pipeline import BankCheck
-from ..policy import KnownContentMatch
-from .entries import NEGATIVE, BankEntry
-from .fingerprint import HashingConfig, VideoFingerprint, fingerprint_frames
-from .index import BankIndex
-from .matching import MatchRule
+from worker.core.pipeline import BankCheck
+from worker.core.policy import KnownContentMatch
+from worker.bank.entries import NEGATIVE, BankEntry
+from worker.bank.fingerprint import HashingConfig, VideoFingerprint, fingerprint_frames
+from worker.bank.index import BankIndex
+from worker.bank.matching import MatchRule
 
 
 def match_rule(bank: Any) -> MatchRule:

@@ -19,9 +19,9 @@ from typing import Any, Callable, Iterable
 
 from tqdm import tqdm
 
-from ..events import format_time, parse_time
-from .entries import POSITIVE, BankEntry, entry_record, parse_entry_record
-from .fingerprint import VideoFingerprint, select_frames
+from worker.core.events import format_time, parse_time
+from worker.bank.entries import POSITIVE, BankEntry, entry_record, parse_entry_record
+from worker.bank.fingerprint import VideoFingerprint, select_frames
 
 MANIFEST = "entries.jsonl"
 

@@ -17,11 +17,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-from ..calibration import (DEFAULT_CONFIDENCE, DEFAULT_TARGET_PRECISION, DEFAULT_TARGET_RECALL, METHODS, TEMPERATURE,
-                           CalibrationError, fit_calibration)
-from .datasets import LAYOUTS, DatasetError, load_dataset
-from .predictions import NO_FACES, SCORED, PredictionsError, read_predictions
-from .run import PREDICTIONS_FILE, key_checkpoints
+from worker.core.calibration import METHODS, TEMPERATURE, CalibrationError
+from worker.evaluation.calibration import (DEFAULT_CONFIDENCE, DEFAULT_TARGET_PRECISION, DEFAULT_TARGET_RECALL,
+                                           fit_calibration)
+from worker.evaluation.datasets import LAYOUTS, DatasetError, load_dataset
+from worker.evaluation.predictions import NO_FACES, SCORED, PredictionsError, read_predictions
+from worker.evaluation.run import PREDICTIONS_FILE, key_checkpoints
 
 REPORT_FILE = "report.json"
 ROC_FILE = "roc.png"
@@ -88,7 +89,7 @@ def scoring_settings(cfg, spec=None) -> dict:
     made with other settings are not reused. (Device, batch size, policy thresholds and the
     calibration do not change raw scores, so they do not count.)"""
     if spec is None:
-        from ..models.spec import load_model_spec
+        from worker.models.spec import load_model_spec
 
         spec = load_model_spec(cfg.model.config)
     return {"backend": spec.backend, "architecture": spec.architecture,
@@ -98,11 +99,11 @@ def scoring_settings(cfg, spec=None) -> dict:
 
 def cmd_eval(args, config_of) -> int:
     """Wire the worker's pipeline as the scorer, run, report."""
-    from ..app import build_pipeline
-    from ..logs import setup_logging
-    from ..models.spec import load_model_spec
-    from .report import build_report
-    from .run import PipelineScorer, evaluate
+    from worker.app import build_pipeline
+    from worker.logs import setup_logging
+    from worker.models.spec import load_model_spec
+    from worker.evaluation.report import build_report
+    from worker.evaluation.run import PipelineScorer, evaluate
 
     try:
         dataset = load_dataset(args.dataset, args.layout, args.compression)
@@ -147,8 +148,8 @@ def cmd_eval(args, config_of) -> int:
 
 def _draw_curves(predictions, report: dict, path: Path, no_face_score: float | None, title: str) -> bool:
     """The video- and frame-level ROC curves that the data allows; False if none."""
-    from .report import face_arrays, roc_points, video_arrays
-    from .roc_plot import draw_roc
+    from worker.evaluation.report import face_arrays, roc_points, video_arrays
+    from worker.evaluation.roc_plot import draw_roc
 
     curves = []
     for name, (labels, scores) in (("video", video_arrays(predictions, no_face_score)),
@@ -180,7 +181,7 @@ def _print_summary(report: dict, out: Path) -> None:
 
 
 def cmd_calibrate(args) -> int:
-    from ..models.spec import ModelFileError, load_model_spec, save_calibration
+    from worker.models.spec import ModelFileError, load_model_spec, save_calibration
 
     path = args.predictions / PREDICTIONS_FILE if args.predictions.is_dir() else args.predictions
     try:

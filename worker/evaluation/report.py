@@ -11,9 +11,9 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..calibration import Calibration
-from . import metrics
-from .predictions import FAILED, NO_FACES, SCORED, VideoPrediction
+from worker.core.calibration import Calibration
+from worker.evaluation import metrics
+from worker.evaluation.predictions import FAILED, NO_FACES, SCORED, VideoPrediction
 
 
 def level_figures(labels: Sequence[int], scores: Sequence[float],

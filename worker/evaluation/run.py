@@ -2,7 +2,7 @@
 
 The detector is a port (:class:`VideoScorer`): production adapts the worker's own pipeline
 (:class:`PipelineScorer`), so the figures describe exactly what the worker would decide on,
-and unit tests pass the in-memory fake from :mod:`worker.fakes`. A video that cannot be
+and unit tests pass the in-memory fake from :mod:`worker.testing.fakes`. A video that cannot be
 fetched or decoded is a prediction with status ``failed`` and its dead-letter reason, never
 the end of the run.
 """
@@ -17,9 +17,9 @@ from typing import Any, Mapping, Protocol, Sequence
 
 from tqdm import tqdm
 
-from ..errors import DeadLetter
-from .datasets import Dataset
-from .predictions import FAILED, NO_FACES, SCORED, PredictionLog, VideoPrediction, latest_by_key
+from worker.core.dead_letters import DeadLetter
+from worker.evaluation.datasets import Dataset
+from worker.evaluation.predictions import FAILED, NO_FACES, SCORED, PredictionLog, VideoPrediction, latest_by_key
 
 PREDICTIONS_FILE = "predictions.jsonl"
 
@@ -60,7 +60,7 @@ class PipelineScorer:
     """
 
     def __init__(self, pipeline, settings: Mapping[str, Any]):
-        from ..events import parse_upload_event, upload_event  # jsonschema: only when used
+        from worker.core.events import parse_upload_event, upload_event  # jsonschema: only when used
 
         if pipeline.classifier is None:
             raise ValueError("evaluation needs a model: set model.config to its model file")

@@ -3,7 +3,7 @@
 With ``worker.processing_threads`` above one, several videos are in flight at once, each
 with a few dozen faces: far too few to fill a GPU batch one video at a time. Each video's
 thread builds its own crops (CPU work, in parallel), then hands them to the one thread that
-owns the device (:class:`worker.microbatch.DynamicBatcher`), which runs whatever has arrived
+owns the device (:class:`worker.batching.DynamicBatcher`), which runs whatever has arrived
 within ``model.max_wait_ms``, up to the batch size, as one batch, and hands each video its
 own scores back.
 """
@@ -13,10 +13,10 @@ from typing import Callable, ContextManager, Sequence
 
 import numpy as np
 
-from ..microbatch import BatchStats, DynamicBatcher
-from ..tracks import Box
-from .inference import FaceScorer
-from .timing import StageTimer
+from worker.batching import BatchStats, DynamicBatcher
+from worker.core.tracks import Box
+from worker.models.inference import FaceScorer
+from worker.models.timing import StageTimer
 
 
 class CrossVideoBatcher:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .spec import Preprocessing
+from worker.models.spec import Preprocessing
 
 
 def expand_box(box, margin: float, width: int, height: int) -> tuple[int, int, int, int]:

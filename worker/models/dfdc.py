@@ -18,8 +18,8 @@ import timm
 import torch
 from torch import nn
 
-from .checkpoint import Checkpoint, load_checkpoint, load_strict
-from .dfdc_preprocess import DETECTOR_THRESHOLDS
+from worker.models.checkpoint import Checkpoint, load_checkpoint, load_strict
+from worker.models.dfdc_preprocess import DETECTOR_THRESHOLDS
 
 WINNER_ENCODER = "tf_efficientnet_b7_ns"
 

@@ -14,11 +14,11 @@ import math
 import numpy as np
 import torch
 
-from ..tracks import Box
-from .dfdc import DeepFakeClassifier, load_winner_checkpoint, winner_mtcnn
-from .dfdc_preprocess import (DETECTOR_SCALE, DETECTOR_THRESHOLDS, INPUT_SIZE, crop_window,
+from worker.core.tracks import Box
+from worker.models.dfdc import DeepFakeClassifier, load_winner_checkpoint, winner_mtcnn
+from worker.models.dfdc_preprocess import (DETECTOR_SCALE, DETECTOR_THRESHOLDS, INPUT_SIZE, crop_window,
                               detect_faces, face_input, face_limit)
-from .spec import ModelFileError, ModelSpec, Preprocessing
+from worker.models.spec import ModelFileError, ModelSpec, Preprocessing
 
 # The winner's frames are linspace(0, frame_count - 1, n) truncated, never moved to cheaper
 # ones (media.frame_slack does not apply).

@@ -27,10 +27,10 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..events import ModelInfo
-from ..tracks import Box
-from .folding import fold_batch_norms
-from .spec import Preprocessing
+from worker.core.events import ModelInfo
+from worker.core.tracks import Box
+from worker.models.folding import fold_batch_norms
+from worker.models.spec import Preprocessing
 
 # A face crop for the network: frame (H, W, 3) uint8 RGB and a box in frame pixels in,
 # an (S, S, 3) uint8 RGB square out (S = input_size).

@@ -10,9 +10,9 @@ import importlib
 
 import torch
 
-from ..events import ModelInfo
-from .inference import FaceScorer
-from .spec import ModelSpec
+from worker.core.events import ModelInfo
+from worker.models.inference import FaceScorer
+from worker.models.spec import ModelSpec
 
 _BACKEND_MODULES = {
     "dfdc_winner": "worker.models.dfdc_backend",
@@ -44,7 +44,7 @@ def load_face_detector(spec: ModelSpec, device: torch.device, min_face_size: int
     backend = importlib.import_module(_BACKEND_MODULES[spec.backend])
     if hasattr(backend, "face_detector"):
         return backend.face_detector(spec, device, min_face_size, batch_size)
-    from ..faces import MtcnnDetector
+    from worker.faces.mtcnn import MtcnnDetector
 
     pre = spec.preprocessing
     return MtcnnDetector(device, min_face_size=min_face_size, thresholds=pre.detector_thresholds,

@@ -21,8 +21,8 @@ from typing import Any, Mapping, Sequence
 
 import tomli_w
 
-from ..calibration import Calibration, CalibrationError
-from ..track_scores import AGGREGATIONS, Aggregation
+from worker.core.calibration import Calibration, CalibrationError
+from worker.core.aggregation import AGGREGATIONS, Aggregation
 
 BACKENDS = ("dfdc_winner", "timm", "torchscript")
 RESIZES = ("isotropic",)

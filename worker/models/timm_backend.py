@@ -8,9 +8,9 @@ from __future__ import annotations
 import timm
 import torch
 
-from .checkpoint import CheckpointError, load_checkpoint
-from .crops import face_crop
-from .spec import CheckpointRef, ModelSpec
+from worker.models.checkpoint import CheckpointError, load_checkpoint
+from worker.models.crops import face_crop
+from worker.models.spec import CheckpointRef, ModelSpec
 
 crop = face_crop
 

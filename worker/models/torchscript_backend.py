@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import torch
 
-from .checkpoint import CheckpointError, sha256_of
-from .crops import face_crop
-from .spec import CheckpointRef, ModelSpec
+from worker.models.checkpoint import CheckpointError, sha256_of
+from worker.models.crops import face_crop
+from worker.models.spec import CheckpointRef, ModelSpec
 
 crop = face_crop
 

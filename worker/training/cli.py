@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _from_init_model(path: Path) -> tuple[dict, Path, str]:
     """The defaults an existing timm model file supplies, and its checkpoint + sha256."""
-    from ..models.spec import ModelFileError, load_model_spec
+    from worker.models.spec import ModelFileError, load_model_spec
 
     spec = load_model_spec(path)
     if spec.backend != "timm":
@@ -78,10 +78,10 @@ def _from_init_model(path: Path) -> tuple[dict, Path, str]:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ..models.checkpoint import CheckpointError
-    from ..models.spec import ModelFileError
-    from .dataset import DetectionSettings, SelfBlendedPairs, TrainingDataError, find_videos, load_faces
-    from .train import ModelFileInfo, TrainingError, TrainSettings, preprocessing_of, train
+    from worker.models.checkpoint import CheckpointError
+    from worker.models.spec import ModelFileError
+    from worker.training.dataset import DetectionSettings, SelfBlendedPairs, TrainingDataError, find_videos, load_faces
+    from worker.training.train import ModelFileInfo, TrainingError, TrainSettings, preprocessing_of, train
 
     try:
         chosen, init_checkpoint, init_sha256 = dict(DEFAULTS), args.init_checkpoint, args.init_sha256

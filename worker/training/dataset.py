@@ -1,7 +1,7 @@
 """Real face crops from the platform's videos, and real/self-blended training pairs.
 
 Decoding and face detection are the slow part of training and their result never changes,
-so each video is decoded (:class:`worker.decoding.DecordSampler`) and searched for faces
+so each video is decoded (:class:`worker.media.decoding.DecordSampler`) and searched for faces
 with MTCNN (box + five landmarks) once; the crops are cached in an ``.npz`` per video,
 keyed by the file's identity and the settings that shape the crops. Epochs then only
 blend and resize.
@@ -29,13 +29,13 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from ..decoding import DecordSampler
-from ..errors import DeadLetter
-from ..faces import MtcnnDetector, worker_mtcnn
-from ..models.crops import expand_box, face_crop
-from ..models.inference import normalise
-from ..models.spec import Preprocessing
-from .sbi import self_blend
+from worker.media.decoding import DecordSampler
+from worker.core.dead_letters import DeadLetter
+from worker.faces.mtcnn import MtcnnDetector, worker_mtcnn
+from worker.models.crops import expand_box, face_crop
+from worker.models.inference import normalise
+from worker.models.spec import Preprocessing
+from worker.training.sbi import self_blend
 
 log = logging.getLogger(__name__)
 

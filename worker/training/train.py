@@ -24,10 +24,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..models.checkpoint import save_checkpoint, sha256_of
-from ..models.spec import IMAGENET_MEAN, IMAGENET_STD, CheckpointRef, ModelSpec, Preprocessing, write_model_file
-from ..models.timm_backend import build_model, load_network
-from .dataset import DetectionSettings, SelfBlendedPairs, step_batches
+from worker.models.checkpoint import save_checkpoint, sha256_of
+from worker.models.spec import IMAGENET_MEAN, IMAGENET_STD, CheckpointRef, ModelSpec, Preprocessing, write_model_file
+from worker.models.timm_backend import build_model, load_network
+from worker.training.dataset import DetectionSettings, SelfBlendedPairs, step_batches
 
 STATE_FILE = "train-state.pt"
 MODEL_FILE = "model.toml"

@@ -4,10 +4,10 @@ One thread owns the consumer and keeps polling, so group membership and heartbea
 alive however long a video takes: partitions with work waiting are paused, not starved
 of polls. Up to ``worker.processing_threads`` videos run at once, several of them from one
 partition (``worker.partition_window``); a partition's results still reach Kafka strictly
-in offset order, through its reorder window (:mod:`worker.ordering`). Publishing and
+in offset order, through its reorder window (:mod:`worker.runtime.ordering`). Publishing and
 committing happen here, on the poll thread, never on a thread that feeds the GPU. How
 results and their offset reach Kafka (one transaction, or publish then commit) is
-:mod:`worker.delivery`'s business. Every consumed record ends as exactly one output
+:mod:`worker.runtime.delivery`'s business. Every consumed record ends as exactly one output
 record; the worker never stops on bad input.
 """
 from __future__ import annotations
@@ -24,20 +24,20 @@ from typing import Any, Callable, Sequence
 
 from kafka import ConsumerRebalanceListener
 
-from . import errors
-from .config import KafkaConfig, WorkerConfig
-from .dedupe import RecentEvents
-from .delivery import Delivery, Fenced
-from .errors import DeadLetter
-from .events import (SourcePosition, UploadEvent, Verdict, dead_letter_record,
+from worker.core import dead_letters
+from worker.config import KafkaConfig, WorkerConfig
+from worker.runtime.dedupe import RecentEvents
+from worker.runtime.delivery import Delivery, Fenced
+from worker.core.dead_letters import DeadLetter
+from worker.core.events import (SourcePosition, UploadEvent, Verdict, dead_letter_record,
                      parse_upload_event, verdict_record)
-from .metrics import Health, WorkerMetrics
-from .ordering import ReorderWindow, Slot
-from .bank.entries import entry_record, takedown_entry
-from .pipeline import Pipeline
-from .policy import TAKEDOWN
+from worker.metrics import Health, WorkerMetrics
+from worker.runtime.ordering import ReorderWindow, Slot
+from worker.bank.entries import entry_record, takedown_entry
+from worker.core.pipeline import Pipeline
+from worker.core.policy import TAKEDOWN
 
-log = logging.getLogger("worker.runner")
+log = logging.getLogger("worker.runtime.runner")
 LAG_INTERVAL_S = 5.0
 
 
@@ -180,7 +180,7 @@ class Runner:
             event = parse_upload_event(record.value, self.kafka.max_event_bytes)
             earlier = self.recent.earlier(event.event_id, position)
             if earlier is not None:
-                raise DeadLetter(errors.DUPLICATE_EVENT,
+                raise DeadLetter(dead_letters.DUPLICATE_EVENT,
                                  f"event id already processed at {earlier.topic}/"
                                  f"{earlier.partition}/{earlier.offset}")
             self.metrics.queue_wait.observe(max(0.0, (self.now() - event.uploaded_at).total_seconds()))
@@ -193,7 +193,7 @@ class Runner:
             return self.dead_letter(failure, record, event)
         except Exception as exc:  # a bug or an unforeseen input: keep the event, keep running
             log.exception("processing failed", extra=self._where(record, event))
-            return self.dead_letter(DeadLetter(errors.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"),
+            return self.dead_letter(DeadLetter(dead_letters.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"),
                                     record, event)
 
     def _bank_entries(self, verdict: Verdict, position: SourcePosition, record_value: bytes) -> tuple:
@@ -227,7 +227,7 @@ class Runner:
             return self.dead_letter(failure, record)
         except Exception as exc:
             log.exception("handling a %s record failed", record.topic, extra=self._where(record, None))
-            return self.dead_letter(DeadLetter(errors.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"),
+            return self.dead_letter(DeadLetter(dead_letters.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"),
                                     record)
 
     def dead_letter(self, failure: DeadLetter, record: Any, event: UploadEvent | None = None) -> Output:
@@ -347,7 +347,7 @@ class Runner:
                     threads.replace(job.abandoned)
                     self.metrics.deadline_exceeded.inc()
                     slot.result = self.dead_letter(DeadLetter(
-                        errors.TIMEOUT, f"not done within {self.worker.video_deadline_s}s"), slot.record)
+                        dead_letters.TIMEOUT, f"not done within {self.worker.video_deadline_s}s"), slot.record)
             ready = window.ready(self.worker.max_outputs_per_commit)
             if ready and self.clock() >= ready[0].retry_at and self._deliver(tp, ready):
                 window.delivered(ready)
@@ -399,7 +399,7 @@ class Runner:
                     output.event.event_id)
                 if earlier is not None:
                     output = slot.result = self.dead_letter(DeadLetter(
-                        errors.DUPLICATE_EVENT, f"event id already processed at {earlier.topic}/"
+                        dead_letters.DUPLICATE_EVENT, f"event id already processed at {earlier.topic}/"
                         f"{earlier.partition}/{earlier.offset}"), record, output.event)
                 else:
                     seen[output.event.event_id] = position

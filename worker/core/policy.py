@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
-from .calibration import Calibration
-from .tracks import FaceTrack
+from worker.core.calibration import Calibration
+from worker.core.tracks import FaceTrack
 
 TAKEDOWN = "takedown"
 REVIEW = "review"

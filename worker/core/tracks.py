@@ -33,7 +33,7 @@ class Detection:
 @dataclass(frozen=True)
 class FaceTrack:
     """``aggregated`` is the model's aggregation of the faces' scores
-    (:func:`worker.track_scores.score_tracks`); without one, the score is their mean."""
+    (:func:`worker.core.aggregation.score_tracks`); without one, the score is their mean."""
 
     track_id: int
     detections: tuple[Detection, ...]

@@ -2,7 +2,7 @@
 
 Uploaded files are hostile input to FFmpeg. A decoder that hangs, spins or allocates
 without bound must cost one event, never the worker. So decoding runs in a child process
-(``python -m worker.sandbox``) that caps its own address space; the worker kills it when
+(``python -m worker.media.sandbox``) that caps its own address space; the worker kills it when
 the deadline passes and starts a fresh one for the next event. The child imports no torch.
 
 The child answers over its stdout with a JSON header line and then the raw frame bytes;
@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import errors
-from .errors import DeadLetter
-from .pipeline import SampledFrames
+from worker.core import dead_letters
+from worker.core.dead_letters import DeadLetter
+from worker.core.pipeline import SampledFrames
 
 _MAX_HEADER = 1 << 20
 _PIPE_BYTES = 1 << 20  # Linux's default pipe-max-size: 16 times fewer wake-ups than 64 KiB
@@ -82,9 +82,9 @@ class _Answered(Exception):
 class _Child:
     def __init__(self, settings: dict):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker.sandbox", json.dumps(settings)],
+            [sys.executable, "-m", "worker.media.sandbox", json.dumps(settings)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            cwd=str(Path(__file__).resolve().parent.parent), start_new_session=True)
+            cwd=str(Path(__file__).resolve().parents[2]), start_new_session=True)
         self._pending = b""
         try:  # the frames of one 1080p video are ~50 MB: move them in large pieces
             fcntl.fcntl(self.proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
@@ -112,21 +112,21 @@ class _Child:
         if header["status"] == "dead_letter":
             raise _Answered(DeadLetter(header["reason"], header["message"]))
         if header["status"] != "ok":
-            raise DeadLetter(errors.CORRUPT_VIDEO, header.get("message", "decoding failed"))
+            raise DeadLetter(dead_letters.CORRUPT_VIDEO, header.get("message", "decoding failed"))
         n, h, w, c = header["shape"]
         if not (0 <= n <= count and c == 3 and 0 < h * w <= max_pixels):
-            raise DeadLetter(errors.DECODER_CRASHED, f"the decoder sent an impossible shape {header['shape']}")
+            raise DeadLetter(dead_letters.DECODER_CRASHED, f"the decoder sent an impossible shape {header['shape']}")
         frames = self._read_exactly(n * h * w * c, deadline).reshape(n, h, w, c)
         hash_frames = None
         if header.get("hash_shape"):
             m, hh, hw, hc = header["hash_shape"]
             side = settings["hash_max_side"]
             if not (0 < m <= settings["hash_max_frames"] and hc == 3 and 0 < hh <= side and 0 < hw <= side):
-                raise DeadLetter(errors.DECODER_CRASHED,
+                raise DeadLetter(dead_letters.DECODER_CRASHED,
                                  f"the decoder sent impossible hash frames {header['hash_shape']}")
             hash_frames = self._read_exactly(m * hh * hw * hc, deadline).reshape(m, hh, hw, hc)
         if self._pending:
-            raise DeadLetter(errors.DECODER_CRASHED, "the decoder sent more bytes than announced")
+            raise DeadLetter(dead_letters.DECODER_CRASHED, "the decoder sent more bytes than announced")
         return SampledFrames(frames=frames, indices=tuple(header["indices"]),
                              timestamps_s=tuple(header["timestamps_s"]),
                              frame_count=header["frame_count"], fps=header["fps"],
@@ -137,13 +137,13 @@ class _Child:
     def _wait_readable(self, deadline: float) -> None:
         remaining = deadline - time.monotonic()
         if remaining <= 0 or not select.select([self.proc.stdout], [], [], remaining)[0]:
-            raise DeadLetter(errors.TIMEOUT, "decoding did not finish before the deadline; decoder killed")
+            raise DeadLetter(dead_letters.TIMEOUT, "decoding did not finish before the deadline; decoder killed")
 
     def _read_line(self, deadline: float) -> bytes:
         line = b""
         while b"\n" not in line:
             if len(line) > _MAX_HEADER:
-                raise DeadLetter(errors.DECODER_CRASHED, "the decoder sent an oversized header")
+                raise DeadLetter(dead_letters.DECODER_CRASHED, "the decoder sent an oversized header")
             self._wait_readable(deadline)
             chunk = os.read(self.proc.stdout.fileno(), 65536)
             if not chunk:
@@ -173,7 +173,7 @@ class _Child:
     def _crashed(self) -> DeadLetter:
         code = self.proc.wait()
         how = f"signal {-code}" if code < 0 else f"exit code {code}"
-        return DeadLetter(errors.DECODER_CRASHED, f"the decoder process died ({how})")
+        return DeadLetter(dead_letters.DECODER_CRASHED, f"the decoder process died ({how})")
 
 
 def _mapped_bytes() -> int:
@@ -192,7 +192,7 @@ def _serve(settings: dict) -> None:
     """The child: cap the address space, then answer decode requests until stdin closes."""
     import resource
 
-    from .decoding import DecordSampler
+    from worker.media.decoding import DecordSampler
 
     if settings["memory_bytes"] > 0:
         # The cap is a budget for decoding, on top of what the process already maps: importing
@@ -213,7 +213,7 @@ def _serve(settings: dict) -> None:
             out.write(json.dumps({"status": "dead_letter", "reason": failure.reason,
                                   "message": failure.message}).encode() + b"\n")
         except MemoryError:
-            out.write(json.dumps({"status": "dead_letter", "reason": errors.DECODER_CRASHED,
+            out.write(json.dumps({"status": "dead_letter", "reason": dead_letters.DECODER_CRASHED,
                                   "message": "the decoder ran out of its memory cap"}).encode() + b"\n")
         else:
             frames = np.ascontiguousarray(sampled.frames)

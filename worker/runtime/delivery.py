@@ -20,7 +20,7 @@ from typing import Any, Callable, Protocol, Sequence
 from kafka.errors import ProducerFencedError
 from kafka.structs import OffsetAndMetadata
 
-log = logging.getLogger("worker.delivery")
+log = logging.getLogger("worker.runtime.delivery")
 
 
 class Fenced(RuntimeError):

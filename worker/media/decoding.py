@@ -1,7 +1,7 @@
 """Sampling frames with decord, within limits: pixels, duration, and display rotation.
 
 In a process that also runs torch, import torch before this module (see README,
-"Pitfalls"). The worker runs it in a sandboxed child process (:mod:`worker.sandbox`), which
+"Pitfalls"). The worker runs it in a sandboxed child process (:mod:`worker.media.sandbox`), which
 imports no torch at all.
 """
 from __future__ import annotations
@@ -14,12 +14,12 @@ import decord
 import numpy as np
 from PIL import Image
 
-from . import errors
-from .container import (IDENTITY_MATRIX, iso_bmff_truncated, mp4_track_handlers,
+from worker.core import dead_letters
+from worker.media.container import (IDENTITY_MATRIX, iso_bmff_truncated, mp4_track_handlers,
                         mp4_video_sample_count, mp4_video_track, mp4_without_tracks, sniff)
-from .errors import DeadLetter
-from .pipeline import SampledFrames
-from .sampling import choose_frames
+from worker.core.dead_letters import DeadLetter
+from worker.core.pipeline import SampledFrames
+from worker.media.sampling import choose_frames
 
 decord.logging.set_level(decord.logging.QUIET)
 
@@ -29,7 +29,7 @@ class DecordSampler:
 
     With ``frame_slack`` above 0, each sampled frame may move by that share of the spacing
     between sampled frames to a keyframe or a hash frame, else to the cheapest frame within
-    reach (:func:`worker.sampling.choose_frames`); 0 takes the DFDC winner's frames exactly.
+    reach (:func:`worker.media.sampling.choose_frames`); 0 takes the DFDC winner's frames exactly.
     """
 
     def __init__(self, threads: int = 0, max_pixels: int = 4096 * 4096,
@@ -48,13 +48,13 @@ class DecordSampler:
     def sample(self, path: Path, count: int) -> SampledFrames:
         size = path.stat().st_size
         if size == 0:
-            raise DeadLetter(errors.EMPTY_FILE, "the file is empty")
+            raise DeadLetter(dead_letters.EMPTY_FILE, "the file is empty")
         track = None
         with open(path, "rb") as stream:
             family = sniff(stream.read(512))
             if family == "iso-bmff":
                 if iso_bmff_truncated(stream, size):
-                    raise DeadLetter(errors.VIDEO_TRUNCATED, "an MP4 box runs past the end of the file")
+                    raise DeadLetter(dead_letters.VIDEO_TRUNCATED, "an MP4 box runs past the end of the file")
                 track = mp4_video_track(stream, size)
                 if track is not None:
                     self._check_pixels(track.width, track.height)
@@ -74,11 +74,11 @@ class DecordSampler:
         reader = self._open(path, family)
         frame_count = len(reader)
         if frame_count == 0:
-            raise DeadLetter(errors.NO_FRAMES, "the video has no frames")
+            raise DeadLetter(dead_letters.NO_FRAMES, "the video has no frames")
         fps = float(reader.get_avg_fps())
         duration = float(reader.get_frame_timestamp([frame_count - 1])[0, 1])
         if duration > self.max_duration_s:
-            raise DeadLetter(errors.VIDEO_TOO_LONG,
+            raise DeadLetter(dead_letters.VIDEO_TOO_LONG,
                              f"{duration:.0f} s is over the {self.max_duration_s:.0f} s limit")
         # Spread evenly from the first to the last frame, truncated to int (the DFDC winner's
         # rule, so its checkpoints see the frames they were published with), unless
@@ -92,7 +92,7 @@ class DecordSampler:
             hash_times = (tuple(max(0.0, float(t)) for t in reader.get_frame_timestamp(hash_indices)[:, 0])
                           if hash_indices else ())
         except (RuntimeError, decord.DECORDError) as exc:
-            raise DeadLetter(errors.CORRUPT_VIDEO, f"decoding failed: {_first_line(exc)}") from None
+            raise DeadLetter(dead_letters.CORRUPT_VIDEO, f"decoding failed: {_first_line(exc)}") from None
         return SampledFrames(
             frames=frames, indices=tuple(indices),
             timestamps_s=tuple(max(0.0, float(t)) for t in timestamps),
@@ -155,7 +155,7 @@ class DecordSampler:
         except (RuntimeError, decord.DECORDError) as exc:
             message = _first_line(exc)
             if family is None:
-                raise DeadLetter(errors.NOT_A_VIDEO, f"not a video container: {message}") from None
+                raise DeadLetter(dead_letters.NOT_A_VIDEO, f"not a video container: {message}") from None
             if family == "iso-bmff":
                 with open(path, "rb") as stream:
                     handlers = mp4_track_handlers(stream, path.stat().st_size)
@@ -163,14 +163,14 @@ class DecordSampler:
                     no_tracks = mp4_without_tracks(stream, path.stat().st_size)
                 if handlers and b"vide" not in handlers:
                     kinds = ", ".join(h.decode("latin-1") for h in handlers)
-                    raise DeadLetter(errors.NOT_A_VIDEO, f"an MP4 without a video track ({kinds})") from None
+                    raise DeadLetter(dead_letters.NOT_A_VIDEO, f"an MP4 without a video track ({kinds})") from None
                 if samples == 0 or no_tracks:
-                    raise DeadLetter(errors.NO_FRAMES, "the MP4 has no video frames") from None
-            raise DeadLetter(errors.CORRUPT_VIDEO, f"cannot open as video: {message}") from None
+                    raise DeadLetter(dead_letters.NO_FRAMES, "the MP4 has no video frames") from None
+            raise DeadLetter(dead_letters.CORRUPT_VIDEO, f"cannot open as video: {message}") from None
 
     def _check_pixels(self, width: int, height: int) -> None:
         if width * height > self.max_pixels:
-            raise DeadLetter(errors.VIDEO_DIMENSIONS_TOO_LARGE,
+            raise DeadLetter(dead_letters.VIDEO_DIMENSIONS_TOO_LARGE,
                              f"{width}x{height} is over the {self.max_pixels}-pixel limit")
 
 

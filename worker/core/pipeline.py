@@ -2,7 +2,7 @@
 
 The stages are ports (fetch, sample frames, detect faces, score faces) that the caller
 passes in, so this module imports neither Kafka nor torch: unit tests drive it with the
-in-memory fakes in :mod:`worker.fakes`, and production wires decord, MTCNN and the
+in-memory fakes in :mod:`worker.testing.fakes`, and production wires decord, MTCNN and the
 PyTorch classifier in :mod:`worker.app`.
 """
 from __future__ import annotations
@@ -16,11 +16,11 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
-from .errors import NO_FRAMES, DeadLetter
-from .events import ModelInfo, UploadEvent, Verdict
-from .policy import KnownContentMatch, Policy, decide, policy_version
-from .track_scores import score_tracks
-from .tracks import Box, Detection, link_tracks
+from worker.core.dead_letters import NO_FRAMES, DeadLetter
+from worker.core.events import ModelInfo, UploadEvent, Verdict
+from worker.core.policy import KnownContentMatch, Policy, decide, policy_version
+from worker.core.aggregation import score_tracks
+from worker.core.tracks import Box, Detection, link_tracks
 
 
 @dataclass(frozen=True)

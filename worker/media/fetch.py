@@ -22,8 +22,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
-from . import errors
-from .errors import DeadLetter
+from worker.core import dead_letters
+from worker.core.dead_letters import DeadLetter
 
 _CHUNK = 1 << 16
 _REDIRECTS = (301, 302, 303, 307, 308)
@@ -60,26 +60,26 @@ class Fetcher:
     def _check_scheme(self, uri: str) -> str:
         scheme = urllib.parse.urlsplit(uri).scheme.lower()
         if scheme not in self.schemes:
-            raise DeadLetter(errors.UNSUPPORTED_URI_SCHEME, f"scheme {scheme!r} is not allowed")
+            raise DeadLetter(dead_letters.UNSUPPORTED_URI_SCHEME, f"scheme {scheme!r} is not allowed")
         return scheme
 
     def _local(self, uri: str) -> Path:
         parts = urllib.parse.urlsplit(uri)
         if parts.netloc not in ("", "localhost"):
-            raise DeadLetter(errors.URI_NOT_ALLOWED, f"file URI names a remote host {parts.netloc!r}")
+            raise DeadLetter(dead_letters.URI_NOT_ALLOWED, f"file URI names a remote host {parts.netloc!r}")
         path = Path(urllib.parse.unquote(parts.path))
         if not self.file_roots:
-            raise DeadLetter(errors.URI_NOT_ALLOWED, "file:// URIs need media.file_roots to be configured")
+            raise DeadLetter(dead_letters.URI_NOT_ALLOWED, "file:// URIs need media.file_roots to be configured")
         resolved = path.resolve()  # follows symlinks and '..': what is checked is what is read
         if not any(resolved.is_relative_to(root) for root in self.file_roots):
-            raise DeadLetter(errors.URI_NOT_ALLOWED, f"{path} is outside the allowed file roots")
+            raise DeadLetter(dead_letters.URI_NOT_ALLOWED, f"{path} is outside the allowed file roots")
         if not resolved.exists():
-            raise DeadLetter(errors.VIDEO_NOT_FOUND, f"no such file: {path}")
+            raise DeadLetter(dead_letters.VIDEO_NOT_FOUND, f"no such file: {path}")
         if not resolved.is_file() or not os.access(resolved, os.R_OK):
-            raise DeadLetter(errors.VIDEO_UNREADABLE, f"not a readable file: {path}")
+            raise DeadLetter(dead_letters.VIDEO_UNREADABLE, f"not a readable file: {path}")
         size = resolved.stat().st_size
         if size > self.max_bytes:
-            raise DeadLetter(errors.VIDEO_TOO_LARGE, f"{size} bytes is over the {self.max_bytes}-byte limit")
+            raise DeadLetter(dead_letters.VIDEO_TOO_LARGE, f"{size} bytes is over the {self.max_bytes}-byte limit")
         return resolved
 
     # --- http(s) ------------------------------------------------------------------------------
@@ -89,15 +89,15 @@ class Fetcher:
         try:
             addresses = self._resolve(host, port)
         except OSError as exc:
-            raise DeadLetter(errors.FETCH_FAILED, f"cannot resolve {host!r}: {exc}") from None
+            raise DeadLetter(dead_letters.FETCH_FAILED, f"cannot resolve {host!r}: {exc}") from None
         if not addresses:
-            raise DeadLetter(errors.FETCH_FAILED, f"{host!r} has no address")
+            raise DeadLetter(dead_letters.FETCH_FAILED, f"{host!r} has no address")
         for address in addresses:
             ip = ipaddress.ip_address(address)
             ip = getattr(ip, "ipv4_mapped", None) or ip
             public = ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified)
             if not public and not any(ip in net for net in self.allowed_networks):
-                raise DeadLetter(errors.URI_NOT_ALLOWED,
+                raise DeadLetter(dead_letters.URI_NOT_ALLOWED,
                                  f"{host!r} resolves to {ip}, a non-public address that is not allow-listed")
         return addresses[0]
 
@@ -107,7 +107,7 @@ class Fetcher:
             parts = urllib.parse.urlsplit(uri)
             scheme = self._check_scheme(uri)
             if scheme not in ("http", "https") or not parts.hostname:
-                raise DeadLetter(errors.URI_NOT_ALLOWED, f"cannot fetch {uri[:200]!r}")
+                raise DeadLetter(dead_letters.URI_NOT_ALLOWED, f"cannot fetch {uri[:200]!r}")
             port = parts.port or (443 if scheme == "https" else 80)
             address = self._address(parts.hostname, port)
             connection = _PinnedConnection(scheme, parts.hostname, address, port, self.connect_timeout_s)
@@ -116,15 +116,15 @@ class Fetcher:
             except DeadLetter:
                 raise
             except (socket.timeout, TimeoutError):
-                raise DeadLetter(errors.FETCH_TIMEOUT, f"no answer within the time limit from {parts.hostname}") from None
+                raise DeadLetter(dead_letters.FETCH_TIMEOUT, f"no answer within the time limit from {parts.hostname}") from None
             except (OSError, http.client.HTTPException) as exc:
-                raise DeadLetter(errors.FETCH_FAILED, f"{type(exc).__name__}: {str(exc)[:200]}") from None
+                raise DeadLetter(dead_letters.FETCH_FAILED, f"{type(exc).__name__}: {str(exc)[:200]}") from None
             finally:
                 connection.close()
             if location is None:
                 return
             uri = urllib.parse.urljoin(uri, location)
-        raise DeadLetter(errors.TOO_MANY_REDIRECTS, f"more than {self.max_redirects} redirects")
+        raise DeadLetter(dead_letters.TOO_MANY_REDIRECTS, f"more than {self.max_redirects} redirects")
 
     def _get(self, connection: "_PinnedConnection", parts, path: Path, deadline: float) -> str | None:
         """GET into ``path``; returns the redirect location, or None when the body was saved."""
@@ -137,15 +137,15 @@ class Fetcher:
         if response.status in _REDIRECTS:
             location = response.getheader("Location")
             if not location:
-                raise DeadLetter(errors.FETCH_FAILED, f"HTTP {response.status} without a Location")
+                raise DeadLetter(dead_letters.FETCH_FAILED, f"HTTP {response.status} without a Location")
             return location
         if response.status in (404, 410):
-            raise DeadLetter(errors.VIDEO_NOT_FOUND, f"HTTP {response.status}")
+            raise DeadLetter(dead_letters.VIDEO_NOT_FOUND, f"HTTP {response.status}")
         if response.status != 200:
-            raise DeadLetter(errors.FETCH_FAILED, f"HTTP {response.status}")
+            raise DeadLetter(dead_letters.FETCH_FAILED, f"HTTP {response.status}")
         declared = response.getheader("Content-Length")
         if declared and declared.isdigit() and int(declared) > self.max_bytes:
-            raise DeadLetter(errors.VIDEO_TOO_LARGE,
+            raise DeadLetter(dead_letters.VIDEO_TOO_LARGE,
                              f"Content-Length {declared} is over the {self.max_bytes}-byte limit")
         total = 0
         with open(path, "wb") as out:
@@ -156,7 +156,7 @@ class Fetcher:
                     return None
                 total += len(chunk)
                 if total > self.max_bytes:
-                    raise DeadLetter(errors.VIDEO_TOO_LARGE, f"over the {self.max_bytes}-byte limit")
+                    raise DeadLetter(dead_letters.VIDEO_TOO_LARGE, f"over the {self.max_bytes}-byte limit")
                 out.write(chunk)
         return None
 
@@ -164,7 +164,7 @@ class Fetcher:
 def _remaining(deadline: float) -> float:
     remaining = deadline - time.monotonic()
     if remaining <= 0:
-        raise DeadLetter(errors.FETCH_TIMEOUT, "the download deadline passed")
+        raise DeadLetter(dead_letters.FETCH_TIMEOUT, "the download deadline passed")
     return remaining
 
 

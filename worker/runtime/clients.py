@@ -9,9 +9,9 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaConnectionError, TopicAlreadyExistsError
 
-from .config import KafkaConfig
+from worker.config import KafkaConfig
 
-log = logging.getLogger("worker.kafka_io")
+log = logging.getLogger("worker.runtime.clients")
 
 
 def client_options(cfg: KafkaConfig) -> dict[str, Any]:
@@ -123,8 +123,8 @@ def _retry_requests_to_a_dead_coordinator(producer: KafkaProducer) -> None:
 
 
 def build_delivery(cfg: KafkaConfig, worker_id: str, commit, on_abort=lambda: None):
-    """The configured delivery guarantee (see :mod:`worker.delivery`)."""
-    from .delivery import AtLeastOnce, ExactlyOnce
+    """The configured delivery guarantee (see :mod:`worker.runtime.delivery`)."""
+    from worker.runtime.delivery import AtLeastOnce, ExactlyOnce
 
     if cfg.delivery == "at_least_once":
         return AtLeastOnce(build_producer(cfg), commit, cfg.publish_timeout_s)

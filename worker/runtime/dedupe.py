@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
-from .events import SourcePosition
+from worker.core.events import SourcePosition
 
 
 class RecentEvents:

@@ -21,7 +21,7 @@ import uuid
 from pathlib import Path
 from typing import Self
 
-KAFKA_LOCAL_DIR = Path(__file__).resolve().parent.parent / "deploy" / "kafka-local"
+KAFKA_LOCAL_DIR = Path(__file__).resolve().parents[2] / "deploy" / "kafka-local"
 JARS_DIR = KAFKA_LOCAL_DIR / "target" / "lib"
 
 

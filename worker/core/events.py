@@ -19,14 +19,14 @@ from typing import Any
 
 import jsonschema
 
-from . import errors
-from .errors import DeadLetter
-from .calibration import Calibration
-from .policy import KnownContentMatch
-from .track_scores import Aggregation
-from .tracks import FaceTrack
+from worker.core import dead_letters
+from worker.core.dead_letters import DeadLetter
+from worker.core.calibration import Calibration
+from worker.core.policy import KnownContentMatch
+from worker.core.aggregation import Aggregation
+from worker.core.tracks import FaceTrack
 
-SCHEMA_DIR = Path(__file__).resolve().parent.parent / "schemas"
+SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
 # Output ids derive from the input record, so a redelivered result keeps its id.
 _OUTPUT_ID_NAMESPACE = uuid.UUID("6f1c0f53-3c2e-4b8e-9a43-2f0e1d6c7b21")
 UPLOAD_TYPE = "dev.moderation.upload.v1"
@@ -87,30 +87,30 @@ def checked_document(value: bytes | None, max_bytes: int, schema: str, type_pref
     that reads it rather than be mistaken for garbage.
     """
     if value is None:
-        raise DeadLetter(errors.INVALID_JSON, "the record has no value (a tombstone?)")
+        raise DeadLetter(dead_letters.INVALID_JSON, "the record has no value (a tombstone?)")
     if len(value) > max_bytes:
-        raise DeadLetter(errors.EVENT_TOO_LARGE, f"{len(value)} bytes is over the {max_bytes}-byte limit")
+        raise DeadLetter(dead_letters.EVENT_TOO_LARGE, f"{len(value)} bytes is over the {max_bytes}-byte limit")
     try:
         document = json.loads(value)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise DeadLetter(errors.INVALID_JSON, f"not JSON: {str(exc)[:200]}") from None
+        raise DeadLetter(dead_letters.INVALID_JSON, f"not JSON: {str(exc)[:200]}") from None
     if isinstance(document, dict):
         kind = document.get("type")
         if isinstance(kind, str) and kind.startswith(type_prefix) and kind != event_type:
-            raise DeadLetter(errors.UNSUPPORTED_SCHEMA_VERSION,
+            raise DeadLetter(dead_letters.UNSUPPORTED_SCHEMA_VERSION,
                              f"event type {kind[:100]!r}; this worker reads {event_type}")
     try:
         problem = first_error(schema, document)
     except RecursionError:  # JSON nested just under the parser's limit
-        raise DeadLetter(errors.SCHEMA_VIOLATION, "the JSON is nested too deeply") from None
+        raise DeadLetter(dead_letters.SCHEMA_VIOLATION, "the JSON is nested too deeply") from None
     if problem is not None:
-        raise DeadLetter(errors.SCHEMA_VIOLATION, problem)
+        raise DeadLetter(dead_letters.SCHEMA_VIOLATION, problem)
     try:
         parse_time(document["time"])
         for field_name in time_fields:
             parse_time(document["data"][field_name])
     except ValueError as exc:
-        raise DeadLetter(errors.SCHEMA_VIOLATION, f"bad timestamp: {exc}") from None
+        raise DeadLetter(dead_letters.SCHEMA_VIOLATION, f"bad timestamp: {exc}") from None
     return document
 
 

@@ -14,11 +14,11 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .calibration import Calibration
-from .errors import DeadLetter
-from .events import ModelInfo
-from .pipeline import SampledFrames
-from .tracks import Box
+from worker.core.calibration import Calibration
+from worker.core.dead_letters import DeadLetter
+from worker.core.events import ModelInfo
+from worker.core.pipeline import SampledFrames
+from worker.core.tracks import Box
 
 
 class FakeFetcher:
@@ -76,7 +76,7 @@ class FakeBank:
         self.checked = 0
 
     def check(self, frames: np.ndarray, frame_indices: Sequence[int], timestamps_s: Sequence[float]):
-        from .pipeline import BankCheck
+        from worker.core.pipeline import BankCheck
 
         self.checked += 1
         text = "\n".join(f"{i},100,{'0' * 64},{t:.3f}" for i, t in zip(frame_indices, timestamps_s))
@@ -413,7 +413,7 @@ class FakeVideoScorer:
         self.calls: list[str] = []
 
     def score(self, path: Path):
-        from .evaluation.run import ScoredVideo
+        from worker.evaluation.run import ScoredVideo
 
         if self.interrupt_after is not None and len(self.calls) >= self.interrupt_after:
             raise KeyboardInterrupt

@@ -7,7 +7,7 @@ started records in a window, oldest first; a finished record waits until every r
 before it has been delivered, and then leaves with them, in one transaction.
 
 Pure bookkeeping (no Kafka, no threads): the runner owns the window and asks it what is
-ready; the delivery guarantee itself is :mod:`worker.delivery`'s business.
+ready; the delivery guarantee itself is :mod:`worker.runtime.delivery`'s business.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The worker's processing without Kafka: upload events (or video paths) in, verdicts out.
 
 The benchmark and scripts drive exactly the stages the worker runs (the same
-:class:`~worker.pipeline.Pipeline`, built by :func:`worker.app.build_pipeline` with its
+:class:`~worker.core.pipeline.Pipeline`, built by :func:`worker.app.build_pipeline` with its
 cross-video batchers), with the same concurrency: ``threads`` videos in flight, results in
 input order through a bounded reorder window, so memory stays bounded however long the
 input. No offsets and no transactions: delivery is the runner's business.
@@ -16,10 +16,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from . import errors
-from .errors import DeadLetter
-from .events import UploadEvent, Verdict
-from .pipeline import Pipeline
+from worker.core import dead_letters
+from worker.core.dead_letters import DeadLetter
+from worker.core.events import UploadEvent, Verdict
+from worker.core.pipeline import Pipeline
 
 
 @dataclass(frozen=True)
@@ -53,7 +53,7 @@ def _run(pipeline: Pipeline, event: UploadEvent) -> StreamResult:
     except DeadLetter as exc:
         verdict, failure = None, exc
     except Exception as exc:  # as the runner does: an internal error, and go on
-        verdict, failure = None, DeadLetter(errors.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+        verdict, failure = None, DeadLetter(dead_letters.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
     return StreamResult(event, verdict, failure, started, time.monotonic())
 
 

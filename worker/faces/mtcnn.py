@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from facenet_pytorch import MTCNN
 
-from .tracks import Box
+from worker.core.tracks import Box
 
 
 class MtcnnDetector:
