@@ -49,7 +49,7 @@ from PIL import Image
 
 import cv2  # the DFDC-era loop reads with OpenCV, as the winner's kernel did
 
-from worker.models.loading import _BACKEND_MODULES  # noqa: F401  (which backend module a spec names)
+from worker.models.loading import backend_of
 from worker.models.spec import ModelSpec
 from worker.media.sampling import choose_frames
 
@@ -72,9 +72,7 @@ class VideoResult:
 
 class NaiveLoop:
     def __init__(self, spec: ModelSpec, device: torch.device, min_face_size: int = 20):
-        import importlib
-
-        backend = importlib.import_module(_BACKEND_MODULES[spec.backend])
+        backend = backend_of(spec)
         self.spec = spec
         self.pre = spec.preprocessing
         self.crop = backend.crop

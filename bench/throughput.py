@@ -41,6 +41,7 @@ TORCH_DEFAULT_THREADS = torch.get_num_threads()  # before any worker side sets i
 import clips  # noqa: E402
 from procstats import GpuSampler, RssSampler, children, machine_busy_seconds, percentile  # noqa: E402
 from worker.app import build_pipeline  # noqa: E402
+from worker.batching import WatchedStage  # noqa: E402
 from worker.config import load_config  # noqa: E402
 from worker.core.dead_letters import DeadLetter  # noqa: E402
 from worker.core.events import parse_upload_event, upload_event  # noqa: E402
@@ -164,9 +165,9 @@ class WorkerSide:
         them (CUDA events on a GPU); empty for a worker that does not."""
         calls: dict[str, list] = {}
         for stage, port in (("detect_faces", self.pipeline.detector), ("classify", self.pipeline.classifier)):
-            if hasattr(port, "observe"):
+            if isinstance(port, WatchedStage):
                 calls[stage] = []
-                port.observe = lambda size, seconds, bucket=calls[stage]: bucket.append((size, seconds))
+                port.watch(lambda size, seconds, bucket=calls[stage]: bucket.append((size, seconds)))
         return calls
 
     def close(self) -> None:

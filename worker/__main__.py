@@ -20,9 +20,17 @@ if sys.argv[1:2] in (["run"], ["demo"], ["score"]):
 # while it is still importing torch or loading models exits cleanly instead of dying of the
 # signal. Other commands keep the default handling (Ctrl-C interrupts them).
 _STOP = threading.Event()
+
+
+def _stop_on_signals() -> threading.Event:
+    """Set by SIGTERM or SIGINT (for ``run``, also one that arrived during start-up)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: _STOP.set())
+    return _STOP
+
+
 if sys.argv[1:2] == ["run"]:
-    for _sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(_sig, lambda *_: _STOP.set())
+    _stop_on_signals()
 
 import torch  # noqa: E402,F401  -- before decord, which the commands import: see README, "Pitfalls"
 
@@ -36,13 +44,6 @@ def _add_config_args(parser: argparse.ArgumentParser) -> None:
 def _config(args, **extra):
     from worker.config import load_config
     return load_config(args.config, overrides=[*args.overrides, *extra.get("overrides", [])])
-
-
-def _stop_on_signals() -> threading.Event:
-    """Set by SIGTERM or SIGINT (for ``run``, also one that arrived during start-up)."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: _STOP.set())
-    return _STOP
 
 
 def cmd_run(args) -> int:
@@ -61,7 +62,7 @@ def cmd_score(args) -> int:
 
     from worker.app import build_pipeline
     from worker.core.dead_letters import DeadLetter
-    from worker.core.events import parse_upload_event, upload_event, verdict_record
+    from worker.core.events import local_upload, verdict_record
     from worker.logs import setup_logging
 
     target = args.video
@@ -70,9 +71,7 @@ def cmd_score(args) -> int:
         extra.append(f"media.file_roots={Path(target).resolve().parent}")
     cfg = _config(args, overrides=extra)
     setup_logging("WARNING")
-    uri = target if "://" in target else Path(target).resolve().as_uri()
-    event = parse_upload_event(upload_event(Path(target).stem or "video", uri, "cli"),
-                               cfg.kafka.max_event_bytes)
+    event = local_upload(target, "cli")
     pipeline = build_pipeline(cfg)
     try:
         verdict = pipeline.process(event)
@@ -110,11 +109,9 @@ def _summary(record: dict) -> str:
 
 def cmd_demo(args) -> int:
     """Local broker, topics, a worker, sample uploads in; verdicts printed as they arrive."""
-    from kafka import KafkaProducer
-
     from worker.app import serve
     from worker.core.events import upload_event
-    from worker.runtime.clients import build_results_consumer, ensure_topics
+    from worker.runtime.clients import build_producer, build_results_consumer, ensure_topics
     from worker.testing.local_kafka import LocalKafka
     from worker.logs import setup_logging
     from worker.testing.samples import NAMES, sample_dir, sample_video
@@ -141,7 +138,7 @@ def cmd_demo(args) -> int:
 
         uploads = [(name.removesuffix(".mp4"), sample_video(name).as_uri()) for name in NAMES]
         uploads.append(("missing-video", (sample_dir() / "no-such-upload.mp4").as_uri()))
-        producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, acks="all")
+        producer = build_producer(cfg.kafka)
         for video_id, uri in uploads:
             producer.send(cfg.kafka.upload_topic, key=video_id.encode(),
                           value=upload_event(video_id, uri, "demo-uploader")).get(30)
@@ -170,10 +167,8 @@ def cmd_demo(args) -> int:
 
 def cmd_bank(args) -> int:
     """Export the hash bank to vPDQ files, or import vPDQ files into it."""
-    from kafka import KafkaProducer
-
     from worker.bank.transfer import export_bank, load_hash_list, publish_entries, read_bank
-    from worker.runtime.clients import build_bank_consumer, client_options
+    from worker.runtime.clients import build_bank_consumer, build_producer
 
     cfg = _config(args)
     if args.action == "export":
@@ -186,7 +181,7 @@ def cmd_bank(args) -> int:
         print(f"exported {count} entries to {args.folder}")
         return 0
     entries = load_hash_list(args.folder, bank=args.bank, reason=args.reason, added_by=args.added_by)
-    producer = KafkaProducer(acks="all", enable_idempotence=True, **client_options(cfg.kafka))
+    producer = build_producer(cfg.kafka)
     try:
         acks = []
         count = publish_entries(entries, cfg.bank.topic,

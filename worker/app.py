@@ -8,32 +8,28 @@ from __future__ import annotations
 import logging
 import threading
 from typing import Callable
-from pathlib import Path
 
 import torch  # before decord (imported by .media): see README, "Pitfalls"
 from prometheus_client import CollectorRegistry
 
+from worker.bank.attach import attach_bank
+from worker.batching import WatchedStage
 from worker.config import BankConfig, Config, FacesConfig, MediaConfig, ModelConfig
-from worker.faces.mtcnn import MtcnnDetector
-from worker.bank.follower import BankFollower
-from worker.bank.confirmations import ConfirmationHandler, VideoFingerprinter
-from worker.bank.index import BankIndex
-from worker.bank.densify import TakedownDensifier
-from worker.bank.fingerprint import HashingConfig
-from worker.bank.scoring import MatchScoring
-from worker.bank.service import HashBank, match_rule
-from worker.runtime.clients import build_bank_consumer, build_consumer, build_delivery
-from worker.media.fetch import Fetcher
-from worker.metrics import Health, HealthServer, WorkerMetrics
+from worker.core.pipeline import FaceClassifier, FaceDetector, FrameSampler, Pipeline
+from worker.core.policy import Policy
 from worker.faces.batching import CrossVideoDetector
+from worker.faces.mtcnn import MtcnnDetector
+from worker.media.fetch import Fetcher
+from worker.media.limits import DecodeLimits
+from worker.media.sandbox import SandboxedSampler
+from worker.metrics import Health, HealthServer, WorkerMetrics
 from worker.models.batching import CrossVideoBatcher
 from worker.models.loading import load_detector_model, load_face_detector, model_frame_slack
 from worker.models.spec import ModelSpec, load_model_spec
 from worker.models.timing import StageTimer
-from worker.core.pipeline import FaceClassifier, FaceDetector, Pipeline
-from worker.core.policy import Policy
+from worker.runtime.clients import build_bank_consumer, build_consumer, build_delivery
+from worker.runtime.outputs import Outputs
 from worker.runtime.runner import Runner
-from worker.media.sandbox import SandboxedSampler
 
 log = logging.getLogger("worker.app")
 
@@ -102,30 +98,28 @@ def _gpu_utilisation() -> float | None:
         return None
 
 
-def build_sampler(media: MediaConfig, bank: BankConfig, entries: bool = False,
-                  frame_slack: float | None = None):
-    """Decoding in the sandboxed child process, or (``media.sandbox = false``) in-process;
-    with the bank on, it also returns about ``bank.hash_rate_hz`` small frames a second
-    (``entries``: ``bank.entry_hash_rate_hz``, for fingerprinting bank entries).
+def decode_limits(media: MediaConfig, bank: BankConfig, entries: bool = False,
+                  frame_slack: float | None = None) -> DecodeLimits:
+    """The decoder's limits; with the bank on, about ``bank.hash_rate_hz`` small hash frames
+    a second too (``entries``: ``bank.entry_hash_rate_hz``, for fingerprinting bank entries).
     ``frame_slack`` overrides ``media.frame_slack`` (a model file's backend may fix it)."""
-    limits = {"max_pixels": media.max_pixels, "max_duration_s": media.max_duration_s,
-              "hash_rate_hz": bank.hash_rate_hz if bank.enabled else 0.0,
-              "hash_max_frames": bank.max_hash_frames, "hash_min_frames": bank.min_hash_frames,
-              "frame_slack": media.frame_slack if frame_slack is None else frame_slack}
+    hash_rate_hz, hash_max_frames = bank.hash_rate_hz, bank.max_hash_frames
     if entries:
-        limits.update(hash_rate_hz=bank.entry_hash_rate_hz, hash_max_frames=bank.entry_max_hash_frames)
+        hash_rate_hz, hash_max_frames = bank.entry_hash_rate_hz, bank.entry_max_hash_frames
+    return DecodeLimits(threads=media.decode_threads, max_pixels=media.max_pixels,
+                        max_duration_s=media.max_duration_s,
+                        hash_rate_hz=hash_rate_hz if bank.enabled else 0.0,
+                        hash_max_frames=hash_max_frames, hash_min_frames=bank.min_hash_frames,
+                        frame_slack=media.frame_slack if frame_slack is None else frame_slack)
+
+
+def build_sampler(media: MediaConfig, limits: DecodeLimits) -> FrameSampler:
+    """Decoding in the sandboxed child process, or (``media.sandbox = false``) in-process."""
     if media.sandbox:
-        return SandboxedSampler(media.decode_timeout_s, media.decoder_memory_bytes,
-                                media.decode_threads, **limits)
+        return SandboxedSampler(media.decode_timeout_s, media.decoder_memory_bytes, limits)
     from worker.media.decoding import DecordSampler
 
-    return DecordSampler(media.decode_threads, **limits)
-
-
-def bank_hashing() -> HashingConfig:
-    """How the bank hashes the frames it is given: all of them (the decoder has already
-    picked the hash frames: about one a second, more for a short upload, dense for an entry)."""
-    return HashingConfig(seconds_per_hash=0)
+    return DecordSampler(limits)
 
 
 def build_fetcher(media: MediaConfig) -> Fetcher:
@@ -155,8 +149,8 @@ def build_pipeline(cfg: Config) -> Pipeline:
     log.info("loading models on %s", device)
     return Pipeline(
         fetcher=build_fetcher(cfg.media),
-        sampler=build_sampler(cfg.media, cfg.bank,
-                              frame_slack=model_frame_slack(spec, cfg.media.frame_slack)),
+        sampler=build_sampler(cfg.media, decode_limits(
+            cfg.media, cfg.bank, frame_slack=model_frame_slack(spec, cfg.media.frame_slack))),
         detector=build_detector(spec, cfg.faces, device, cfg.worker.processing_threads),
         classifier=build_classifier(spec, cfg.model, device, cfg.worker.processing_threads),
         policy=Policy(cfg.policy.takedown_threshold, cfg.policy.review_threshold),
@@ -168,11 +162,11 @@ def observe_device_stages(pipeline: Pipeline, metrics: WorkerMetrics) -> None:
     """Each cross-video device call's time (CUDA events on a GPU) and size, as the stages
     ``detect_faces_device`` and ``classify_device``."""
     for stage, port in (("detect_faces", pipeline.detector), ("classify", pipeline.classifier)):
-        if isinstance(port, (CrossVideoDetector, CrossVideoBatcher)):
+        if isinstance(port, WatchedStage):
             def observe(size: int, seconds: float, stage: str = stage) -> None:
                 metrics.stage.labels(f"{stage}_device").observe(seconds)
                 metrics.batch_size.labels(f"{stage}_device").observe(size)
-            port.observe = observe
+            port.watch(observe)
 
 
 def serve(cfg: Config, stop: threading.Event, pipeline: Pipeline | None = None,
@@ -192,31 +186,16 @@ def serve(cfg: Config, stop: threading.Event, pipeline: Pipeline | None = None,
         on_http(server.port)
     follower = None
     try:
-        pipeline = pipeline or build_pipeline(cfg)
-        side_topics: list = []
-        score_topic = densify_topic = None
-        if cfg.bank.enabled:
-            bank = HashBank(BankIndex(match_rule(cfg.bank)), bank_hashing())
-            metrics.watch_bank(bank.index.stats)
-            follower = BankFollower(lambda: build_bank_consumer(cfg.kafka), cfg.bank.topic,
-                                    bank.apply, bank.remove,
-                                    on_loaded=lambda: health.set("bank_loaded", True)).start()
-            models_only, pipeline = pipeline, pipeline.with_bank(bank)
-            entries = VideoFingerprinter(pipeline.fetcher, build_sampler(cfg.media, cfg.bank, entries=True),
-                                         bank_hashing(), cfg.bank.entry_keep_distance,
-                                         1.0 / cfg.bank.hash_rate_hz)
-            if cfg.bank.confirmation_topic:
-                side_topics.append(ConfirmationHandler(
-                    cfg.bank.confirmation_topic, cfg.bank.topic, entries, cfg.kafka.max_event_bytes))
-            if cfg.bank.densify_topic and cfg.bank.add_takedowns:
-                densify_topic = cfg.bank.densify_topic
-                side_topics.append(TakedownDensifier(densify_topic, cfg.bank.topic, entries,
-                                                     bank.index.__contains__, cfg.worker.id,
-                                                     cfg.kafka.max_event_bytes))
-            if cfg.bank.score_matches and models_only.classifier is not None:
-                score_topic = cfg.bank.score_topic
-                side_topics.append(MatchScoring(score_topic, cfg.kafka.verdict_topic, models_only,
-                                                cfg.worker.id, cfg.kafka.max_event_bytes))
+        models_only = pipeline or build_pipeline(cfg)
+        attached = attach_bank(cfg, models_only,
+                               lambda: build_sampler(cfg.media, decode_limits(cfg.media, cfg.bank, entries=True)),
+                               lambda: build_bank_consumer(cfg.kafka),
+                               on_loaded=lambda: health.set("bank_loaded", True))
+        pipeline, follower = attached.pipeline, attached.follower
+        if attached.bank is not None:
+            metrics.watch_bank(attached.bank.index.stats)
+        if follower is not None:
+            follower.start()
         if torch.cuda.is_available() and select_device(cfg.model.device).type == "cuda":
             metrics.watch_gpu(_gpu_memory, _gpu_utilisation)
         observe_device_stages(pipeline, metrics)
@@ -230,10 +209,9 @@ def serve(cfg: Config, stop: threading.Event, pipeline: Pipeline | None = None,
             # Uploads are checked against the whole bank or not at all: wait for it.
             while not follower.loaded.wait(5.0) and not stop.is_set():
                 log.info("waiting for the hash bank (%s) to load", cfg.bank.topic)
-        bank_topic = cfg.bank.topic if cfg.bank.enabled and cfg.bank.add_takedowns else None
-        runner = Runner(consumer, delivery, pipeline, cfg.kafka, cfg.worker, metrics, health,
-                        bank_topic=bank_topic, side_topics=side_topics, score_topic=score_topic,
-                        densify_topic=densify_topic)
+        outputs = Outputs(pipeline, cfg.kafka, cfg.worker, hooks=attached.hooks,
+                          side_topics=attached.side_topics, on_queue_wait=metrics.queue_wait.observe)
+        runner = Runner(consumer, delivery, outputs, cfg.kafka, cfg.worker, metrics, health)
         log.info("consuming %s as group %s (%s)", cfg.kafka.upload_topic, cfg.kafka.group_id,
                  cfg.kafka.delivery)
         runner.run(stop)

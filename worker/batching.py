@@ -20,7 +20,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from contextlib import contextmanager
-from typing import Callable, Generic, Iterator, Sequence, TypeVar
+from typing import Callable, Generic, Iterator, Protocol, Sequence, TypeVar, runtime_checkable
 
 Item = TypeVar("Item")
 Out = TypeVar("Out")
@@ -168,3 +168,11 @@ def wall_timer() -> Iterator[WallTiming]:
     started = time.perf_counter()
     yield timing
     timing.seconds = time.perf_counter() - started
+
+
+@runtime_checkable
+class WatchedStage(Protocol):
+    """A device stage that reports each of its calls (the cross-video batchers)."""
+
+    def watch(self, observe: Callable[[int, float], None]) -> None:
+        """Call ``observe(size, seconds)`` after each device call."""

@@ -19,6 +19,7 @@ from worker.core.events import SCHEMA_DIR, SourcePosition
 from worker.testing.fakes import (FakeBroker, FakeConsumer, FakeFetcher, FakeProducer, FakeSampler,
                           InlineThreads)
 from worker.metrics import Health, WorkerMetrics
+from worker.runtime.outputs import Outputs
 from worker.runtime.runner import Runner
 
 from .conftest import VIDEOS
@@ -108,7 +109,7 @@ def test_a_rejection_removes_the_automatic_entry_and_the_named_one():
 
 
 def test_the_automatic_entry_of_a_takedown_is_named_after_the_video():
-    entry = takedown_entry("vid-a", VPDQ, SourcePosition("uploads", 0, 7), "w1", DECIDED)
+    entry = takedown_entry("vid-a", VPDQ, "w1", DECIDED)
     assert entry.entry_id == automatic_entry_id("vid-a")
 
 
@@ -119,13 +120,13 @@ def test_the_runner_delivers_a_confirmation_with_its_offset_in_one_transaction()
     metrics = WorkerMetrics(CollectorRegistry())
     delivery = ExactlyOnce(lambda: FakeProducer(broker, "tx-1"), 1.0)
     consumer = FakeConsumer(broker, TOPIC, kafka.group_id)
-    runner = Runner(consumer, delivery, None, kafka, WorkerConfig(id="w1"), metrics,
-                    Health(metrics), now=lambda: DECIDED + timedelta(seconds=1),
-                    side_topics=[handler()])
+    outputs = Outputs(None, kafka, WorkerConfig(id="w1"), side_topics=[handler()],
+                      now=lambda: DECIDED + timedelta(seconds=1))
+    runner = Runner(consumer, delivery, outputs, kafka, WorkerConfig(id="w1"), metrics, Health(metrics))
     runner.start()
     broker.append(TOPIC, confirmation("rejected"), b"vid-a")
     broker.append(TOPIC, b"{not json", b"vid-b")
-    threads = InlineThreads(runner.handle)
+    threads = InlineThreads(runner.outputs.handle)
     for _ in range(5):
         runner.step(threads)
     assert [(r.key, r.value) for r in broker.logs[BANK]] == [

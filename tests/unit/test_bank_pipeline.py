@@ -4,11 +4,12 @@ from __future__ import annotations
 import json
 
 from worker.bank.entries import parse_entry_record
+from worker.bank.takedowns import TakedownRecords
 from worker.testing.fakes import FakeBank, FakeDetector, FakeSampler
 from worker.core.policy import KnownContentMatch
 
 from .conftest import FACE
-from .test_runner import KAFKA, World
+from .test_runner import KAFKA, NOW, World
 
 MATCH = KnownContentMatch("entry-1", "vid-original", 93.0, 85.0, 7.0)
 
@@ -49,7 +50,7 @@ def test_no_match_goes_on_to_the_models_and_keeps_the_fingerprint(make_pipeline,
 
 def _bank_world(make_pipeline, match=None) -> World:
     world = World(make_pipeline(sampler=FakeSampler(hash_frames=True), bank=FakeBank(match)))
-    world.runner.bank_topic = "bank.v1"
+    world.runner.outputs.hooks = [TakedownRecords("worker-1", bank_topic="bank.v1", now=lambda: NOW)]
     return world
 
 
@@ -94,6 +95,7 @@ def test_a_matched_uploads_score_follows_the_verdict_exactly_once(make_pipeline,
     from worker.runtime.delivery import ExactlyOnce
     from worker.testing.fakes import FakeConsumer, FakeProducer, InlineThreads
     from worker.metrics import Health, WorkerMetrics
+    from worker.runtime.outputs import Outputs
     from worker.runtime.runner import Runner
 
     from .test_runner import NOW
@@ -101,7 +103,7 @@ def test_a_matched_uploads_score_follows_the_verdict_exactly_once(make_pipeline,
     detector = CountingDetector()
     world = World(make_pipeline(sampler=FakeSampler(hash_frames=True), detector=detector,
                                 bank=FakeBank(MATCH)))
-    world.runner.score_topic = "score.v1"
+    world.runner.outputs.hooks = [TakedownRecords("worker-1", score_topic="score.v1", now=lambda: NOW)]
     upload = make_event("vid-b", "file:///videos/b.mp4")
     world.upload(upload)
     world.broker.fail_next_commits = 1  # the first transaction aborts: neither record shows
@@ -116,12 +118,12 @@ def test_a_matched_uploads_score_follows_the_verdict_exactly_once(make_pipeline,
     models_only = make_pipeline(sampler=FakeSampler(hash_frames=True), detector=detector)
     metrics = WorkerMetrics(CollectorRegistry())
     consumer = FakeConsumer(world.broker, "score.v1", KAFKA.group_id)
+    outputs = Outputs(models_only, KAFKA, WorkerConfig(id="worker-2"), now=lambda: NOW,
+                      side_topics=[MatchScoring("score.v1", KAFKA.verdict_topic, models_only, "worker-2")])
     scorer = Runner(consumer, ExactlyOnce(lambda: FakeProducer(world.broker, "tx-2"), 1.0),
-                    models_only, KAFKA, WorkerConfig(id="worker-2"), metrics, Health(metrics),
-                    now=lambda: NOW, side_topics=[MatchScoring("score.v1", KAFKA.verdict_topic,
-                                                               models_only, "worker-2")])
+                    outputs, KAFKA, WorkerConfig(id="worker-2"), metrics, Health(metrics))
     scorer.start()
-    threads = InlineThreads(scorer.handle)
+    threads = InlineThreads(scorer.outputs.handle)
     for _ in range(5):
         scorer.step(threads)
     records = [json.loads(v) for v in world.broker.values(KAFKA.verdict_topic)]
@@ -160,6 +162,7 @@ def _densifier_runner(world, make_pipeline, holds, wait_s=0.0):
     from worker.runtime.delivery import ExactlyOnce
     from worker.testing.fakes import FakeConsumer, FakeFetcher, FakeProducer, InlineThreads
     from worker.metrics import Health, WorkerMetrics
+    from worker.runtime.outputs import Outputs
     from worker.runtime.runner import Runner
 
     from .conftest import VIDEOS
@@ -172,16 +175,18 @@ def _densifier_runner(world, make_pipeline, holds, wait_s=0.0):
                                   wait_s=wait_s, now=lambda: NOW, sleep=lambda s: None)
     metrics = WorkerMetrics(CollectorRegistry())
     consumer = FakeConsumer(world.broker, "densify.v1", KAFKA.group_id)
+    outputs = Outputs(make_pipeline(), KAFKA, WorkerConfig(id="worker-2"), side_topics=[densifier],
+                      now=lambda: NOW)
     runner = Runner(consumer, ExactlyOnce(lambda: FakeProducer(world.broker, "tx-2"), 1.0),
-                    make_pipeline(), KAFKA, WorkerConfig(id="worker-2"), metrics, Health(metrics),
-                    now=lambda: NOW, side_topics=[densifier])
+                    outputs, KAFKA, WorkerConfig(id="worker-2"), metrics, Health(metrics))
     runner.start()
-    return runner, consumer, InlineThreads(runner.handle)
+    return runner, consumer, InlineThreads(runner.outputs.handle)
 
 
 def test_a_takedowns_entry_is_written_again_densely_after_the_verdict(make_pipeline, make_event):
     world = _bank_world(make_pipeline)
-    world.runner.densify_topic = "densify.v1"
+    world.runner.outputs.hooks = [TakedownRecords("worker-1", bank_topic="bank.v1",
+                                                  densify_topic="densify.v1", now=lambda: NOW)]
     upload = make_event("vid-a", "file:///videos/a.mp4")
     world.upload(upload)
     world.broker.fail_next_commits = 1  # the first transaction aborts: none of the three shows

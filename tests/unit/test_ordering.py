@@ -38,7 +38,7 @@ def test_the_window_releases_only_the_finished_head_in_offset_order():
 
 
 def _manual(world: World) -> ManualThreads:
-    world.threads = ManualThreads(world.runner.handle)
+    world.threads = ManualThreads(world.runner.outputs.handle)
     return world.threads
 
 

@@ -16,6 +16,7 @@ from worker.core.dead_letters import DeadLetter
 from worker.testing.fakes import (FakeBroker, FakeClassifier, FakeConsumer, FakeDetector, FakeProducer,
                           InlineThreads)
 from worker.metrics import Health, WorkerMetrics
+from worker.runtime.outputs import Outputs
 from worker.runtime.runner import Runner
 
 from .conftest import FACE, UPLOADED_AT, VIDEOS
@@ -53,11 +54,13 @@ class World:
             delivery = AtLeastOnce(self.producers[0], self.consumer.commit, 1.0)
         self.ticks = 0.0  # settle() advances this clock by a second a step
         clock = (lambda: self.ticks) if self.inline else time.monotonic
-        runner = Runner(self.consumer, delivery, self.pipeline, KAFKA, self.worker_cfg,
-                        self.metrics, self.health, now=lambda: NOW, clock=clock)
+        outputs = Outputs(self.pipeline, KAFKA, self.worker_cfg,
+                          on_queue_wait=self.metrics.queue_wait.observe, now=lambda: NOW)
+        runner = Runner(self.consumer, delivery, outputs, KAFKA, self.worker_cfg,
+                        self.metrics, self.health, clock=clock)
         runner.start()
         runner.retry_backoff_s = 0.0
-        self.threads = InlineThreads(runner.handle)
+        self.threads = InlineThreads(runner.outputs.handle)
         return runner
 
     def upload(self, value: bytes | None, key: bytes | None = None) -> int:

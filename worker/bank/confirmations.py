@@ -32,7 +32,7 @@ from typing import Any, Protocol
 
 from worker.core import dead_letters
 from worker.core.dead_letters import DeadLetter
-from worker.core.events import checked_document, parse_time
+from worker.core.events import Applied, Record, checked_document, parse_time
 from worker.bank.entries import NEGATIVE, POSITIVE, BankEntry, automatic_entry_id, entry_record
 from worker.bank.fingerprint import HashingConfig, VideoFingerprint, fingerprint_entry
 
@@ -41,8 +41,6 @@ _TYPE_PREFIX = "dev.moderation.reviewer-confirmation."
 CONFIRMED_TAKEDOWN = "confirmed_takedown"
 CONFIRMED_ALLOW = "confirmed_allow"
 REJECTED = "rejected"
-
-Record = tuple[str, "bytes | None", "bytes | None"]  # topic, key, value (None: a tombstone)
 
 
 @dataclass(frozen=True)
@@ -153,8 +151,8 @@ class ConfirmationHandler:
                 raise DeadLetter(dead_letters.NO_FRAMES, "the fingerprint has no frames")
         return confirmation, bank_changes(confirmation, fingerprint, self.bank_topic)
 
-    def handle_record(self, record: Any) -> tuple[dict, list[Record]]:
+    def handle_record(self, record: Any) -> Applied:
         """The runner's side-topic port: log fields and the records to deliver."""
         confirmation, records = self.handle(record.value)
-        return ({"kind": "reviewer confirmation", "video_id": confirmation.video_id,
-                 "decision": confirmation.decision, "reviewer": confirmation.reviewer}, records)
+        return Applied({"kind": "reviewer confirmation", "video_id": confirmation.video_id,
+                        "decision": confirmation.decision, "reviewer": confirmation.reviewer}, records)

@@ -24,17 +24,13 @@ by it; reviewers act minutes later, the densifying takes seconds.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Callable
 
 from worker.core import dead_letters
 from worker.core.dead_letters import DeadLetter
-from worker.core.events import parse_upload_event
-from worker.bank.entries import POSITIVE, BankEntry, automatic_entry_id, entry_record
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+from worker.bank.entries import automatic_entry_id, entry_record, takedown_entry
+from worker.core.events import Applied, parse_upload_event, utcnow
 
 
 class TakedownDensifier:
@@ -46,7 +42,7 @@ class TakedownDensifier:
 
     def __init__(self, topic: str, bank_topic: str, fingerprinter: Any, holds: Callable[[str], bool],
                  worker_id: str, max_event_bytes: int = 256 * 1024, wait_s: float = 10.0,
-                 now: Callable[[], datetime] = _utcnow, sleep: Callable[[float], None] = time.sleep):
+                 now: Callable[[], datetime] = utcnow, sleep: Callable[[float], None] = time.sleep):
         self.topic = topic
         self.bank_topic = bank_topic
         self.fingerprinter = fingerprinter
@@ -57,7 +53,7 @@ class TakedownDensifier:
         self.now = now
         self.sleep = sleep
 
-    def handle_record(self, record: Any) -> tuple[dict, list]:
+    def handle_record(self, record: Any) -> Applied:
         """Raises DeadLetter (the upload's own reasons, or ``bank_entry_gone``)."""
         event = parse_upload_event(record.value, self.max_event_bytes)
         entry_id = automatic_entry_id(event.video_id)
@@ -65,12 +61,10 @@ class TakedownDensifier:
         fingerprint = self.fingerprinter.fingerprint(event.video_uri)
         if not fingerprint.frames:
             raise DeadLetter(dead_letters.NO_FRAMES, "the video gave no frames to fingerprint")
-        entry = BankEntry(entry_id=entry_id, bank=POSITIVE, fingerprint_vpdq=fingerprint.to_vpdq_text(),
-                          reason="takedown_verdict", added_by=f"worker:{self.worker_id}",
-                          added_at=self.now(), source_video_id=event.video_id,
-                          fingerprint=fingerprint.to_json())
-        return ({"kind": "dense takedown entry", "entry_id": entry_id, "video_id": event.video_id,
-                 "frames": len(fingerprint.frames)}, [(self.bank_topic, *entry_record(entry))])
+        entry = takedown_entry(event.video_id, fingerprint.to_vpdq_text(), self.worker_id, self.now(),
+                               fingerprint.to_json())
+        return Applied({"kind": "dense takedown entry", "entry_id": entry_id, "video_id": event.video_id,
+                        "frames": len(fingerprint.frames)}, [(self.bank_topic, *entry_record(entry))])
 
     def _wait_for(self, entry_id: str) -> None:
         deadline = time.monotonic() + self.wait_s

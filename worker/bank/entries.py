@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from worker.core.events import SourcePosition, checked_json, first_error, format_time, parse_time
+from worker.core.events import checked_json, envelope, first_error, format_time, parse_time
 
 BANK_ENTRY_TYPE = "dev.moderation.bank-entry.v1"
 POSITIVE = "positive"
@@ -32,15 +32,11 @@ class BankEntry:
 
 
 def entry_record(entry: BankEntry) -> tuple[bytes, bytes]:
-    document = {
-        "specversion": "1.0", "id": str(uuid.uuid4()), "source": f"urn:moderation:bank:{entry.added_by}",
-        "type": BANK_ENTRY_TYPE, "time": format_time(entry.added_at), "subject": entry.entry_id,
-        "datacontenttype": "application/json",
-        "data": {"entry_id": entry.entry_id, "bank": entry.bank,
-                 "fingerprint_vpdq": entry.fingerprint_vpdq, "source_video_id": entry.source_video_id,
-                 "reason": entry.reason, "added_by": entry.added_by,
-                 "added_at": format_time(entry.added_at)},
-    }
+    document = envelope(BANK_ENTRY_TYPE, str(uuid.uuid4()), f"urn:moderation:bank:{entry.added_by}",
+                        entry.added_at, {
+        "entry_id": entry.entry_id, "bank": entry.bank, "fingerprint_vpdq": entry.fingerprint_vpdq,
+        "source_video_id": entry.source_video_id, "reason": entry.reason,
+        "added_by": entry.added_by, "added_at": format_time(entry.added_at)}, subject=entry.entry_id)
     if entry.fingerprint:
         document["data"]["fingerprint"] = entry.fingerprint
     return entry.entry_id.encode(), checked_json("bank-entry", document)
@@ -68,8 +64,8 @@ def automatic_entry_id(video_id: str) -> str:
     return f"takedown:{video_id}"
 
 
-def takedown_entry(video_id: str, fingerprint_vpdq: str, position: SourcePosition,
-                   worker_id: str, now: datetime, fingerprint: str | None = None) -> BankEntry:
+def takedown_entry(video_id: str, fingerprint_vpdq: str, worker_id: str, now: datetime,
+                   fingerprint: str | None = None) -> BankEntry:
     """The entry a takedown verdict adds, so every re-upload is caught by every worker."""
     return BankEntry(entry_id=automatic_entry_id(video_id), bank=POSITIVE,
                      fingerprint_vpdq=fingerprint_vpdq, reason="takedown_verdict",

@@ -17,47 +17,33 @@ memory and the processing thread that the next upload needs.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Callable
 
-from worker.core.events import Verdict, checked_json, format_time, output_id, parse_upload_event, SourcePosition
+from worker.core.events import (Applied, SourcePosition, Verdict, checked_json, envelope, latency_seconds,
+                                output_id, parse_upload_event, round_score, utcnow, worker_source)
 
 MATCH_SCORE_TYPE = "dev.moderation.match-score.v1"
-
-
-def _round(value: float | None, digits: int = 6) -> float | None:
-    return None if value is None else round(float(value), digits)
 
 
 def match_score_record(verdict: Verdict, worker_id: str, published_at: datetime,
                        position: SourcePosition) -> tuple[bytes, bytes]:
     """Key (the video id) and value of the match-score record of a models-only verdict."""
-    latency = {k: _round(v) for k, v in verdict.stage_seconds.items()}
-    latency["end_to_end"] = _round((published_at - verdict.event.uploaded_at).total_seconds())
     model = None if verdict.model is None else {
         "name": verdict.model.name, "version": verdict.model.version,
         "checkpoint_sha256": verdict.model.checkpoint_sha256}
-    document = {
-        "specversion": "1.0", "id": output_id(position, "match-score"),
-        "source": f"urn:moderation:worker:{worker_id}", "type": MATCH_SCORE_TYPE,
-        "time": format_time(published_at), "subject": verdict.event.video_id,
-        "datacontenttype": "application/json",
-        "data": {
-            "source_event_id": verdict.event.event_id, "video_id": verdict.event.video_id,
-            "video_score": _round(verdict.video_score),
-            "model_decision": verdict.decision, "model_reasons": list(verdict.reasons),
-            "face_count": verdict.face_count, "frames_sampled": verdict.frames_sampled,
-            "tracks": [{"track_id": t.track_id, "score": _round(t.score),
-                        "detections": len(t.detections)} for t in verdict.tracks],
-            "model": model, "policy_version": verdict.policy_version,
-            "latency_seconds": latency, "worker_id": worker_id,
-        },
-    }
+    document = envelope(MATCH_SCORE_TYPE, output_id(position, "match-score"), worker_source(worker_id),
+                        published_at, {
+        "source_event_id": verdict.event.event_id, "video_id": verdict.event.video_id,
+        "video_score": round_score(verdict.video_score),
+        "model_decision": verdict.decision, "model_reasons": list(verdict.reasons),
+        "face_count": verdict.face_count, "frames_sampled": verdict.frames_sampled,
+        "tracks": [{"track_id": t.track_id, "score": round_score(t.score),
+                    "detections": len(t.detections)} for t in verdict.tracks],
+        "model": model, "policy_version": verdict.policy_version,
+        "latency_seconds": latency_seconds(verdict, published_at), "worker_id": worker_id,
+    }, subject=verdict.event.video_id)
     return verdict.event.video_id.encode(), checked_json("match-score", document)
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 class MatchScoring:
@@ -65,7 +51,7 @@ class MatchScoring:
     without the bank (so that the queued upload is scored, not matched again)."""
 
     def __init__(self, topic: str, verdict_topic: str, pipeline: Any, worker_id: str,
-                 max_event_bytes: int = 256 * 1024, now: Callable[[], datetime] = _utcnow):
+                 max_event_bytes: int = 256 * 1024, now: Callable[[], datetime] = utcnow):
         if pipeline.bank is not None:
             raise ValueError("scoring a match needs the pipeline without the bank")
         self.topic = topic
@@ -75,11 +61,11 @@ class MatchScoring:
         self.max_event_bytes = max_event_bytes
         self.now = now
 
-    def handle_record(self, record: Any) -> tuple[dict, list]:
+    def handle_record(self, record: Any) -> Applied:
         """Raises DeadLetter (the upload's own reasons) when the score cannot be computed."""
         event = parse_upload_event(record.value, self.max_event_bytes)
         verdict = self.pipeline.process(event)
         position = SourcePosition(record.topic, record.partition, record.offset)
         key, value = match_score_record(verdict, self.worker_id, self.now(), position)
-        return ({"kind": "match score", "video_id": event.video_id, "event_id": event.event_id,
-                 "video_score": verdict.video_score}, [(self.verdict_topic, key, value)])
+        return Applied({"kind": "match score", "video_id": event.video_id, "event_id": event.event_id,
+                        "video_score": verdict.video_score}, [(self.verdict_topic, key, value)])

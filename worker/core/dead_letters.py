@@ -55,3 +55,8 @@ class DeadLetter(Exception):
         super().__init__(f"{reason}: {message}")
         self.reason = reason
         self.message = message
+
+
+def internal_error(exc: BaseException) -> DeadLetter:
+    """A bug or an unforeseen input: the event is kept for replay and the worker goes on."""
+    return DeadLetter(INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")

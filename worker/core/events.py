@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jsonschema
 
@@ -62,6 +62,37 @@ def parse_time(text: str) -> datetime:
 
 def format_time(value: datetime) -> str:
     return value.astimezone(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def envelope(event_type: str, event_id: str, source: str, time: datetime, data: dict[str, Any],
+             subject: str | None = None) -> dict[str, Any]:
+    """The CloudEvents 1.0 structured-mode document every record of the worker is."""
+    document: dict[str, Any] = {"specversion": "1.0", "id": event_id, "source": source,
+                                "type": event_type, "time": format_time(time)}
+    if subject is not None:
+        document["subject"] = subject
+    document.update(datacontenttype="application/json", data=data)
+    return document
+
+
+def worker_source(worker_id: str) -> str:
+    return f"urn:moderation:worker:{worker_id}"
+
+
+Record = tuple[str, "bytes | None", "bytes | None"]
+"""One output record: topic, key, value (None: a tombstone)."""
+
+
+class Applied(NamedTuple):
+    """What one record of a side topic turned into: the log's fields (``kind`` names the
+    handler) and the records to deliver with its offset, at least one."""
+
+    fields: dict[str, Any]
+    records: list[Record]
 
 
 @dataclass(frozen=True)
@@ -143,10 +174,17 @@ def upload_event(video_id: str, video_uri: str, uploader: str, *, event_id: str 
         data["content_hash"] = content_hash
     if metadata:
         data["metadata"] = metadata
-    document = {"specversion": "1.0", "id": event_id or str(uuid.uuid4()), "source": source,
-                "type": UPLOAD_TYPE, "time": format_time(now),
-                "datacontenttype": "application/json", "data": data}
+    document = envelope(UPLOAD_TYPE, event_id or str(uuid.uuid4()), source, now, data)
     return checked_json("upload-event", document)
+
+
+def local_upload(target: Path | str, uploader: str, video_id: str | None = None) -> UploadEvent:
+    """The upload event of a local file (or of a URI as given), as an uploader would send it:
+    for scoring, evaluating or benchmarking without Kafka."""
+    target = str(target)
+    uri = target if "://" in target else Path(target).resolve().as_uri()
+    name = video_id or (Path(target).stem or "video")[:256]
+    return parse_upload_event(upload_event(name, uri, uploader), 1 << 20)
 
 
 @dataclass(frozen=True)
@@ -168,6 +206,15 @@ class ModelInfo:
 
 
 @dataclass(frozen=True)
+class BankCheck:
+    """The hash bank's answer for one upload, evidence the verdict carries."""
+
+    fingerprint: str                    # the upload's fingerprint, vPDQ text (for exchange)
+    match: KnownContentMatch | None     # a positive-bank match not vetoed by a negative bank
+    fingerprint_full: str | None = None  # with the robustness hashes, for our own bank
+
+
+@dataclass(frozen=True)
 class Verdict:
     """The takedown recommendation for one upload event."""
 
@@ -181,15 +228,22 @@ class Verdict:
     policy_version: str
     stage_seconds: dict[str, float]
     video_bytes: int = 0
-    known_content: "KnownContentMatch | None" = None
-    fingerprint: str | None = None       # vPDQ text, published in the verdict
-    fingerprint_full: str | None = None  # with robustness hashes; goes to the bank, not the verdict
+    bank: BankCheck | None = None         # the hash bank's check, when the bank ran
     raw_video_score: float | None = None  # the model's own score, before calibration
     decisive_track_id: int | None = None  # the track whose score is the video score
 
     @property
     def face_count(self) -> int:
         return sum(len(t.detections) for t in self.tracks)
+
+    @property
+    def known_content(self) -> KnownContentMatch | None:
+        return None if self.bank is None else self.bank.match
+
+    @property
+    def fingerprint(self) -> str | None:
+        """The upload's vPDQ text, published in the verdict."""
+        return None if self.bank is None else self.bank.fingerprint
 
 
 def checked_json(name: str, document: dict) -> bytes:
@@ -199,8 +253,15 @@ def checked_json(name: str, document: dict) -> bytes:
     return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
 
 
-def _round(value: float | None, digits: int = 6) -> float | None:
+def round_score(value: float | None, digits: int = 6) -> float | None:
     return None if value is None else round(float(value), digits)
+
+
+def latency_seconds(verdict: "Verdict", published_at: datetime) -> dict[str, float | None]:
+    """Each stage's seconds, and ``end_to_end`` from the upload to ``published_at``."""
+    latency = {k: round_score(v) for k, v in verdict.stage_seconds.items()}
+    latency["end_to_end"] = round_score((published_at - verdict.event.uploaded_at).total_seconds())
+    return latency
 
 
 def output_id(position: "SourcePosition", kind: str) -> str:
@@ -216,53 +277,43 @@ def verdict_record(verdict: Verdict, worker_id: str, published_at: datetime,
     With the input's ``position`` the id is derived from it, so consumers can drop a
     redelivered copy; without one (scoring a file) it is random.
     """
-    latency = {k: _round(v) for k, v in verdict.stage_seconds.items()}
-    latency["end_to_end"] = _round((published_at - verdict.event.uploaded_at).total_seconds())
     tracks = [{
         "track_id": t.track_id,
-        "score": _round(t.score),
+        "score": round_score(t.score),
         "detections": [{
             "frame_index": d.frame_index,
-            "timestamp_s": _round(d.timestamp_s),
+            "timestamp_s": round_score(d.timestamp_s),
             "box": [round(float(c), 2) for c in d.box],
-            "detection_confidence": _round(d.confidence),
-            "score": _round(d.score),
+            "detection_confidence": round_score(d.confidence),
+            "score": round_score(d.score),
         } for d in t.detections],
     } for t in verdict.tracks]
     model = None if verdict.model is None else _model_json(verdict.model)
-    document = {
-        "specversion": "1.0",
-        "id": output_id(position, "verdict") if position else str(uuid.uuid4()),
-        "source": f"urn:moderation:worker:{worker_id}",
-        "type": VERDICT_TYPE,
-        "time": format_time(published_at),
-        "subject": verdict.event.video_id,
-        "datacontenttype": "application/json",
-        "data": {
-            "source_event_id": verdict.event.event_id,
-            "video_id": verdict.event.video_id,
-            "decision": verdict.decision,
-            "reasons": list(verdict.reasons),
-            "video_score": _round(verdict.video_score),
-            "face_count": verdict.face_count,
-            "frames_sampled": verdict.frames_sampled,
-            "tracks": tracks,
-            "model": model,
-            "policy_version": verdict.policy_version,
-            "latency_seconds": latency,
-            "worker_id": worker_id,
-        },
-    }
+    document = envelope(VERDICT_TYPE, output_id(position, "verdict") if position else str(uuid.uuid4()),
+                        worker_source(worker_id), published_at, {
+        "source_event_id": verdict.event.event_id,
+        "video_id": verdict.event.video_id,
+        "decision": verdict.decision,
+        "reasons": list(verdict.reasons),
+        "video_score": round_score(verdict.video_score),
+        "face_count": verdict.face_count,
+        "frames_sampled": verdict.frames_sampled,
+        "tracks": tracks,
+        "model": model,
+        "policy_version": verdict.policy_version,
+        "latency_seconds": latency_seconds(verdict, published_at),
+        "worker_id": worker_id,
+    }, subject=verdict.event.video_id)
     if verdict.model is not None:
-        document["data"]["raw_video_score"] = _round(verdict.raw_video_score)
+        document["data"]["raw_video_score"] = round_score(verdict.raw_video_score)
         document["data"]["decisive_track_id"] = verdict.decisive_track_id
     if verdict.known_content is not None:
         match = verdict.known_content
         document["data"]["known_content"] = {
             "entry_id": match.entry_id, "source_video_id": match.source_video_id,
-            "query_match_percent": _round(match.query_match_percent, 3),
-            "entry_match_percent": _round(match.entry_match_percent, 3),
-            "median_distance": _round(match.median_distance, 3)}
+            "query_match_percent": round_score(match.query_match_percent, 3),
+            "entry_match_percent": round_score(match.entry_match_percent, 3),
+            "median_distance": round_score(match.median_distance, 3)}
     if verdict.fingerprint is not None:
         document["data"]["fingerprint_vpdq"] = verdict.fingerprint
     return verdict.event.video_id.encode(), checked_json("verdict", document)
@@ -309,27 +360,18 @@ def dead_letter_record(failure: DeadLetter, value: bytes | None, key: bytes | No
     def b64(raw: bytes | None) -> str | None:
         return None if raw is None else base64.b64encode(raw).decode()
 
-    document = {
-        "specversion": "1.0",
-        "id": output_id(position, "dead-letter"),
-        "source": f"urn:moderation:worker:{worker_id}",
-        "type": DEAD_LETTER_TYPE,
-        "time": format_time(published_at),
-        "datacontenttype": "application/json",
-        "data": {
-            "reason": failure.reason,
-            "message": failure.message[:2000],
-            "original_value_base64": b64(value) or "",
-            "original_value_truncated": truncated,
-            "original_key_base64": b64(key),
-            "source_topic": position.topic,
-            "source_partition": position.partition,
-            "source_offset": position.offset,
-            "source_event_id": event.event_id if event else None,
-            "video_id": event.video_id if event else None,
-            "worker_id": worker_id,
-        },
-    }
-    if event is not None:
-        document["subject"] = event.video_id
+    document = envelope(DEAD_LETTER_TYPE, output_id(position, "dead-letter"), worker_source(worker_id),
+                        published_at, {
+        "reason": failure.reason,
+        "message": failure.message[:2000],
+        "original_value_base64": b64(value) or "",
+        "original_value_truncated": truncated,
+        "original_key_base64": b64(key),
+        "source_topic": position.topic,
+        "source_partition": position.partition,
+        "source_offset": position.offset,
+        "source_event_id": event.event_id if event else None,
+        "video_id": event.video_id if event else None,
+        "worker_id": worker_id,
+    }, subject=event.video_id if event is not None else None)
     return key, checked_json("dead-letter", document)

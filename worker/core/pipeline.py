@@ -17,8 +17,8 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from worker.core.dead_letters import NO_FRAMES, DeadLetter
-from worker.core.events import ModelInfo, UploadEvent, Verdict
-from worker.core.policy import KnownContentMatch, Policy, decide, policy_version
+from worker.core.events import BankCheck, ModelInfo, UploadEvent, Verdict
+from worker.core.policy import Policy, decide, policy_version
 from worker.core.aggregation import score_tracks
 from worker.core.tracks import Box, Detection, link_tracks
 
@@ -67,13 +67,6 @@ class FaceClassifier(Protocol):
 
     def score(self, frames: np.ndarray, faces: Sequence[tuple[int, Box]]) -> Sequence[Sequence[float]]:
         """Per ensemble member, the raw deepfake probability of each (frame position, box) face."""
-
-
-@dataclass(frozen=True)
-class BankCheck:
-    fingerprint: str                    # the upload's fingerprint, vPDQ text (for exchange)
-    match: KnownContentMatch | None     # a positive-bank match not vetoed by a negative bank
-    fingerprint_full: str | None = None  # with the robustness hashes, for our own bank
 
 
 class KnownContentBank(Protocol):
@@ -167,6 +160,5 @@ class Pipeline:
             policy_version=policy_version(self.policy, calibration), stage_seconds=seconds,
             video_bytes=video_bytes, raw_video_score=decision.raw_video_score,
             decisive_track_id=decision.track_id,
-            known_content=known, fingerprint=check.fingerprint if check is not None else None,
-            fingerprint_full=check.fingerprint_full if check is not None else None,
+            bank=check,
         )

@@ -60,7 +60,7 @@ class PipelineScorer:
     """
 
     def __init__(self, pipeline, settings: Mapping[str, Any]):
-        from worker.core.events import parse_upload_event, upload_event  # jsonschema: only when used
+        from worker.core.events import local_upload  # jsonschema: only when used
 
         if pipeline.classifier is None:
             raise ValueError("evaluation needs a model: set model.config to its model file")
@@ -69,8 +69,7 @@ class PipelineScorer:
         self.model = {"name": info.name, "version": info.version, "backend": info.backend,
                       "checkpoint_sha256s": list(info.all_sha256s), "settings": dict(settings)}
         self.model_key = model_key(info.all_sha256s, settings)
-        self._event = lambda path: parse_upload_event(
-            upload_event((path.stem or "video")[:256], path.resolve().as_uri(), "evaluation"), 1 << 20)
+        self._event = lambda path: local_upload(path, "evaluation")
 
     def score(self, path: Path) -> ScoredVideo:
         verdict = self.pipeline.process(self._event(Path(path)))

@@ -26,13 +26,17 @@ class CrossVideoDetector:
                  timer: Callable[[], ContextManager] | None = None,
                  observe: Callable[[int, float], None] | None = None):
         """``timer`` measures each device call (CUDA events on a GPU: :mod:`worker.models.timing`);
-        ``observe(frames, seconds)`` gets each call's size and time."""
+        ``observe(frames, seconds)`` gets each call's size and time (more: :meth:`watch`)."""
         self.detector = detector
         self._timer = timer or wall_timer
-        self.observe = observe
+        self._observers: list[Callable[[int, float], None]] = [observe] if observe else []
         self._batcher: DynamicBatcher = DynamicBatcher(
             self._run, max_batch, max_wait_s, size_of=len, max_queued=max_queued,
             name="face-batcher", on_batch=on_batch)
+
+    def watch(self, observe: Callable[[int, float], None]) -> None:
+        """Also call ``observe(size, seconds)`` after each device call."""
+        self._observers.append(observe)
 
     @property
     def batcher(self) -> DynamicBatcher:
@@ -56,8 +60,8 @@ class CrossVideoDetector:
                 [videos[i] for i in members])
             with self._timer() as timing:
                 found = self.detector.detect(stacked)
-            if self.observe is not None:
-                self.observe(len(stacked), timing.seconds)
+            for observe in self._observers:
+                observe(len(stacked), timing.seconds)
             start = 0
             for i in members:
                 results[i] = list(found[start:start + len(videos[i])])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import decord
@@ -19,6 +20,7 @@ from worker.media.container import (IDENTITY_MATRIX, iso_bmff_truncated, mp4_tra
                         mp4_video_sample_count, mp4_video_track, mp4_without_tracks, sniff)
 from worker.core.dead_letters import DeadLetter
 from worker.core.pipeline import SampledFrames
+from worker.media.limits import DecodeLimits
 from worker.media.sampling import choose_frames
 
 decord.logging.set_level(decord.logging.QUIET)
@@ -32,18 +34,9 @@ class DecordSampler:
     reach (:func:`worker.media.sampling.choose_frames`); 0 takes the DFDC winner's frames exactly.
     """
 
-    def __init__(self, threads: int = 0, max_pixels: int = 4096 * 4096,
-                 max_duration_s: float = 3 * 3600.0, hash_rate_hz: float = 0.0,
-                 hash_max_frames: int = 600, hash_max_side: int = 256, hash_min_frames: int = 0,
-                 frame_slack: float = 0.0):
-        self.threads = threads
-        self.frame_slack = frame_slack
-        self.max_pixels = max_pixels
-        self.max_duration_s = max_duration_s
-        self.hash_rate_hz = hash_rate_hz
-        self.hash_max_frames = hash_max_frames
-        self.hash_max_side = hash_max_side
-        self.hash_min_frames = hash_min_frames
+    def __init__(self, limits: DecodeLimits | None = None, **changes):
+        """``limits``, with any of its fields changed by keyword (``frame_slack=0.5``)."""
+        self.limits = replace(limits or DecodeLimits(), **changes)
 
     def sample(self, path: Path, count: int) -> SampledFrames:
         size = path.stat().st_size
@@ -77,15 +70,15 @@ class DecordSampler:
             raise DeadLetter(dead_letters.NO_FRAMES, "the video has no frames")
         fps = float(reader.get_avg_fps())
         duration = float(reader.get_frame_timestamp([frame_count - 1])[0, 1])
-        if duration > self.max_duration_s:
+        if duration > self.limits.max_duration_s:
             raise DeadLetter(dead_letters.VIDEO_TOO_LONG,
-                             f"{duration:.0f} s is over the {self.max_duration_s:.0f} s limit")
+                             f"{duration:.0f} s is over the {self.limits.max_duration_s:.0f} s limit")
         # Spread evenly from the first to the last frame, truncated to int (the DFDC winner's
         # rule, so its checkpoints see the frames they were published with), unless
         # frame_slack lets them move to frames that are cheaper to decode.
         hash_indices = self._hash_indices(frame_count, duration)
-        cheap = [*self._keyframes(reader), *hash_indices] if self.frame_slack else ()
-        indices = choose_frames(frame_count, count, self.frame_slack, cheap)
+        cheap = [*self._keyframes(reader), *hash_indices] if self.limits.frame_slack else ()
+        indices = choose_frames(frame_count, count, self.limits.frame_slack, cheap)
         try:
             frames, small = self._decode(reader, indices, hash_indices, rotation)
             timestamps = reader.get_frame_timestamp(indices)[:, 0]
@@ -114,10 +107,10 @@ class DecordSampler:
         """About ``hash_rate_hz`` frames a second, at least ``hash_min_frames`` (a clip of a
         second or two still gets enough frames for the bank's clip rule), at most
         ``hash_max_frames``, and never a frame twice."""
-        if self.hash_rate_hz <= 0:
+        if self.limits.hash_rate_hz <= 0:
             return []
-        wanted = max(1, self.hash_min_frames, round(duration * self.hash_rate_hz))
-        wanted = int(min(self.hash_max_frames, frame_count, wanted))
+        wanted = max(1, self.limits.hash_min_frames, round(duration * self.limits.hash_rate_hz))
+        wanted = int(min(self.limits.hash_max_frames, frame_count, wanted))
         return sorted({int(i) for i in np.linspace(0, frame_count - 1, num=wanted).round()})
 
     def _decode(self, reader, indices: list[int], hash_indices: list[int],
@@ -146,12 +139,12 @@ class DecordSampler:
                 if index in where:
                     frames[where[index]] = frame
                 if index in hashed:
-                    small.append(_shrink(frame, self.hash_max_side))
+                    small.append(_shrink(frame, self.limits.hash_max_side))
         return frames, small
 
     def _open(self, path: Path, family: str | None):
         try:
-            return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=self.threads)
+            return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=self.limits.threads)
         except (RuntimeError, decord.DECORDError) as exc:
             message = _first_line(exc)
             if family is None:
@@ -169,9 +162,9 @@ class DecordSampler:
             raise DeadLetter(dead_letters.CORRUPT_VIDEO, f"cannot open as video: {message}") from None
 
     def _check_pixels(self, width: int, height: int) -> None:
-        if width * height > self.max_pixels:
+        if width * height > self.limits.max_pixels:
             raise DeadLetter(dead_letters.VIDEO_DIMENSIONS_TOO_LARGE,
-                             f"{width}x{height} is over the {self.max_pixels}-pixel limit")
+                             f"{width}x{height} is over the {self.limits.max_pixels}-pixel limit")
 
 
 def _upright(frames: np.ndarray, rotation: int) -> np.ndarray:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import math
 import os
 import queue
 import select
@@ -19,6 +20,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,25 +28,75 @@ import numpy as np
 from worker.core import dead_letters
 from worker.core.dead_letters import DeadLetter
 from worker.core.pipeline import SampledFrames
+from worker.media.limits import DecodeLimits
 
 _MAX_HEADER = 1 << 20
 _PIPE_BYTES = 1 << 20  # Linux's default pipe-max-size: 16 times fewer wake-ups than 64 KiB
 
 
+@dataclass(frozen=True)
+class FramesHeader:
+    """The child's answer line, ahead of the raw bytes of the frames and the hash frames.
+
+    The parent trusts none of it: :meth:`parse` checks every shape against what was asked
+    and against the limits before a byte of frames is read.
+    """
+
+    shape: tuple[int, int, int, int]
+    indices: tuple[int, ...]
+    timestamps_s: tuple[float, ...]
+    frame_count: int
+    fps: float
+    hash_shape: tuple[int, int, int, int] | None = None
+    hash_indices: tuple[int, ...] = ()
+    hash_timestamps_s: tuple[float, ...] = ()
+
+    @classmethod
+    def of(cls, sampled: SampledFrames) -> "FramesHeader":
+        hashes = sampled.hash_frames
+        return cls(tuple(sampled.frames.shape), sampled.indices, sampled.timestamps_s,
+                   sampled.frame_count, sampled.fps, None if hashes is None else tuple(hashes.shape),
+                   sampled.hash_indices, sampled.hash_timestamps_s)
+
+    def to_json(self) -> bytes:
+        return json.dumps({"status": "ok", **asdict(self)}).encode() + b"\n"
+
+    @classmethod
+    def parse(cls, document: dict, count: int, limits: DecodeLimits) -> "FramesHeader":
+        """The header of an ``ok`` answer; :class:`DeadLetter` (decoder_crashed) if it is
+        not one the worker could have asked for."""
+        try:
+            header = cls(**{k: tuple(v) if isinstance(v, list) else v
+                            for k, v in document.items() if k != "status"})
+        except TypeError as exc:
+            raise DeadLetter(dead_letters.DECODER_CRASHED, f"the decoder sent a bad header: {exc}") from None
+        n, h, w, c = header.shape
+        if not (0 <= n <= count and c == 3 and 0 < h * w <= limits.max_pixels):
+            raise DeadLetter(dead_letters.DECODER_CRASHED, f"the decoder sent an impossible shape {list(header.shape)}")
+        if header.hash_shape:
+            m, hh, hw, hc = header.hash_shape
+            side = limits.hash_max_side
+            if not (0 < m <= limits.hash_max_frames and hc == 3 and 0 < hh <= side and 0 < hw <= side):
+                raise DeadLetter(dead_letters.DECODER_CRASHED,
+                                 f"the decoder sent impossible hash frames {list(header.hash_shape)}")
+        return header
+
+    def sampled(self, frames: np.ndarray, hash_frames: np.ndarray | None) -> SampledFrames:
+        return SampledFrames(frames=frames, indices=self.indices, timestamps_s=self.timestamps_s,
+                             frame_count=self.frame_count, fps=self.fps, hash_frames=hash_frames,
+                             hash_indices=self.hash_indices, hash_timestamps_s=self.hash_timestamps_s)
+
+
 class SandboxedSampler:
     """A FrameSampler whose decoding happens in reusable child processes."""
 
-    def __init__(self, timeout_s: float, memory_bytes: int, threads: int = 0,
-                 max_pixels: int = 4096 * 4096, max_duration_s: float = 3 * 3600.0,
-                 hash_rate_hz: float = 0.0, hash_max_frames: int = 300, hash_max_side: int = 256,
-                 hash_min_frames: int = 0, frame_slack: float = 0.0):
+    def __init__(self, timeout_s: float, memory_bytes: int, limits: DecodeLimits | None = None,
+                 **changes):
+        """``limits``, with any of its fields changed by keyword (``max_pixels=...``);
+        ``memory_bytes``: the child's address-space budget for decoding."""
         self.timeout_s = timeout_s
-        self.max_pixels = max_pixels
-        self._settings = {"threads": threads, "max_pixels": max_pixels,
-                          "max_duration_s": max_duration_s, "memory_bytes": memory_bytes,
-                          "hash_rate_hz": hash_rate_hz, "hash_max_frames": hash_max_frames,
-                          "hash_max_side": hash_max_side, "hash_min_frames": hash_min_frames,
-                          "frame_slack": frame_slack}
+        self.limits = replace(limits or DecodeLimits(), **changes)
+        self._settings = {"limits": self.limits.to_json(), "memory_bytes": memory_bytes}
         self._idle: queue.SimpleQueue[_Child] = queue.SimpleQueue()
 
     def sample(self, path: Path, count: int) -> SampledFrames:
@@ -54,7 +106,7 @@ class SandboxedSampler:
             child = _Child(self._settings)
         deadline = time.monotonic() + self.timeout_s
         try:
-            result = child.ask(path, count, deadline, self.max_pixels, self._settings)
+            result = child.ask(path, count, deadline, self.limits)
         except _Answered as answer:  # the child judged the file and is fine: keep it
             self._idle.put(child)
             raise answer.dead_letter from None
@@ -101,38 +153,25 @@ class _Child:
             except OSError:  # unflushed bytes for a child that is gone
                 pass
 
-    def ask(self, path: Path, count: int, deadline: float, max_pixels: int,
-            settings: dict) -> SampledFrames:
+    def ask(self, path: Path, count: int, deadline: float, limits: DecodeLimits) -> SampledFrames:
         try:
             self.proc.stdin.write(json.dumps({"path": str(path), "count": count}).encode() + b"\n")
             self.proc.stdin.flush()
         except BrokenPipeError:
             raise self._crashed() from None
-        header = json.loads(self._read_line(deadline))
-        if header["status"] == "dead_letter":
-            raise _Answered(DeadLetter(header["reason"], header["message"]))
-        if header["status"] != "ok":
-            raise DeadLetter(dead_letters.CORRUPT_VIDEO, header.get("message", "decoding failed"))
-        n, h, w, c = header["shape"]
-        if not (0 <= n <= count and c == 3 and 0 < h * w <= max_pixels):
-            raise DeadLetter(dead_letters.DECODER_CRASHED, f"the decoder sent an impossible shape {header['shape']}")
-        frames = self._read_exactly(n * h * w * c, deadline).reshape(n, h, w, c)
+        document = json.loads(self._read_line(deadline))
+        if document["status"] == "dead_letter":
+            raise _Answered(DeadLetter(document["reason"], document["message"]))
+        if document["status"] != "ok":
+            raise DeadLetter(dead_letters.CORRUPT_VIDEO, document.get("message", "decoding failed"))
+        header = FramesHeader.parse(document, count, limits)
+        frames = self._read_exactly(math.prod(header.shape), deadline).reshape(header.shape)
         hash_frames = None
-        if header.get("hash_shape"):
-            m, hh, hw, hc = header["hash_shape"]
-            side = settings["hash_max_side"]
-            if not (0 < m <= settings["hash_max_frames"] and hc == 3 and 0 < hh <= side and 0 < hw <= side):
-                raise DeadLetter(dead_letters.DECODER_CRASHED,
-                                 f"the decoder sent impossible hash frames {header['hash_shape']}")
-            hash_frames = self._read_exactly(m * hh * hw * hc, deadline).reshape(m, hh, hw, hc)
+        if header.hash_shape:
+            hash_frames = self._read_exactly(math.prod(header.hash_shape), deadline).reshape(header.hash_shape)
         if self._pending:
             raise DeadLetter(dead_letters.DECODER_CRASHED, "the decoder sent more bytes than announced")
-        return SampledFrames(frames=frames, indices=tuple(header["indices"]),
-                             timestamps_s=tuple(header["timestamps_s"]),
-                             frame_count=header["frame_count"], fps=header["fps"],
-                             hash_frames=hash_frames,
-                             hash_indices=tuple(header.get("hash_indices", ())),
-                             hash_timestamps_s=tuple(header.get("hash_timestamps_s", ())))
+        return header.sampled(frames, hash_frames)
 
     def _wait_readable(self, deadline: float) -> None:
         remaining = deadline - time.monotonic()
@@ -200,10 +239,7 @@ def _serve(settings: dict) -> None:
         # absolute 4 GiB cap left too little to decode one 32-frame 1080p sample.
         limit = _mapped_bytes() + settings["memory_bytes"]
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    sampler = DecordSampler(settings["threads"], settings["max_pixels"], settings["max_duration_s"],
-                            settings["hash_rate_hz"], settings["hash_max_frames"],
-                            settings["hash_max_side"], settings["hash_min_frames"],
-                            settings["frame_slack"])
+    sampler = DecordSampler(DecodeLimits.from_json(settings["limits"]))
     out = sys.stdout.buffer
     for line in sys.stdin.buffer:
         request = json.loads(line)
@@ -218,14 +254,7 @@ def _serve(settings: dict) -> None:
         else:
             frames = np.ascontiguousarray(sampled.frames)
             hashes = None if sampled.hash_frames is None else np.ascontiguousarray(sampled.hash_frames)
-            out.write(json.dumps({"status": "ok", "shape": list(frames.shape),
-                                  "indices": list(sampled.indices),
-                                  "timestamps_s": list(sampled.timestamps_s),
-                                  "frame_count": sampled.frame_count, "fps": sampled.fps,
-                                  "hash_shape": None if hashes is None else list(hashes.shape),
-                                  "hash_indices": list(sampled.hash_indices),
-                                  "hash_timestamps_s": list(sampled.hash_timestamps_s),
-                                  }).encode() + b"\n")
+            out.write(FramesHeader.of(sampled).to_json())
             out.write(memoryview(frames).cast("B"))
             if hashes is not None:
                 out.write(memoryview(hashes).cast("B"))

@@ -27,10 +27,10 @@ class CrossVideoBatcher:
                  timer: Callable[[], ContextManager] | None = None,
                  observe: Callable[[int, float], None] | None = None):
         """``timer`` measures each device call (:class:`worker.models.timing.StageTimer`);
-        ``observe(faces, seconds)`` gets each call's size and time."""
+        ``observe(faces, seconds)`` gets each call's size and time (more: :meth:`watch`)."""
         self.scorer = scorer
         self._timer = timer or StageTimer(scorer.device).measure
-        self.observe = observe
+        self._observers: list[Callable[[int, float], None]] = [observe] if observe else []
         self.info = scorer.info
         self.max_batch = max_batch or scorer.batch_size
         self.max_wait_s = max_wait_s
@@ -42,6 +42,10 @@ class CrossVideoBatcher:
     def batches_run(self) -> int:
         """Device calls, for tests and the benchmark."""
         return self._batcher.batches_run
+
+    def watch(self, observe: Callable[[int, float], None]) -> None:
+        """Also call ``observe(size, seconds)`` after each device call."""
+        self._observers.append(observe)
 
     @property
     def batcher(self) -> DynamicBatcher:
@@ -60,8 +64,8 @@ class CrossVideoBatcher:
         crops = requests[0] if len(requests) == 1 else np.concatenate(requests)
         with self._timer() as timing:
             scores = self.scorer.forward(crops)
-        if self.observe is not None:
-            self.observe(len(crops), timing.seconds)
+        for observe in self._observers:
+            observe(len(crops), timing.seconds)
         parts, start = [], 0
         for crops in requests:
             parts.append(scores[:, start:start + len(crops)])

@@ -52,15 +52,23 @@ class Checkpoint:
     version: str | None
 
 
-def load_checkpoint(path: Path, expected_sha256: str) -> Checkpoint:
-    """Read a checkpoint after checking its sha256; nothing is unpickled before the check."""
+def verified(path: Path, expected_sha256: str) -> str:
+    """The file's sha256, once it is known to be the one the model file pins; else
+    :class:`CheckpointError`. Nothing may read a checkpoint before this check."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     expected = expected_sha256.strip().lower()
     actual = sha256_of(path)
     if actual != expected:
-        raise CheckpointError(f"checkpoint {path} has sha256 {actual}, the config pins {expected}")
+        raise CheckpointError(f"checkpoint {path} has sha256 {actual}, the model file pins {expected}")
+    return actual
+
+
+def load_checkpoint(path: Path, expected_sha256: str) -> Checkpoint:
+    """Read a checkpoint after checking its sha256; nothing is unpickled before the check."""
+    path = Path(path)
+    actual = verified(path, expected_sha256)
     try:
         with torch.serialization.safe_globals(_NUMPY_SCALARS):
             payload = torch.load(path, map_location="cpu", weights_only=True)

@@ -20,11 +20,6 @@ from worker.models.dfdc_preprocess import (DETECTOR_SCALE, DETECTOR_THRESHOLDS, 
                               detect_faces, face_input, face_limit)
 from worker.models.spec import ModelFileError, ModelSpec, Preprocessing
 
-# The winner's frames are linspace(0, frame_count - 1, n) truncated, never moved to cheaper
-# ones (media.frame_slack does not apply).
-FRAME_SLACK = 0.0
-
-
 def check_rules(spec: ModelSpec) -> None:
     """Refuse a model file whose preprocessing differs from the winner's fixed rules."""
     pre = spec.preprocessing
@@ -92,3 +87,13 @@ class WinnerFaceDetector:
 def face_detector(spec: ModelSpec, device: torch.device, min_face_size: int, batch_size: int):
     check_rules(spec)
     return WinnerFaceDetector(device, batch_size)
+
+
+class DfdcWinnerBackend:
+    name = "dfdc_winner"
+    # The winner's frames are linspace(0, frame_count - 1, n) truncated, never moved to
+    # cheaper ones (media.frame_slack does not apply).
+    frame_slack = 0.0
+    networks = staticmethod(networks)
+    crop = staticmethod(crop)
+    face_detector = staticmethod(face_detector)

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from worker.models.checkpoint import CheckpointError, sha256_of
+from worker.models.backend import mtcnn_detector
+from worker.models.checkpoint import CheckpointError, verified
 from worker.models.crops import face_crop
 from worker.models.spec import CheckpointRef, ModelSpec
 
@@ -17,11 +18,7 @@ crop = face_crop
 
 
 def load_network(ref: CheckpointRef) -> torch.nn.Module:
-    if not ref.path.is_file():
-        raise CheckpointError(f"checkpoint {ref.path} does not exist")
-    actual = sha256_of(ref.path)
-    if actual != ref.sha256:
-        raise CheckpointError(f"checkpoint {ref.path} has sha256 {actual}, the model file pins {ref.sha256}")
+    verified(ref.path, ref.sha256)
     try:
         return torch.jit.load(str(ref.path), map_location="cpu")
     except (RuntimeError, ValueError) as exc:
@@ -30,3 +27,11 @@ def load_network(ref: CheckpointRef) -> torch.nn.Module:
 
 def networks(spec: ModelSpec) -> list[torch.nn.Module]:
     return [load_network(ref) for ref in spec.checkpoints]
+
+
+class TorchScriptBackend:
+    name = "torchscript"
+    frame_slack = None
+    networks = staticmethod(networks)
+    crop = staticmethod(crop)
+    face_detector = staticmethod(mtcnn_detector)

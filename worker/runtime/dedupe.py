@@ -10,7 +10,14 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 
+from worker.core import dead_letters
+from worker.core.dead_letters import DeadLetter
 from worker.core.events import SourcePosition
+
+
+def duplicate_of(earlier: SourcePosition) -> DeadLetter:
+    return DeadLetter(dead_letters.DUPLICATE_EVENT, f"event id already processed at {earlier.topic}/"
+                                                    f"{earlier.partition}/{earlier.offset}")
 
 
 class RecentEvents:
@@ -24,6 +31,12 @@ class RecentEvents:
         with self._lock:
             first = self._seen.get(event_id)
         return first if first is not None and first != position else None
+
+    def check(self, event_id: str, position: SourcePosition) -> None:
+        """Raises the duplicate's dead letter if this event id was processed at another record."""
+        earlier = self.earlier(event_id, position)
+        if earlier is not None:
+            raise duplicate_of(earlier)
 
     def remember(self, event_id: str, position: SourcePosition) -> None:
         if self.capacity <= 0:

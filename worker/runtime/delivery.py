@@ -20,14 +20,14 @@ from typing import Any, Callable, Protocol, Sequence
 from kafka.errors import ProducerFencedError
 from kafka.structs import OffsetAndMetadata
 
+from worker.core.events import Record
+
 log = logging.getLogger("worker.runtime.delivery")
 
 
 class Fenced(RuntimeError):
     """Another instance took over this worker's transactional id: this one must stop."""
 
-
-Record = tuple[str, "bytes | None", bytes]  # topic, key, value
 
 
 class Delivery(Protocol):

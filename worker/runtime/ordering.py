@@ -12,8 +12,8 @@ ready; the delivery guarantee itself is :mod:`worker.runtime.delivery`'s busines
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
-from typing import Any, Generic, Iterator, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, Generic, Iterator, Sequence, TypeVar
 
 Result = TypeVar("Result")
 
@@ -92,3 +92,48 @@ class ReorderWindow(Generic[Result]):
         slots = list(self._slots)
         self._slots.clear()
         return slots
+
+
+@dataclass
+class Partitions:
+    """What the poll thread knows about each assigned partition: records fetched but not
+    started, the reorder window of those in flight, and which partitions it paused."""
+
+    window_size: int
+    buffered: dict[Any, deque] = field(default_factory=dict)
+    in_flight: dict[Any, ReorderWindow] = field(default_factory=dict)
+    paused: set = field(default_factory=set)
+
+    def buffer(self, tp: Any, records: Sequence[Any]) -> None:
+        self.buffered.setdefault(tp, deque()).extend(records)
+
+    def window(self, tp: Any) -> ReorderWindow:
+        window = self.in_flight.get(tp)
+        if window is None:
+            window = self.in_flight[tp] = ReorderWindow(self.window_size)
+        return window
+
+    def busy(self) -> bool:
+        return bool(self.in_flight) or any(self.buffered.values())
+
+    def running(self) -> int:
+        """Records on a processing thread: a finished job frees its thread at once."""
+        return sum(not slot.done and not slot.job.future.done()
+                   for window in self.in_flight.values() for slot in window)
+
+    def count(self) -> int:
+        return sum(len(window) for window in self.in_flight.values())
+
+    def pending(self, tp: Any) -> int:
+        """Records fetched from ``tp`` and not yet delivered."""
+        return len(self.buffered.get(tp, ())) + len(self.in_flight.get(tp, ()))
+
+    def forget(self, tp: Any) -> tuple[int | None, list[Slot]]:
+        """Drop ``tp``'s work: its first undelivered offset (of its reorder window, else of
+        its buffer) and the slots dropped from its window."""
+        buffered = self.buffered.pop(tp, None) or ()
+        window = self.in_flight.pop(tp, None)
+        first = window.first_offset() if window is not None else None
+        if first is None and buffered:
+            first = buffered[0].offset
+        return first, list(window) if window is not None else []

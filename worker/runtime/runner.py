@@ -5,243 +5,55 @@ alive however long a video takes: partitions with work waiting are paused, not s
 of polls. Up to ``worker.processing_threads`` videos run at once, several of them from one
 partition (``worker.partition_window``); a partition's results still reach Kafka strictly
 in offset order, through its reorder window (:mod:`worker.runtime.ordering`). Publishing and
-committing happen here, on the poll thread, never on a thread that feeds the GPU. How
-results and their offset reach Kafka (one transaction, or publish then commit) is
-:mod:`worker.runtime.delivery`'s business. Every consumed record ends as exactly one output
-record; the worker never stops on bad input.
+committing happen here, on the poll thread, never on a thread that feeds the GPU. What a
+record turns into is :mod:`worker.runtime.outputs`' business, and how its records and
+offset reach Kafka (one transaction, or publish then commit) :mod:`worker.runtime.delivery`'s.
+Every consumed record ends as exactly one output; the worker never stops on bad input.
 """
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
-from collections import deque
-from concurrent.futures import Future
-from dataclasses import dataclass, field
-from datetime import datetime, timezone
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 from kafka import ConsumerRebalanceListener
 
-from worker.core import dead_letters
 from worker.config import KafkaConfig, WorkerConfig
-from worker.runtime.dedupe import RecentEvents
-from worker.runtime.delivery import Delivery, Fenced
-from worker.core.dead_letters import DeadLetter
-from worker.core.events import (SourcePosition, UploadEvent, Verdict, dead_letter_record,
-                     parse_upload_event, verdict_record)
 from worker.metrics import Health, WorkerMetrics
-from worker.runtime.ordering import ReorderWindow, Slot
-from worker.bank.entries import entry_record, takedown_entry
-from worker.core.pipeline import Pipeline
-from worker.core.policy import TAKEDOWN
+from worker.runtime.accounting import account, report_lag
+from worker.runtime.delivery import Delivery, Fenced
+from worker.runtime.ordering import Partitions, Slot
+from worker.runtime.outputs import Outputs, where
+from worker.runtime.threads import Job, ProcessingThreads
 
-log = logging.getLogger("worker.runtime.runner")
+log = logging.getLogger("worker.runner")
 LAG_INTERVAL_S = 5.0
 
 
-@dataclass(frozen=True)
-class Output:
-    """The one record an input event turns into."""
-
-    topic: str
-    key: bytes | None
-    value: bytes | None  # None: a tombstone (a reviewer's confirmation deleting a bank entry)
-    verdict: Verdict | None = None
-    dead_letter: DeadLetter | None = None
-    event: UploadEvent | None = None
-    extra: tuple[tuple[str, bytes | None, bytes | None], ...] = ()  # e.g. the bank entry of a takedown
-    applied: dict | None = None  # a side topic's record applied: what it was, for the log
-
-    @property
-    def records(self) -> list[tuple[str, bytes | None, bytes]]:
-        return [(self.topic, self.key, self.value), *self.extra]
-
-
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc)
-
-
-class _ProcessingThreads:
-    """Daemon threads running jobs; a job past its deadline is abandoned and its thread
-    replaced, so one hung video cannot take the worker's capacity."""
-
-    def __init__(self, count: int, run: Callable[[Any], Any]):
-        # The runner starts no more jobs than there are threads; the bound is a safety net.
-        self._jobs: queue.Queue = queue.Queue(maxsize=2 * count)
-        self._run = run
-        for _ in range(count):
-            self._spawn()
-
-    def _spawn(self) -> None:
-        threading.Thread(target=self._loop, name="processing", daemon=True).start()
-
-    def _loop(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            record, future, abandoned = job
-            if not future.set_running_or_notify_cancel():
-                continue
-            try:
-                future.set_result(self._run(record))
-            except BaseException as exc:
-                future.set_exception(exc)
-            if abandoned.is_set():
-                return  # a replacement thread took this one's place
-
-    def submit(self, record: Any) -> tuple[Future, threading.Event]:
-        future: Future = Future()
-        abandoned = threading.Event()
-        self._jobs.put((record, future, abandoned))
-        return future, abandoned
-
-    def replace(self, abandoned: threading.Event) -> None:
-        abandoned.set()
-        self._spawn()
-
-    def stop(self, count: int) -> None:
-        for _ in range(count):
-            try:
-                self._jobs.put_nowait(None)
-            except queue.Full:  # daemon threads: they end with the process
-                return
-
-
-@dataclass(frozen=True)
-class _Job:
-    future: Future
-    abandoned: threading.Event
-
-
-@dataclass
-class _Partitions:
-    """What the poll thread knows about each assigned partition."""
-
-    buffered: dict[Any, deque] = field(default_factory=dict)
-    in_flight: dict[Any, ReorderWindow] = field(default_factory=dict)
-    paused: set = field(default_factory=set)
-
-    def running(self) -> int:
-        """Records on a processing thread: a finished job frees its thread at once."""
-        return sum(not slot.done and not slot.job.future.done()
-                   for window in self.in_flight.values() for slot in window)
-
-    def count(self) -> int:
-        return sum(len(window) for window in self.in_flight.values())
-
-
 class Runner:
-    def __init__(self, consumer: Any, delivery: Delivery, pipeline: Pipeline, kafka: KafkaConfig,
+    def __init__(self, consumer: Any, delivery: Delivery, outputs: Outputs, kafka: KafkaConfig,
                  worker: WorkerConfig, metrics: WorkerMetrics, health: Health,
-                 now: Callable[[], datetime] = _utcnow, clock: Callable[[], float] = time.monotonic,
-                 bank_topic: str | None = None, side_topics: Sequence[Any] = (),
-                 score_topic: str | None = None, densify_topic: str | None = None):
-        """``bank_topic``: where the fingerprints of takedowns go; None to not add them.
-        ``side_topics``: handlers (``topic``, ``handle_record(record) -> (log fields,
-        records)``) of topics consumed with the uploads, each record delivered like an
-        upload, e.g. reviewers' confirmations and follow-up scoring
-        (:mod:`worker.bank.confirmations`, :mod:`worker.bank.scoring`). ``score_topic``:
-        where a known-content match's upload event goes, in the verdict's transaction, to be
-        scored after the verdict; None for no follow-up score. ``densify_topic``: where a
-        takedown that added a bank entry queues its upload event, in the same transaction, for
-        the entry to be fingerprinted again densely (:mod:`worker.bank.densify`)."""
-        self.densify_topic = densify_topic
-        self.bank_topic = bank_topic
-        self.side_topics = {handler.topic: handler for handler in side_topics}
-        self.score_topic = score_topic
+                 clock: Callable[[], float] = time.monotonic):
+        """``outputs`` turns each record into its output (:mod:`worker.runtime.outputs`),
+        with the side topics it consumes next to ``kafka.upload_topic``."""
         self.consumer = consumer
         self.delivery = delivery
-        self.pipeline = pipeline
+        self.outputs = outputs
         self.kafka = kafka
         self.worker = worker
-        self.worker_id = worker.id
         self.metrics = metrics
         self.health = health
-        self.now = now
         self.clock = clock
-        self.recent = RecentEvents(worker.dedupe_window)
-        self._parts = _Partitions()
+        self._parts = Partitions(worker.partition_window)
         self._next_lag = 0.0
         self._turn = -1
         self.retry_backoff_s = 1.0
 
-    # --- one record -> one output (runs on a processing thread; no Kafka calls) ----------
-
-    def handle(self, record: Any) -> Output:
-        """Turn one consumed record into its output record. Never raises for bad input."""
-        if record.topic in self.side_topics:
-            return self._side_topic(self.side_topics[record.topic], record)
-        position = SourcePosition(record.topic, record.partition, record.offset)
-        event = None
-        try:
-            event = parse_upload_event(record.value, self.kafka.max_event_bytes)
-            earlier = self.recent.earlier(event.event_id, position)
-            if earlier is not None:
-                raise DeadLetter(dead_letters.DUPLICATE_EVENT,
-                                 f"event id already processed at {earlier.topic}/"
-                                 f"{earlier.partition}/{earlier.offset}")
-            self.metrics.queue_wait.observe(max(0.0, (self.now() - event.uploaded_at).total_seconds()))
-            verdict = self.pipeline.process(event)
-            key, value = verdict_record(verdict, self.worker_id, self.now(), position)
-            return Output(self.kafka.verdict_topic, key, value, verdict=verdict, event=event,
-                          extra=self._bank_entries(verdict, position, record.value)
-                          + self._follow_up(verdict, record))
-        except DeadLetter as failure:
-            return self.dead_letter(failure, record, event)
-        except Exception as exc:  # a bug or an unforeseen input: keep the event, keep running
-            log.exception("processing failed", extra=self._where(record, event))
-            return self.dead_letter(DeadLetter(dead_letters.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"),
-                                    record, event)
-
-    def _bank_entries(self, verdict: Verdict, position: SourcePosition, record_value: bytes) -> tuple:
-        """A model's takedown adds the video's fingerprint to the bank, in the same
-        transaction as the verdict, so every worker catches its re-uploads (and, with a
-        densify topic, queues the upload event for a dense fingerprint of the entry)."""
-        if (self.bank_topic is None or verdict.decision != TAKEDOWN or verdict.known_content
-                or not verdict.fingerprint):
-            return ()
-        entry = takedown_entry(verdict.event.video_id, verdict.fingerprint, position,
-                               self.worker_id, self.now(), verdict.fingerprint_full)
-        records = ((self.bank_topic, *entry_record(entry)),)
-        if self.densify_topic:
-            records += ((self.densify_topic, verdict.event.video_id.encode(), record_value),)
-        return records
-
-    def _follow_up(self, verdict: Verdict, record: Any) -> tuple:
-        """A known-content takedown goes out without the models; its upload event is queued,
-        in the same transaction, for the score to follow (:mod:`worker.bank.scoring`)."""
-        if self.score_topic is None or verdict.known_content is None:
-            return ()
-        return ((self.score_topic, verdict.event.video_id.encode(), record.value),)
-
-    def _side_topic(self, handler: Any, record: Any) -> Output:
-        """A record of a side topic: the records it turns into, or a dead letter."""
-        try:
-            fields, records = handler.handle_record(record)
-            (topic, key, value), *extra = records
-            return Output(topic, key, value, extra=tuple(extra), applied=fields)
-        except DeadLetter as failure:
-            return self.dead_letter(failure, record)
-        except Exception as exc:
-            log.exception("handling a %s record failed", record.topic, extra=self._where(record, None))
-            return self.dead_letter(DeadLetter(dead_letters.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}"),
-                                    record)
-
-    def dead_letter(self, failure: DeadLetter, record: Any, event: UploadEvent | None = None) -> Output:
-        position = SourcePosition(record.topic, record.partition, record.offset)
-        key, value = dead_letter_record(failure, record.value, record.key, position,
-                                        self.worker_id, self.now(), event)
-        return Output(self.kafka.dead_letter_topic, key, value, dead_letter=failure, event=event)
-
-    # --- the poll thread ------------------------------------------------------------------
-
     def start(self) -> None:
         """Join the group and get the delivery ready (this fences an older instance)."""
         self.delivery.start()
-        topics = [self.kafka.upload_topic, *self.side_topics]
+        topics = [self.kafka.upload_topic, *self.outputs.side_topics]
         self.consumer.subscribe(topics, listener=_Listener(self))
 
     def run(self, stop: threading.Event, threads: Any = None) -> None:
@@ -249,7 +61,7 @@ class Runner:
 
         ``threads`` replaces the processing threads (tests pass ``fakes.InlineThreads``).
         """
-        threads = threads or _ProcessingThreads(self.worker.processing_threads, self.handle)
+        threads = threads or ProcessingThreads(self.worker.processing_threads, self.outputs.handle)
         try:
             self.start()
             while not stop.is_set():
@@ -266,7 +78,7 @@ class Runner:
         self.health.beat()
         # With work in flight or waiting, poll briefly: the paused partitions have nothing to
         # fetch, and a long poll would leave finished results waiting for delivery.
-        busy = bool(self._parts.in_flight) or any(self._parts.buffered.values())
+        busy = self._parts.busy()
         try:
             batch = self.consumer.poll(timeout_ms=50 if busy else self.kafka.poll_timeout_ms,
                                        max_records=self.kafka.max_poll_records)
@@ -281,7 +93,7 @@ class Runner:
         self.metrics.assigned_partitions.set(len(assignment))
         for tp, records in batch.items():
             if tp in assignment:
-                self._parts.buffered.setdefault(tp, deque()).extend(records)
+                self._parts.buffer(tp, records)
                 self.metrics.events.inc(len(records))
         if fetch:
             self._start_work(threads)
@@ -289,13 +101,7 @@ class Runner:
         self._finish_work(threads)
         self._report_lag(assignment)
 
-    def _window(self, tp: Any) -> ReorderWindow:
-        window = self._parts.in_flight.get(tp)
-        if window is None:
-            window = self._parts.in_flight[tp] = ReorderWindow(self.worker.partition_window)
-        return window
-
-    def _start_work(self, threads: _ProcessingThreads) -> None:
+    def _start_work(self, threads: ProcessingThreads) -> None:
         """Start buffered records while a processing thread is free: one per partition per
         round, round robin, so a backlog on one partition does not starve the others; a
         partition whose reorder window is full waits for its oldest record."""
@@ -314,7 +120,7 @@ class Runner:
                     break
                 record = buffered.popleft()
                 future, abandoned = threads.submit(record)
-                self._window(tp).add(record, _Job(future, abandoned))
+                self._parts.window(tp).add(record, Job(future, abandoned))
                 running += 1
                 progress = True
         self.metrics.in_flight.set(self._parts.count())
@@ -330,12 +136,12 @@ class Runner:
             self.consumer.resume(*((self._parts.paused & set(assignment)) - busy))
         self._parts.paused = busy
 
-    def _finish_work(self, threads: _ProcessingThreads) -> None:
+    def _finish_work(self, threads: ProcessingThreads) -> None:
         for tp, window in list(self._parts.in_flight.items()):
             for slot in window:
                 if slot.done:
                     continue
-                job: _Job = slot.job
+                job: Job = slot.job
                 if job.future.done():
                     slot.result = job.future.result()
                     continue
@@ -346,8 +152,7 @@ class Runner:
                 if self.clock() - slot.started > self.worker.video_deadline_s:
                     threads.replace(job.abandoned)
                     self.metrics.deadline_exceeded.inc()
-                    slot.result = self.dead_letter(DeadLetter(
-                        dead_letters.TIMEOUT, f"not done within {self.worker.video_deadline_s}s"), slot.record)
+                    slot.result = self.outputs.timed_out(slot.record, self.worker.video_deadline_s)
             ready = window.ready(self.worker.max_outputs_per_commit)
             if ready and self.clock() >= ready[0].retry_at and self._deliver(tp, ready):
                 window.delivered(ready)
@@ -358,7 +163,7 @@ class Runner:
     def _deliver(self, tp: Any, slots: list[Slot]) -> bool:
         """The results of ``slots`` (consecutive offsets of ``tp``) and the offset after the
         last of them, in one transaction."""
-        outputs = self._dedupe(slots)
+        outputs = self.outputs.in_order([(slot.record, slot.result) for slot in slots])
         records = [r for output in outputs for r in output.records]
         last = slots[-1].record
         started = time.perf_counter()
@@ -373,40 +178,15 @@ class Runner:
             self.metrics.publish_failures.inc()
             log.warning("delivering %d result(s) failed (attempt %d); they will be retried",
                         len(slots), head.attempts, exc_info=True,
-                        extra=self._where(head.record, outputs[0].event))
+                        extra=where(head.record, outputs[0].event, self.worker.id))
             return False
         self.metrics.stage.labels("publish").observe(time.perf_counter() - started)
         for slot, output in zip(slots, outputs):
-            record = slot.record
-            if output.event is not None and output.dead_letter is None:
-                self.recent.remember(output.event.event_id,
-                                     SourcePosition(record.topic, record.partition, record.offset))
-            self._account(output, record)
+            self.outputs.delivered(slot.record, output)
+            account(output, slot.record, self.metrics, self.worker.id, self.outputs.now())
         return True
 
-    def _dedupe(self, slots: list[Slot]) -> list[Output]:
-        """Results in offset order, a re-sent event id turned into its duplicate dead letter.
-
-        ``handle`` checks too, but two records with one event id can be in flight at once;
-        here, on the poll thread and in offset order, the earlier one always wins.
-        """
-        outputs, seen = [], {}
-        for slot in slots:
-            output, record = slot.result, slot.record
-            position = SourcePosition(record.topic, record.partition, record.offset)
-            if output.event is not None and output.dead_letter is None:
-                earlier = self.recent.earlier(output.event.event_id, position) or seen.get(
-                    output.event.event_id)
-                if earlier is not None:
-                    output = slot.result = self.dead_letter(DeadLetter(
-                        dead_letters.DUPLICATE_EVENT, f"event id already processed at {earlier.topic}/"
-                        f"{earlier.partition}/{earlier.offset}"), record, output.event)
-                else:
-                    seen[output.event.event_id] = position
-            outputs.append(output)
-        return outputs
-
-    def _drain(self, threads: _ProcessingThreads) -> None:
+    def _drain(self, threads: ProcessingThreads) -> None:
         """Stop fetching, finish and deliver what is in flight until the deadline, then leave."""
         deadline = self.clock() + self.worker.shutdown_deadline_s
         self._parts.buffered.clear()  # not started: the next owner of the partition gets them
@@ -427,14 +207,10 @@ class Runner:
         an unfinished record are dropped with it: they were never committed.
         """
         for tp in revoked:
-            buffered = self._parts.buffered.pop(tp, None) or ()
-            window = self._parts.in_flight.pop(tp, None)
-            first = window.first_offset() if window is not None else None
-            if first is None and buffered:
-                first = buffered[0].offset
-            if window is not None and len(window):
+            first, dropped = self._parts.forget(tp)
+            if dropped:
                 log.warning("partition revoked with %d event(s) in flight; dropping their results",
-                            len(window), extra=self._where(next(iter(window)).record, None))
+                            len(dropped), extra=where(dropped[0].record, None, self.worker.id))
             try:
                 if first is not None:
                     self.consumer.seek(tp, first)
@@ -450,58 +226,10 @@ class Runner:
         self.metrics.in_flight.set(self._parts.count())
 
     def _report_lag(self, assignment: set) -> None:
-        if not assignment or self.clock() < self._next_lag:
-            return
-        self._next_lag = self.clock() + LAG_INTERVAL_S
-        try:
-            partitions = self.consumer.partitions_for_topic(self.kafka.upload_topic)
-            if partitions:
-                self.metrics.topic_partitions.labels(self.kafka.upload_topic).set(len(partitions))
-            ends = self.consumer.end_offsets(list(assignment))
-            for tp in assignment:
-                pending = len(self._parts.buffered.get(tp, ())) + len(self._parts.in_flight.get(tp, ()))
-                lag = max(0, ends[tp] - self.consumer.position(tp) + pending)
-                self.metrics.lag.labels(tp.topic, str(tp.partition)).set(lag)
-        except Exception:
-            log.debug("lag measurement failed", exc_info=True)
-
-    # --- accounting -----------------------------------------------------------------------
-
-    def _account(self, output: Output, record: Any) -> None:
-        where = self._where(record, output.event)
-        if output.applied is not None:
-            log.info("%s record applied", output.applied.get("kind", "side-topic"),
-                     extra={**where, **output.applied, "records": len(output.records)})
-        elif output.verdict is not None:
-            verdict = output.verdict
-            for stage in ("fetch", "decode", "hash_match", "detect_faces", "classify"):
-                if stage in verdict.stage_seconds:
-                    self.metrics.stage.labels(stage).observe(verdict.stage_seconds[stage])
-            latency = (self.now() - verdict.event.uploaded_at).total_seconds()
-            self.metrics.end_to_end.observe(max(0.0, latency))
-            self.metrics.decisions.labels(verdict.decision).inc()
-            self.metrics.faces.inc(verdict.face_count)
-            self.metrics.fetched_bytes.inc(verdict.video_bytes)
-            self.metrics.frames_decoded.inc(verdict.frames_sampled)
-            self.metrics.batch_size.labels("detect_faces").observe(verdict.frames_sampled)
-            if "classify" in verdict.stage_seconds:
-                self.metrics.batch_size.labels("classify").observe(verdict.face_count)
-            log.info("verdict", extra={**where, "decision": verdict.decision,
-                                       "reasons": list(verdict.reasons),
-                                       "video_score": verdict.video_score,
-                                       "face_count": verdict.face_count,
-                                       "latency_s": round(latency, 3)})
-        else:
-            self.metrics.dead_letters.labels(output.dead_letter.reason).inc()
-            log.warning("dead letter: %s", output.dead_letter.message,
-                        extra={**where, "reason": output.dead_letter.reason})
-
-    def _where(self, record: Any, event: UploadEvent | None) -> dict:
-        where = {"topic": record.topic, "partition": record.partition, "offset": record.offset,
-                 "worker_id": self.worker_id}
-        if event is not None:
-            where.update(event_id=event.event_id, video_id=event.video_id)
-        return where
+        if assignment and self.clock() >= self._next_lag:
+            self._next_lag = self.clock() + LAG_INTERVAL_S
+            report_lag(self.consumer, self.kafka.upload_topic, assignment, self._parts.pending,
+                       self.metrics)
 
 
 class _Listener(ConsumerRebalanceListener):

@@ -12,13 +12,11 @@ import time
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from worker.core import dead_letters
-from worker.core.dead_letters import DeadLetter
-from worker.core.events import UploadEvent, Verdict
+from worker.core.dead_letters import DeadLetter, internal_error
+from worker.core.events import UploadEvent, Verdict, local_upload
 from worker.core.pipeline import Pipeline
 
 
@@ -37,15 +35,6 @@ class StreamResult:
         return self.finished_s - self.started_s
 
 
-def event_for_path(path: Path | str, video_id: str | None = None) -> UploadEvent:
-    """An upload event for a local file, as the uploader would send it (``file://``)."""
-    path = Path(path).resolve()
-    name = video_id or path.stem
-    return UploadEvent(event_id=f"local-{name}-{time.monotonic_ns()}", source="urn:moderation:stream",
-                       video_id=name, uploader="stream", video_uri=path.as_uri(),
-                       uploaded_at=datetime.now(timezone.utc))
-
-
 def _run(pipeline: Pipeline, event: UploadEvent) -> StreamResult:
     started = time.monotonic()
     try:
@@ -53,7 +42,7 @@ def _run(pipeline: Pipeline, event: UploadEvent) -> StreamResult:
     except DeadLetter as exc:
         verdict, failure = None, exc
     except Exception as exc:  # as the runner does: an internal error, and go on
-        verdict, failure = None, DeadLetter(dead_letters.INTERNAL_ERROR, f"{type(exc).__name__}: {exc}")
+        verdict, failure = None, internal_error(exc)
     return StreamResult(event, verdict, failure, started, time.monotonic())
 
 
@@ -70,7 +59,7 @@ def process_stream(pipeline: Pipeline, events: Iterable[UploadEvent | Path | str
     pending: deque[Future] = deque()
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="stream") as pool:
         for item in events:
-            event = item if isinstance(item, UploadEvent) else event_for_path(item)
+            event = item if isinstance(item, UploadEvent) else local_upload(item, "stream")
             pending.append(pool.submit(_run, pipeline, event))
             while len(pending) >= threads + window or (pending and pending[0].done()):
                 yield pending.popleft().result()
