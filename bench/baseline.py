@@ -42,16 +42,16 @@ if __name__ == "__main__":  # run as a script: the repository's worker package, 
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
-import torch  # before decord: see README, "Pitfalls"
+import torch  # before decord: see docs/runtime.md, "Pitfalls"
 import decord
 from facenet_pytorch import MTCNN
 from PIL import Image
 
 import cv2  # the DFDC-era loop reads with OpenCV, as the winner's kernel did
 
+from worker.media.sampling import choose_frames
 from worker.models.loading import backend_of
 from worker.models.spec import ModelSpec
-from worker.media.sampling import choose_frames
 
 
 def frame_plan(path: Path, count: int, frame_slack: float) -> list[int]:

@@ -23,7 +23,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import torch  # before decord (the pipeline imports it): see README, "Pitfalls"
+import torch  # before decord (the pipeline imports it): see docs/runtime.md, "Pitfalls"
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 

@@ -30,7 +30,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import torch  # before decord (the pipeline and the baseline import it): see README, "Pitfalls"
+import torch  # before decord (the pipeline and the baseline import it): see docs/runtime.md, "Pitfalls"
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -521,7 +521,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # the allocator settings `python -m worker run` starts with (worker/allocator.py), for the
+    # the allocator settings `python -m worker run` starts with (worker/runtime/allocator.py), for the
     # worker sides in this process; the baselines' own processes inherit them too
     from worker.runtime.allocator import reexec_with_tuned_allocator
 

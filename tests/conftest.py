@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 
 import pytest
-import torch  # noqa: F401  -- before decord: see README, "Pitfalls"
+import torch  # noqa: F401  -- before decord: see docs/runtime.md, "Pitfalls"
 
 from worker.testing.local_kafka import LocalKafka
 

@@ -1,5 +1,5 @@
 """Why a trimmed clip of a fast pan (bikes.mp4) misses its bank entry, and what entry
-density would catch it (README, "Known-content hash bank"; issue 5).
+density would catch it (docs/hash-bank.md, "Trimmed clips and dense entries").
 
 Prints, for each sample video's middle half (re-encoded as tests/integration/
 test_bank_variants.py writes it: libx264, ultrafast, crf 23):
@@ -22,7 +22,7 @@ import argparse
 import time
 from pathlib import Path
 
-import torch  # noqa: F401  before decord (README, "Pitfalls")
+import torch  # noqa: F401  before decord (docs/runtime.md, "Pitfalls")
 import numpy as np
 
 from worker.bank.fingerprint import HashingConfig, fingerprint_frames, hash_frame, query_side_only

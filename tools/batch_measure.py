@@ -14,8 +14,8 @@ from pathlib import Path
 
 import torch
 
-from worker.media.decoding import DecordSampler
 from worker.faces.mtcnn import MtcnnDetector
+from worker.media.decoding import DecordSampler
 
 
 def main() -> None:

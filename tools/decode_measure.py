@@ -1,4 +1,4 @@
-"""Decode measurements behind the pipeline's choices (README, "Pipelined runtime").
+"""Decode measurements behind the pipeline's choices (docs/runtime.md, "Pipelined runtime").
 
 Prints: whether decord releases the GIL (threads vs one thread, and a Python counter run
 beside a decode), what sparse ``get_batch`` costs against decoding every frame (keyframe
@@ -15,7 +15,7 @@ import threading
 import time
 from pathlib import Path
 
-import torch  # noqa: F401  before decord (README, "Pitfalls")
+import torch  # noqa: F401  before decord (docs/runtime.md, "Pitfalls")
 import av
 import decord
 import numpy as np

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from worker.runtime.allocator import reexec_with_tuned_allocator
 
-# the allocator's settings are read when a process starts: see worker/allocator.py
+# the allocator's settings are read when a process starts: see worker/runtime/allocator.py
 if sys.argv[1:2] in (["run"], ["demo"], ["score"]):
     reexec_with_tuned_allocator()
 
@@ -32,7 +32,7 @@ def _stop_on_signals() -> threading.Event:
 if sys.argv[1:2] == ["run"]:
     _stop_on_signals()
 
-import torch  # noqa: E402,F401  -- before decord, which the commands import: see README, "Pitfalls"
+import torch  # noqa: E402,F401  -- before decord, which the commands import: see docs/runtime.md, "Pitfalls"
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -58,11 +58,9 @@ def cmd_run(args) -> int:
 
 def cmd_score(args) -> int:
     """Score one local file or URL without Kafka; print the verdict record."""
-    from datetime import datetime, timezone
-
     from worker.app import build_pipeline
     from worker.core.dead_letters import DeadLetter
-    from worker.core.events import local_upload, verdict_record
+    from worker.core.events import local_upload, utcnow, verdict_record
     from worker.logs import setup_logging
 
     target = args.video
@@ -78,7 +76,7 @@ def cmd_score(args) -> int:
     except DeadLetter as failure:
         print(json.dumps({"dead_letter": failure.reason, "message": failure.message}))
         return 2
-    _, value = verdict_record(verdict, cfg.worker.id, datetime.now(timezone.utc))
+    _, value = verdict_record(verdict, cfg.worker.id, utcnow())
     print(json.dumps(json.loads(value), indent=2))
     return 0
 
@@ -111,9 +109,9 @@ def cmd_demo(args) -> int:
     """Local broker, topics, a worker, sample uploads in; verdicts printed as they arrive."""
     from worker.app import serve
     from worker.core.events import upload_event
+    from worker.logs import setup_logging
     from worker.runtime.clients import build_producer, build_results_consumer, ensure_topics
     from worker.testing.local_kafka import LocalKafka
-    from worker.logs import setup_logging
     from worker.testing.samples import NAMES, sample_dir, sample_video
 
     setup_logging("ERROR")  # the demo prints each result itself

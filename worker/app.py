@@ -9,7 +9,7 @@ import logging
 import threading
 from typing import Callable
 
-import torch  # before decord (imported by .media): see README, "Pitfalls"
+import torch  # before decord (imported by .media): see docs/runtime.md, "Pitfalls"
 from prometheus_client import CollectorRegistry
 
 from worker.bank.attach import attach_bank

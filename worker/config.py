@@ -81,7 +81,7 @@ class FacesConfig:
     batch_size: int = 16
     # With several videos in flight (worker.processing_threads > 1), frames of different
     # videos share detector calls: a call runs at max_batch frames or max_wait_ms after its
-    # first frames arrived, whichever comes first (README, "Pipelined runtime").
+    # first frames arrived, whichever comes first (docs/runtime.md, "Pipelined runtime").
     max_batch: int = 64
     max_wait_ms: float = 10.0
     # "auto": share calls on a GPU only. On a CPU, batching buys MTCNN nothing and one
@@ -281,8 +281,7 @@ def _build(base: Config, layers: Mapping[str, Mapping[str, Any]]) -> Config:
         unknown = set(changes) - known
         if section.name == "model" and unknown & _MOVED_MODEL_KEYS:
             raise ConfigError(f"model.{', model.'.join(sorted(unknown & _MOVED_MODEL_KEYS))} moved to the "
-                              "model file: set model.config to a model file (README, \"The detector "
-                              "and its model file\")")
+                              "model file: set model.config to a model file (docs/model-file.md)")
         if unknown:
             raise ConfigError(f"unknown key(s) in [{section.name}]: {', '.join(sorted(unknown))}")
         coerced = {k: _coerce(v, getattr(current, k), f"{section.name}.{k}") for k, v in changes.items()}

@@ -16,11 +16,11 @@ from prometheus_client import CollectorRegistry
 
 from worker.app import build_pipeline, serve
 from worker.config import Config, load_config
-from worker.runtime.clients import build_results_consumer, ensure_topics
 from worker.core.calibration import Calibration
 from worker.models.checkpoint import save_checkpoint
 from worker.models.spec import write_model_file
 from worker.models.timm_backend import build_model
+from worker.runtime.clients import build_results_consumer, ensure_topics
 from worker.testing.samples import sample_dir
 
 ARCH = "efficientnet_b0"

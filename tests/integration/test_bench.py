@@ -6,11 +6,11 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch  # noqa: F401  (before decord: see README, "Pitfalls")
+import torch  # noqa: F401  (before decord: see docs/runtime.md, "Pitfalls")
 
 from worker.media.decoding import DecordSampler
-from worker.testing.samples import NAMES, sample_video
 from worker.media.sampling import even_frames
+from worker.testing.samples import NAMES, sample_video
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))

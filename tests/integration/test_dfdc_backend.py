@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from worker.media.decoding import DecordSampler
 from worker.core.events import ModelInfo
+from worker.media.decoding import DecordSampler
 from worker.models import dfdc_backend
 from worker.models.dfdc import winner_mtcnn
 from worker.models.dfdc_preprocess import detect_faces, frame_indices, normalise, video_face_inputs

@@ -28,12 +28,12 @@ from sklearn import metrics as sk
 from tests.media_factory import blend_mirrored_face, corrupt_moov, decode_frames, write_frames, write_video
 from worker.__main__ import main
 from worker.core.calibration import Calibration
+from worker.core.policy import MODEL_UNCALIBRATED, REVIEW, TAKEDOWN, Policy, decide
+from worker.core.tracks import Detection, FaceTrack
 from worker.models.checkpoint import save_checkpoint
 from worker.models.spec import load_model_spec, save_calibration
 from worker.models.timm_backend import build_model
-from worker.core.policy import MODEL_UNCALIBRATED, REVIEW, TAKEDOWN, Policy, decide
 from worker.testing.samples import sample_video
-from worker.core.tracks import Detection, FaceTrack
 
 from .conftest import ARCH, write_test_model_file
 

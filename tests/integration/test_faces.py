@@ -5,7 +5,7 @@ rounding of the stock ones and the faces are the same."""
 import cv2
 import numpy as np
 import pytest
-import torch  # before decord: see README, "Pitfalls"
+import torch  # before decord: see docs/runtime.md, "Pitfalls"
 import decord
 from facenet_pytorch import MTCNN
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.kafka
 def test_paused_then_resumed_partitions_deliver_every_record(kafka_broker):
     """Pause a partition while part of a fetched batch is unread, as the runner does while a
     video is in flight; after resuming, every record still arrives (kafka-python 3.0.x stalls
-    here without the workaround in worker/kafka_io.py)."""
+    here without the workaround in worker/runtime/clients.py)."""
     topic = f"pause-{uuid.uuid4().hex[:8]}"
     cfg = KafkaConfig(bootstrap_servers=kafka_broker.bootstrap_servers, upload_topic=topic,
                       group_id=f"g-{topic}", max_poll_records=8)

@@ -16,15 +16,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch  # noqa: F401  (before decord: see README, "Pitfalls")
+import torch  # noqa: F401  (before decord: see docs/runtime.md, "Pitfalls")
 import decord
 
-from worker.media.decoding import DecordSampler
 from worker.core.dead_letters import DeadLetter
+from worker.media.decoding import DecordSampler
 from worker.media.fetch import Fetcher
+from worker.media.sampling import choose_frames, even_frames
 from worker.media.sandbox import SandboxedSampler
 from worker.testing.samples import sample_video
-from worker.media.sampling import choose_frames, even_frames
 
 from ..media_factory import (CODECS, corrupt_moov, set_mp4_rotation, write_audio_only,
                              write_video, write_zero_frames)

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from worker.core.events import ModelInfo
 from worker.models.batching import CrossVideoBatcher
 from worker.models.checkpoint import CheckpointError, save_checkpoint, sha256_of
 from worker.models.crops import face_crop
-from worker.core.events import ModelInfo
 from worker.models.inference import FaceScorer, ModelOutputError
 from worker.models.loading import load_detector_model
 from worker.models.spec import Preprocessing, write_model_file

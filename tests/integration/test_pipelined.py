@@ -9,9 +9,9 @@ import torch
 
 from worker.app import build_detector, torch_threads
 from worker.config import FacesConfig, load_config
-from worker.media.decoding import DecordSampler
-from worker.faces.mtcnn import MtcnnDetector
 from worker.faces.batching import CrossVideoDetector
+from worker.faces.mtcnn import MtcnnDetector
+from worker.media.decoding import DecordSampler
 from worker.testing.samples import sample_video
 
 CPU = torch.device("cpu")

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from worker.core.events import upload_event
-from worker.testing.fakes import FakeClassifier, FakeDetector, FakeFetcher, FakeSampler
 from worker.core.pipeline import Pipeline
 from worker.core.policy import Policy
+from worker.testing.fakes import FakeClassifier, FakeDetector, FakeFetcher, FakeSampler
 
 UPLOADED_AT = datetime(2025, 3, 14, 9, 26, 53, tzinfo=timezone.utc)
 FACE = (10.0, 12.0, 42.0, 50.0)

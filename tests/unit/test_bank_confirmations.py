@@ -13,14 +13,14 @@ from worker.bank.confirmations import (CONFIRMATION_TYPE, ConfirmationHandler, V
                                        automatic_entry_id, parse_confirmation, reviewed_entry_id)
 from worker.bank.entries import parse_entry_record, takedown_entry
 from worker.config import KafkaConfig, WorkerConfig
-from worker.runtime.delivery import ExactlyOnce
 from worker.core.dead_letters import DeadLetter
 from worker.core.events import SCHEMA_DIR, SourcePosition
-from worker.testing.fakes import (FakeBroker, FakeConsumer, FakeFetcher, FakeProducer, FakeSampler,
-                          InlineThreads)
 from worker.metrics import Health, WorkerMetrics
+from worker.runtime.delivery import ExactlyOnce
 from worker.runtime.outputs import Outputs
 from worker.runtime.runner import Runner
+from worker.testing.fakes import (FakeBroker, FakeConsumer, FakeFetcher, FakeProducer, FakeSampler,
+                          InlineThreads)
 
 from .conftest import VIDEOS
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from worker.bank.fingerprint import PLAIN, FrameFingerprint, FrameHash, VideoFingerprint
-from worker.bank.index import BankIndex
 from worker.bank.hamming import hamming, pairwise_distances, row_distances
+from worker.bank.index import BankIndex
 from worker.bank.matching import MatchRule, compare, hash_rows, linear_search
 
 RNG = np.random.default_rng(7)

@@ -5,8 +5,8 @@ import json
 
 from worker.bank.entries import parse_entry_record
 from worker.bank.takedowns import TakedownRecords
-from worker.testing.fakes import FakeBank, FakeDetector, FakeSampler
 from worker.core.policy import KnownContentMatch
+from worker.testing.fakes import FakeBank, FakeDetector, FakeSampler
 
 from .conftest import FACE
 from .test_runner import KAFKA, NOW, World
@@ -92,11 +92,11 @@ def test_a_matched_uploads_score_follows_the_verdict_exactly_once(make_pipeline,
 
     from worker.bank.scoring import MATCH_SCORE_TYPE, MatchScoring
     from worker.config import WorkerConfig
-    from worker.runtime.delivery import ExactlyOnce
-    from worker.testing.fakes import FakeConsumer, FakeProducer, InlineThreads
     from worker.metrics import Health, WorkerMetrics
+    from worker.runtime.delivery import ExactlyOnce
     from worker.runtime.outputs import Outputs
     from worker.runtime.runner import Runner
+    from worker.testing.fakes import FakeConsumer, FakeProducer, InlineThreads
 
     from .test_runner import NOW
 
@@ -159,11 +159,11 @@ def _densifier_runner(world, make_pipeline, holds, wait_s=0.0):
     from worker.bank.densify import TakedownDensifier
     from worker.bank.fingerprint import HashingConfig
     from worker.config import WorkerConfig
-    from worker.runtime.delivery import ExactlyOnce
-    from worker.testing.fakes import FakeConsumer, FakeFetcher, FakeProducer, InlineThreads
     from worker.metrics import Health, WorkerMetrics
+    from worker.runtime.delivery import ExactlyOnce
     from worker.runtime.outputs import Outputs
     from worker.runtime.runner import Runner
+    from worker.testing.fakes import FakeConsumer, FakeFetcher, FakeProducer, InlineThreads
 
     from .conftest import VIDEOS
     from .test_runner import NOW

@@ -8,9 +8,9 @@ import tomli_w
 from sklearn.isotonic import IsotonicRegression
 
 from worker.core.calibration import Calibration, CalibrationError
+from worker.evaluation import metrics
 from worker.evaluation.calibration import (choose_thresholds, fit_calibration, fit_isotonic, fit_temperature,
                                            precision_lower_bound)
-from worker.evaluation import metrics
 
 
 def _synthetic(temperature: float, n: int, seed: int):

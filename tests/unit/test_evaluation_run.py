@@ -15,8 +15,8 @@ from worker.evaluation.predictions import (FAILED, NO_FACES, SCORED, PredictionL
                                            read_predictions)
 from worker.evaluation.report import build_report
 from worker.evaluation.run import PREDICTIONS_FILE, evaluate
-from worker.testing.fakes import FakeVideoScorer
 from worker.models.spec import load_model_spec
+from worker.testing.fakes import FakeVideoScorer
 
 TABLE = {"r1.mp4": 0.1, "r2.mp4": 0.4, "r3.mp4": 0.35, "f1.mp4": 0.8, "f2.mp4": 0.35, "f3.mp4": 0.9,
          "broken.mp4": DeadLetter(CORRUPT_VIDEO, "moov atom not found"), "empty.mp4": None}

@@ -8,13 +8,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
+from worker.core.aggregation import Aggregation
 from worker.core.calibration import Calibration
 from worker.core.dead_letters import DeadLetter
 from worker.core.events import (MAX_ORIGINAL_BYTES, ModelInfo, SourcePosition, Verdict,
                            dead_letter_record, format_time, parse_upload_event,
                            validator, verdict_record)
 from worker.core.policy import Policy, policy_version
-from worker.core.aggregation import Aggregation
 from worker.core.tracks import Detection, FaceTrack
 
 from .conftest import UPLOADED_AT

@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 
-from worker.testing.fakes import FakeDetector
 from worker.batching import BatcherClosed, DynamicBatcher
 from worker.faces.batching import CrossVideoDetector
+from worker.testing.fakes import FakeDetector
 
 
 def _callers(batcher, items, barrier=True):

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from worker.core.aggregation import Aggregation
 from worker.core.calibration import Calibration
 from worker.models.spec import ModelFileError, load_model_spec, save_calibration, write_model_file
-from worker.core.aggregation import Aggregation
 
 SHA_A, SHA_B = "a" * 64, "b" * 64
 

@@ -9,8 +9,8 @@ from collections import Counter
 
 import pytest
 
-from worker.testing.fakes import FakeRecord, ManualThreads
 from worker.runtime.ordering import ReorderWindow
+from worker.testing.fakes import FakeRecord, ManualThreads
 
 from .test_runner import World
 

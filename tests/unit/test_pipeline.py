@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from worker.core.aggregation import Aggregation
+from worker.core.calibration import Calibration
 from worker.core.dead_letters import DeadLetter
 from worker.core.events import parse_upload_event
-from worker.core.calibration import Calibration
-from worker.testing.fakes import CALIBRATED_FAKE_MODEL, UNCALIBRATED_FAKE_MODEL, FakeClassifier, FakeDetector, FakeSampler
 from worker.core.policy import Policy, policy_version
-from worker.core.aggregation import Aggregation
+from worker.testing.fakes import CALIBRATED_FAKE_MODEL, UNCALIBRATED_FAKE_MODEL, FakeClassifier, FakeDetector, FakeSampler
 
 from .conftest import FACE
 

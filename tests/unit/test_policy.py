@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 
 from worker.core.calibration import Calibration
-from worker.testing.fakes import identity_calibration
 from worker.core.policy import Policy, decide, policy_version, video_score
 from worker.core.tracks import Detection, FaceTrack
+from worker.testing.fakes import identity_calibration
 
 
 def track(track_id: int, *scores: float | None) -> FaceTrack:

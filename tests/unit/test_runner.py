@@ -11,13 +11,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from worker.config import KafkaConfig, WorkerConfig
-from worker.runtime.delivery import AtLeastOnce, ExactlyOnce, Fenced
 from worker.core.dead_letters import DeadLetter
-from worker.testing.fakes import (FakeBroker, FakeClassifier, FakeConsumer, FakeDetector, FakeProducer,
-                          InlineThreads)
 from worker.metrics import Health, WorkerMetrics
+from worker.runtime.delivery import AtLeastOnce, ExactlyOnce, Fenced
 from worker.runtime.outputs import Outputs
 from worker.runtime.runner import Runner
+from worker.testing.fakes import (FakeBroker, FakeClassifier, FakeConsumer, FakeDetector, FakeProducer,
+                          InlineThreads)
 
 from .conftest import FACE, UPLOADED_AT, VIDEOS
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from worker.core.calibration import Calibration
 from worker.core.dead_letters import DeadLetter
 from worker.core.events import SCHEMA_DIR, parse_upload_event, validator
-from worker.core.calibration import Calibration
 from worker.core.policy import KnownContentMatch, Policy, decide, policy_version
 from worker.core.tracks import Detection, FaceTrack
 

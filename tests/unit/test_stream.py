@@ -6,8 +6,8 @@ import threading
 
 from worker.core.dead_letters import DeadLetter
 from worker.core.events import parse_upload_event
-from worker.testing.fakes import FakeDetector
 from worker.runtime.stream import process_stream
+from worker.testing.fakes import FakeDetector
 
 from .conftest import FACE, VIDEOS
 

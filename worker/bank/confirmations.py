@@ -30,11 +30,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
+from worker.bank.entries import NEGATIVE, POSITIVE, BankEntry, automatic_entry_id, entry_record
+from worker.bank.fingerprint import HashingConfig, VideoFingerprint, fingerprint_entry
 from worker.core import dead_letters
 from worker.core.dead_letters import DeadLetter
 from worker.core.events import Applied, Record, checked_document, parse_time
-from worker.bank.entries import NEGATIVE, POSITIVE, BankEntry, automatic_entry_id, entry_record
-from worker.bank.fingerprint import HashingConfig, VideoFingerprint, fingerprint_entry
 
 CONFIRMATION_TYPE = "dev.moderation.reviewer-confirmation.v1"
 _TYPE_PREFIX = "dev.moderation.reviewer-confirmation."

@@ -27,9 +27,9 @@ import time
 from datetime import datetime
 from typing import Any, Callable
 
+from worker.bank.entries import automatic_entry_id, entry_record, takedown_entry
 from worker.core import dead_letters
 from worker.core.dead_letters import DeadLetter
-from worker.bank.entries import automatic_entry_id, entry_record, takedown_entry
 from worker.core.events import Applied, parse_upload_event, utcnow
 
 

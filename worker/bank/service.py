@@ -7,12 +7,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from worker.core.pipeline import BankCheck
-from worker.core.policy import KnownContentMatch
 from worker.bank.entries import NEGATIVE, BankEntry
 from worker.bank.fingerprint import HashingConfig, VideoFingerprint, fingerprint_frames
 from worker.bank.index import BankIndex
 from worker.bank.matching import MatchRule
+from worker.core.pipeline import BankCheck
+from worker.core.policy import KnownContentMatch
 
 
 def match_rule(bank: Any) -> MatchRule:

@@ -13,15 +13,15 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timezone
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from tqdm import tqdm
 
-from worker.core.events import format_time, parse_time
 from worker.bank.entries import POSITIVE, BankEntry, entry_record, parse_entry_record
 from worker.bank.fingerprint import VideoFingerprint, select_frames
+from worker.core.events import format_time, parse_time, utcnow
 
 MANIFEST = "entries.jsonl"
 
@@ -36,10 +36,10 @@ def read_bank(consumer: Any, topic: str, timeout_s: float = 60.0) -> dict[str, B
     consumer.seek_to_beginning(*tps)
     ends = consumer.end_offsets(tps)
     entries: dict[str, BankEntry] = {}
-    deadline = datetime.now(timezone.utc).timestamp() + timeout_s
+    deadline = time.monotonic() + timeout_s
     with tqdm(total=sum(ends.values()), unit="record", desc="reading the bank", file=sys.stderr) as bar:
         while any(consumer.position(tp) < ends[tp] for tp in tps):
-            if datetime.now(timezone.utc).timestamp() > deadline:
+            if time.monotonic() > deadline:
                 raise TimeoutError(f"the bank topic {topic} was not read to its end in {timeout_s} s")
             for records in consumer.poll(timeout_ms=500).values():
                 for record in records:
@@ -83,7 +83,7 @@ def load_hash_list(folder: Path, bank: str = POSITIVE, reason: str = "imported",
                    added_by: str = "import") -> list[BankEntry]:
     """Entries from a folder of vPDQ files: with ``entries.jsonl`` its metadata is used,
     else every ``*.txt`` file is an entry named after the file."""
-    now = datetime.now(timezone.utc)
+    now = utcnow()
     manifest = folder / MANIFEST
     if manifest.exists():
         rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]

@@ -20,10 +20,10 @@ from typing import Any, NamedTuple
 import jsonschema
 
 from worker.core import dead_letters
-from worker.core.dead_letters import DeadLetter
-from worker.core.calibration import Calibration
-from worker.core.policy import KnownContentMatch
 from worker.core.aggregation import Aggregation
+from worker.core.calibration import Calibration
+from worker.core.dead_letters import DeadLetter
+from worker.core.policy import KnownContentMatch
 from worker.core.tracks import FaceTrack
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"

@@ -16,10 +16,10 @@ from typing import Callable, Protocol, Sequence
 
 import numpy as np
 
+from worker.core.aggregation import score_tracks
 from worker.core.dead_letters import NO_FRAMES, DeadLetter
 from worker.core.events import BankCheck, ModelInfo, UploadEvent, Verdict
 from worker.core.policy import Policy, decide, policy_version
-from worker.core.aggregation import score_tracks
 from worker.core.tracks import Box, Detection, link_tracks
 
 

@@ -100,10 +100,10 @@ def scoring_settings(cfg, spec=None) -> dict:
 def cmd_eval(args, config_of) -> int:
     """Wire the worker's pipeline as the scorer, run, report."""
     from worker.app import build_pipeline
-    from worker.logs import setup_logging
-    from worker.models.spec import load_model_spec
     from worker.evaluation.report import build_report
     from worker.evaluation.run import PipelineScorer, evaluate
+    from worker.logs import setup_logging
+    from worker.models.spec import load_model_spec
 
     try:
         dataset = load_dataset(args.dataset, args.layout, args.compression)

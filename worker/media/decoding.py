@@ -1,6 +1,6 @@
 """Sampling frames with decord, within limits: pixels, duration, and display rotation.
 
-In a process that also runs torch, import torch before this module (see README,
+In a process that also runs torch, import torch before this module (see docs/runtime.md,
 "Pitfalls"). The worker runs it in a sandboxed child process (:mod:`worker.media.sandbox`), which
 imports no torch at all.
 """
@@ -16,10 +16,10 @@ import numpy as np
 from PIL import Image
 
 from worker.core import dead_letters
-from worker.media.container import (IDENTITY_MATRIX, iso_bmff_truncated, mp4_track_handlers,
-                        mp4_video_sample_count, mp4_video_track, mp4_without_tracks, sniff)
 from worker.core.dead_letters import DeadLetter
 from worker.core.pipeline import SampledFrames
+from worker.media.container import (IDENTITY_MATRIX, iso_bmff_truncated, mp4_track_handlers,
+                        mp4_video_sample_count, mp4_video_track, mp4_without_tracks, sniff)
 from worker.media.limits import DecodeLimits
 from worker.media.sampling import choose_frames
 

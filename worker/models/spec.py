@@ -5,8 +5,8 @@ ran it, so everything that shapes a score lives next to the checkpoint hashes, n
 worker's config: backend and architecture, preprocessing (frames per video, face detector
 scale and thresholds, crop margin, input size, normalisation), the per-track aggregation,
 and the optional ``[calibration]`` fitted on the platform's own data. The worker's config
-only names the file (``model.config``). Format: ``MODEL_FILE.md`` in the README's "The
-detector and its model file". Plain Python (tomllib), no torch.
+only names the file (``model.config``). Format: docs/model-file.md. Plain Python
+(tomllib), no torch.
 """
 from __future__ import annotations
 
@@ -21,8 +21,8 @@ from typing import Any, Mapping, Sequence
 
 import tomli_w
 
-from worker.core.calibration import Calibration, CalibrationError
 from worker.core.aggregation import AGGREGATIONS, Aggregation
+from worker.core.calibration import Calibration, CalibrationError
 
 BACKENDS = ("dfdc_winner", "timm", "torchscript")
 RESIZES = ("isotropic",)

@@ -217,13 +217,17 @@ class FakeProducer:
         self._offsets: dict = {}
 
     def send(self, topic: str, key: bytes | None = None, value: bytes | None = None) -> _Ack:
+        from kafka.errors import IllegalStateError
+
+        if key is None and value is None:  # kafka-python refuses it before anything else
+            raise ValueError("Need at least one: key or value")
         if self.broker._take_failure("fail_next_sends"):
             return _Ack(None, TimeoutError("fake broker did not acknowledge"))
         if self.transactional_id is None:
             return _Ack(self.broker.append(topic, value, key), None)
         self._check_epoch()
         if self._pending is None:
-            raise RuntimeError("send outside a transaction")
+            raise IllegalStateError("Cannot call send outside a transaction")
         self._pending.append((topic, key, value))
         return _Ack(None, None)
 
@@ -308,8 +312,13 @@ class FakeConsumer:
         self.paused.difference_update(tps)
 
     def commit(self, offsets: dict) -> None:
+        from kafka.errors import CommitFailedError
+
+        # kafka-python refuses the commit of a member that the group has moved on without
+        if self.generation != self.broker.generations[self.group_id]:
+            raise CommitFailedError("the group has rebalanced since this member joined")
         if self.broker._take_failure("fail_next_offset_commits"):
-            raise RuntimeError("CommitFailedError: the group rebalanced")
+            raise CommitFailedError("the group rebalanced")
         for tp, meta in offsets.items():
             self.broker.committed[(self.group_id, FakeTopicPartition(tp.topic, tp.partition))] = meta.offset
             self.commits.append(meta.offset)

@@ -15,7 +15,7 @@ pixels. The blend is made on the crop at frame resolution, before the resize.
 Every random choice (which faces form a batch, each blend, each flip) derives from
 ``(seed, step)``, so a run resumed at step N sees the same data as one that never stopped.
 
-In a process that also runs torch, import torch before this module (decord; see README).
+In a process that also runs torch, import torch before this module (decord; see docs/runtime.md, "Pitfalls").
 """
 from __future__ import annotations
 
@@ -29,9 +29,9 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
-from worker.media.decoding import DecordSampler
 from worker.core.dead_letters import DeadLetter
 from worker.faces.mtcnn import MtcnnDetector, worker_mtcnn
+from worker.media.decoding import DecordSampler
 from worker.models.crops import expand_box, face_crop
 from worker.models.inference import normalise
 from worker.models.spec import Preprocessing

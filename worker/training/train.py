@@ -6,7 +6,7 @@ The output folder holds, after every ``save_every`` steps and at the end:
   (:func:`worker.models.checkpoint.save_checkpoint`), loadable by any backend;
 - ``train-state.pt``: what only training needs (step, optimizer state, loss history, the
   settings the run was started with, and which checkpoint file + sha256 it goes with);
-- at the end, ``model.toml``: the model file (MODEL_FILE.md) naming the last checkpoint,
+- at the end, ``model.toml``: the model file (docs/model-file.md) naming the last checkpoint,
   backend ``timm``, its preprocessing and aggregation, and no ``[calibration]``: a
   calibration comes from a separate validation run.
 
@@ -199,7 +199,7 @@ def preprocessing_of(settings: TrainSettings, detection: DetectionSettings) -> P
 
 def write_model(path: Path, checkpoint: Path, sha256: str, settings: TrainSettings,
                 detection: DetectionSettings, info: ModelFileInfo) -> ModelSpec:
-    """The model file (MODEL_FILE.md) for the trained checkpoint; no [calibration]."""
+    """The model file (docs/model-file.md) for the trained checkpoint; no [calibration]."""
     pre = preprocessing_of(settings, detection)
     aggregation = {"method": info.aggregation}
     if info.aggregation == "confident_strategy":
