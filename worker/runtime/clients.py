@@ -59,7 +59,7 @@ def _unstick_parked_partitions(consumer: KafkaConsumer) -> None:
     ``None``; but after any batch has been fully read, the slot holds an empty (falsy) batch
     object instead. The parked batch is then never restored and the partition never fetched
     again: the worker stalls on it. Clearing the empty slot before each poll lets the
-    fetcher's own restore path run. ``tests/integration/test_kafka_io.py`` reproduces the
+    fetcher's own restore path run. ``tests/integration/test_clients.py`` reproduces the
     stall against the real broker, so an upgrade that changes this behaviour is caught.
     """
     poll = consumer.poll
