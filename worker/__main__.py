@@ -69,10 +69,9 @@ def cmd_score(args) -> int:
         extra.append(f"media.file_roots={Path(target).resolve().parent}")
     cfg = _config(args, overrides=extra)
     setup_logging("WARNING")
-    event = local_upload(target, "cli")
-    pipeline = build_pipeline(cfg)
     try:
-        verdict = pipeline.process(event)
+        event = local_upload(target, "cli")
+        verdict = build_pipeline(cfg).process(event)
     except DeadLetter as failure:
         print(json.dumps({"dead_letter": failure.reason, "message": failure.message}))
         return 2

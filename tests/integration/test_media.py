@@ -397,3 +397,12 @@ def test_score_command_reports_a_dead_letter(tmp_path):
                             cwd=REPO, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2
     assert json.loads(result.stdout)["dead_letter"] == "not_a_video"
+
+
+def test_score_command_refuses_a_uri_no_upload_event_may_name():
+    """As the worker would dead-letter such an event: one line and exit 2, no traceback."""
+    result = subprocess.run([sys.executable, "-m", "worker", "score", "gopher://127.0.0.1/x"],
+                            cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    answer = json.loads(result.stdout)
+    assert answer["dead_letter"] == "schema_violation" and "video_uri" in answer["message"]

@@ -81,6 +81,17 @@ def test_invalid_utf8_is_invalid_json(make_event):
     assert reason_of(raw) == "invalid_json"
 
 
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-32", "utf-8-sig"])
+def test_an_event_in_another_encoding_than_utf8_is_invalid_json(make_event, encoding):
+    """CloudEvents' JSON format is UTF-8: ``json.loads`` on bytes would guess the encoding and
+    accept these (utf-16 and utf-8-sig carry a byte-order mark, utf-16-le none)."""
+    raw = make_event("vid-a").decode().encode(encoding)
+    with pytest.raises(DeadLetter) as info:
+        parse_upload_event(raw, MAX_BYTES)
+    assert info.value.reason == "invalid_json"
+    assert "UTF-8" in info.value.message
+
+
 def test_a_tombstone_is_invalid_json():
     assert reason_of(None) == "invalid_json"
 

@@ -122,8 +122,19 @@ def checked_document(value: bytes | None, max_bytes: int, schema: str, type_pref
     if len(value) > max_bytes:
         raise DeadLetter(dead_letters.EVENT_TOO_LARGE, f"{len(value)} bytes is over the {max_bytes}-byte limit")
     try:
-        document = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as exc:  # json.loads(bytes) would guess UTF-16 or UTF-32
+        raise DeadLetter(dead_letters.INVALID_JSON,
+                         f"not UTF-8 (CloudEvents JSON is UTF-8): {exc.reason} at byte {exc.start}") from None
+    if text.startswith("\ufeff"):
+        raise DeadLetter(dead_letters.INVALID_JSON,
+                         "starts with a byte-order mark: CloudEvents JSON is UTF-8 without one")
+    if "\x00" in text:  # never in JSON text; UTF-16 or UTF-32 without a byte-order mark
+        raise DeadLetter(dead_letters.INVALID_JSON,
+                         "holds NUL bytes (UTF-16 or UTF-32?): CloudEvents JSON is UTF-8")
+    try:
+        document = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as exc:
         raise DeadLetter(dead_letters.INVALID_JSON, f"not JSON: {str(exc)[:200]}") from None
     if isinstance(document, dict):
         kind = document.get("type")
@@ -180,11 +191,15 @@ def upload_event(video_id: str, video_uri: str, uploader: str, *, event_id: str 
 
 def local_upload(target: Path | str, uploader: str, video_id: str | None = None) -> UploadEvent:
     """The upload event of a local file (or of a URI as given), as an uploader would send it:
-    for scoring, evaluating or benchmarking without Kafka."""
+    for scoring, evaluating or benchmarking without Kafka. Raises DeadLetter for a target no
+    upload event may name (a URI of another scheme)."""
     target = str(target)
     uri = target if "://" in target else Path(target).resolve().as_uri()
     name = video_id or (Path(target).stem or "video")[:256]
-    return parse_upload_event(upload_event(name, uri, uploader), 1 << 20)
+    try:
+        return parse_upload_event(upload_event(name, uri, uploader), 1 << 20)
+    except ValueError as exc:  # as the worker would dead-letter such an event
+        raise DeadLetter(dead_letters.SCHEMA_VIOLATION, str(exc).split(": ", 1)[-1]) from None
 
 
 @dataclass(frozen=True)
