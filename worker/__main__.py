@@ -226,12 +226,16 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("broker", help="run the local development Kafka broker")
     p.set_defaults(func=cmd_broker)
     args = parser.parse_args(argv)
+    from kafka.errors import KafkaError
+
+    from worker.bank.transfer import HashListError
     from worker.config import ConfigError
     from worker.models.checkpoint import CheckpointError
     from worker.models.spec import ModelFileError
     try:
         return args.func(args)
-    except (ConfigError, CheckpointError, ModelFileError) as exc:
+    except (ConfigError, CheckpointError, ModelFileError, HashListError, KafkaError) as exc:
+        # what the operator must fix (a file, a key, the cluster): one line, not a traceback
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
 

@@ -79,25 +79,42 @@ def at_cadence(vpdq_text: str, seconds_per_frame: float) -> str:
     return VideoFingerprint(tuple(frames[i] for i in keep)).to_vpdq_text()
 
 
+class HashListError(ValueError):
+    """A folder of hash lists that cannot be imported as it is; nothing was published."""
+
+
 def load_hash_list(folder: Path, bank: str = POSITIVE, reason: str = "imported",
                    added_by: str = "import") -> list[BankEntry]:
     """Entries from a folder of vPDQ files: with ``entries.jsonl`` its metadata is used,
-    else every ``*.txt`` file is an entry named after the file."""
+    else every ``*.txt`` file is an entry named after the file. Every file is read and
+    checked before anything is returned, so a bad one stops the whole import."""
+    if not folder.is_dir():
+        raise HashListError(f"{folder} is not a folder")
     now = utcnow()
     manifest = folder / MANIFEST
-    if manifest.exists():
-        rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
-    else:
-        rows = [{"entry_id": p.stem, "file": p.name} for p in sorted(folder.glob("*.txt"))]
+    try:
+        if manifest.exists():
+            rows = [json.loads(line) for line in manifest.read_text().splitlines() if line.strip()]
+        else:
+            rows = [{"entry_id": p.stem, "file": p.name} for p in sorted(folder.glob("*.txt"))]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise HashListError(f"{manifest}: {exc}") from None
+    if not rows:
+        raise HashListError(f"{folder} holds no {MANIFEST} and no .txt vPDQ files")
     entries = []
-    for row in rows:
-        text = (folder / row["file"]).read_text()
-        VideoFingerprint.from_vpdq_text(text)  # refuse a malformed file before publishing
-        entries.append(BankEntry(
-            entry_id=row["entry_id"], bank=row.get("bank", bank), fingerprint_vpdq=text,
-            reason=row.get("reason", reason), added_by=row.get("added_by", added_by),
-            added_at=parse_time(row["added_at"]) if row.get("added_at") else now,
-            source_video_id=row.get("source_video_id")))
+    for number, row in enumerate(rows, 1):
+        try:
+            text = (folder / row["file"]).read_text()
+            VideoFingerprint.from_vpdq_text(text)  # refuse a malformed file before publishing
+            entries.append(BankEntry(
+                entry_id=row["entry_id"], bank=row.get("bank", bank), fingerprint_vpdq=text,
+                reason=row.get("reason", reason), added_by=row.get("added_by", added_by),
+                added_at=parse_time(row["added_at"]) if row.get("added_at") else now,
+                source_video_id=row.get("source_video_id")))
+        except (KeyError, TypeError) as exc:
+            raise HashListError(f"{manifest}, entry {number}: missing or bad key {exc}") from None
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise HashListError(f"{folder / str(row.get('file'))}: {exc}") from None
     return entries
 
 
