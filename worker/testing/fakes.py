@@ -217,7 +217,7 @@ class FakeProducer:
         self._offsets: dict = {}
 
     def send(self, topic: str, key: bytes | None = None, value: bytes | None = None) -> _Ack:
-        from kafka.errors import IllegalStateError
+        from kafka.errors import IllegalStateError, InvalidProducerEpochError
 
         if key is None and value is None:  # kafka-python refuses it before anything else
             raise ValueError("Need at least one: key or value")
@@ -225,6 +225,11 @@ class FakeProducer:
             return _Ack(None, TimeoutError("fake broker did not acknowledge"))
         if self.transactional_id is None:
             return _Ack(self.broker.append(topic, value, key), None)
+        if self._pending is not None and self._epoch != self.broker.epochs[self.transactional_id] \
+                and any(sent == topic for sent, _, _ in self._pending):
+            # Fenced in the middle of a transaction that holds this partition already: the
+            # produce request meets the newer epoch, and kafka-python reports that, not fencing.
+            raise InvalidProducerEpochError("a newer producer with this transactional id exists")
         self._check_epoch()
         if self._pending is None:
             raise IllegalStateError("Cannot call send outside a transaction")
