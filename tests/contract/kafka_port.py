@@ -20,7 +20,7 @@ from kafka.errors import (CommitFailedError, IllegalStateError, InvalidProducerE
                           ProducerFencedError)
 from kafka.structs import OffsetAndMetadata
 
-from worker.runtime.delivery import AtLeastOnce, ExactlyOnce, Fenced
+from worker.runtime.delivery import AtLeastOnce, ExactlyOnce, Fenced, NotAMember
 
 WAIT_S = 30.0  # the bound on every wait for the real broker; the fakes answer at once
 
@@ -201,6 +201,21 @@ class KafkaPortContract:
         assert port.read_committed(port.verdicts) == [(b"vid-a", b"owner")]
         assert port.committed(port.group, port.input) == 2
 
+    def test_a_dropped_members_own_metadata_gets_past_the_broker(self, port):
+        """Once dropped, a member's group_metadata() reads generation -1 and no member id, and
+        the broker skips its generation check for such metadata: a transactional commit with
+        it goes through although another member owns the partition. This is why ExactlyOnce
+        refuses to deliver for a member that is not one (next tests)."""
+        stale = port.consumer(port.input, port.group, max_poll_interval_ms=1000)
+        [tp] = stale.assignment()
+        port.take_over(stale)
+        dropped = stale.group_metadata()
+        assert (dropped.generation_id, dropped.member_id) == (-1, "")
+        producer = port.producer(f"{port.group}-tx")
+        producer.init_transactions()
+        transact(producer, [(port.verdicts, b"vid-a", b"zombie")], tp, 1, dropped)
+        assert port.committed(port.group, port.input) == 1
+
     # --- the consumer -----------------------------------------------------------------
 
     def test_poll_returns_the_records_of_assigned_partitions(self, port):
@@ -311,6 +326,49 @@ class KafkaPortContract:
         assert port.read_committed(port.verdicts) == [(b"vid-a", b"owner")]
         assert port.committed(port.group, port.input) == 1
         new.close(WAIT_S)
+
+    def test_exactly_once_commits_nothing_for_a_member_the_group_dropped(self, port):
+        stale = port.consumer(port.input, port.group, max_poll_interval_ms=1000)
+        [tp] = stale.assignment()
+        port.take_over(stale)
+        delivery = ExactlyOnce(lambda: port.producer(f"{port.group}-tx"), WAIT_S)
+        delivery.start()
+        with pytest.raises(NotAMember):
+            delivery.deliver([(port.verdicts, b"vid-a", b"zombie")], tp, 1, stale.group_metadata())
+        assert port.read_committed(port.verdicts) == []
+        assert port.committed(port.group, port.input) is None
+        delivery.close(WAIT_S)
+
+    def test_exactly_once_stops_an_instance_fenced_in_the_middle_of_its_transaction(self, port):
+        """The newer instance starts between two sends of the older one's transaction: the
+        older raises Fenced (kafka-python says InvalidProducerEpochError there) and its
+        records never show."""
+        member = port.consumer(port.input, port.group)
+        [tp] = member.assignment()
+        txid = f"{port.group}-tx"
+
+        class FencedAfterTheFirstSend:
+            def __init__(self, producer):
+                self.producer, self.sends = producer, 0
+
+            def __getattr__(self, name):
+                return getattr(self.producer, name)
+
+            def send(self, *args, **kwargs):
+                ack = self.producer.send(*args, **kwargs)
+                self.sends += 1
+                if self.sends == 1:
+                    ack.get(timeout=WAIT_S)  # the partition is in the transaction now
+                    port.producer(txid).init_transactions()
+                return ack
+
+        old = ExactlyOnce(lambda: FencedAfterTheFirstSend(port.producer(txid)), WAIT_S)
+        old.start()
+        with pytest.raises(Fenced):
+            old.deliver([(port.verdicts, b"vid-a", b"first"), (port.verdicts, b"vid-a", b"second")],
+                        tp, 1, member.group_metadata())
+        assert port.read_committed(port.verdicts) == []
+        assert port.committed(port.group, port.input) is None
 
     def test_at_least_once_publishes_then_commits(self, port):
         member = port.consumer(port.input, port.group)

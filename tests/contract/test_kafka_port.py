@@ -42,6 +42,7 @@ class FakeKafkaPort:
         return consumer
 
     def take_over(self, member: FakeConsumer) -> FakeConsumer:
+        member.drop()  # as kafka-python's heartbeat thread does once the group drops it
         self.broker.rebalance(member.group_id)
         return self.consumer(member.topic, member.group_id)
 
@@ -92,10 +93,6 @@ class RealKafkaPort:
         if max_poll_interval_ms is not None:
             changes["max_poll_interval_ms"] = max_poll_interval_ms
         consumer = self._track(build_consumer(self._kafka(**changes)))
-        # kafka-python 3.0.12 can lose its assignment for good when it joins before it knows
-        # the topic's partitions: the rejoin that follows, cut short by a poll timeout, is
-        # never completed (assignment() stays empty). Knowing them first avoids that rejoin.
-        consumer.partitions_for_topic(topic)
         consumer.subscribe([topic])
         first: dict[Any, int] = {}
         deadline = time.monotonic() + WAIT_S

@@ -246,6 +246,21 @@ def test_a_member_of_an_older_group_generation_cannot_commit(eos, make_event):
     assert [v["data"]["video_id"] for v in eos.verdicts()] == ["vid-a"]
 
 
+def test_a_worker_the_group_dropped_commits_nothing_and_the_next_owner_redoes_it(eos, make_event):
+    """Its poll loop stalled past max.poll.interval.ms: the broker would take its offsets
+    (generation -1 skips the check), so the delivery refuses and retries after the rejoin."""
+    eos.upload(make_event("vid-a", "file:///videos/a.mp4"))
+    eos.consumer.drop()
+    eos.broker.rebalance(KAFKA.group_id)
+    eos.runner.step(eos.threads)
+    assert eos.verdicts() == [] and eos.committed() is None
+    assert eos.sample("moderation_publish_failures_total") == 1
+    eos.runner.revoke({eos.consumer.tp})  # the rejoin at its next poll takes the partition
+    eos.runner = eos.worker()
+    eos.settle()
+    assert [v["data"]["video_id"] for v in eos.verdicts()] == ["vid-a"] and eos.committed() == 1
+
+
 def test_at_least_once_redelivery_keeps_the_output_id(make_pipeline, make_event):
     world = World(make_pipeline(), delivery="at_least_once")
     world.upload(make_event("vid-a", "file:///videos/a.mp4"))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Protocol, Sequence
 
-from kafka.errors import ProducerFencedError
+from kafka.errors import InvalidProducerEpochError, ProducerFencedError
 from kafka.structs import OffsetAndMetadata
 
 from worker.core.events import Record
@@ -27,6 +27,10 @@ log = logging.getLogger("worker.runtime.delivery")
 
 class Fenced(RuntimeError):
     """Another instance took over this worker's transactional id: this one must stop."""
+
+
+class NotAMember(RuntimeError):
+    """The consumer group dropped this worker: it must rejoin before it commits anything."""
 
 
 
@@ -93,6 +97,13 @@ class ExactlyOnce:
         return self.producer
 
     def deliver(self, records, tp, next_offset, group_metadata) -> None:
+        # A member the group dropped (its poll loop stalled past max.poll.interval.ms) holds
+        # generation -1 and no member id, and the broker skips its generation check for such
+        # metadata: the offsets would commit while another member owns the partition. The
+        # runner retries after its next poll, which rejoins and revokes (see
+        # tests/contract/kafka_port.py).
+        if group_metadata.generation_id < 0 or not group_metadata.member_id:
+            raise NotAMember("the consumer is not a member of its group: not committing")
         producer = self._ready_producer()
         try:
             producer.begin_transaction()
@@ -102,7 +113,8 @@ class ExactlyOnce:
             producer.send_offsets_to_transaction({tp: OffsetAndMetadata(next_offset, "", -1)},
                                                  group_metadata)
             producer.commit_transaction()
-        except ProducerFencedError as exc:
+        except (ProducerFencedError, InvalidProducerEpochError) as exc:
+            # fenced in the middle of a transaction, kafka-python reports the newer epoch
             self._discard_producer()
             raise Fenced(str(exc)) from exc
         except BaseException:

@@ -16,8 +16,9 @@ import numpy as np
 
 from worker.core.calibration import Calibration
 from worker.core.dead_letters import DeadLetter
-from worker.core.events import ModelInfo
+from worker.core.events import BankCheck, ModelInfo
 from worker.core.pipeline import SampledFrames
+from worker.core.policy import KnownContentMatch
 from worker.core.tracks import Box
 
 
@@ -71,13 +72,11 @@ class FakeBank:
     """A hash bank that matches whatever ``match`` returns; the fingerprint text lists the
     hashed frame indices."""
 
-    def __init__(self, match: "KnownContentMatch | None" = None):
+    def __init__(self, match: KnownContentMatch | None = None):
         self.match = match
         self.checked = 0
 
     def check(self, frames: np.ndarray, frame_indices: Sequence[int], timestamps_s: Sequence[float]):
-        from worker.core.pipeline import BankCheck
-
         self.checked += 1
         text = "\n".join(f"{i},100,{'0' * 64},{t:.3f}" for i, t in zip(frame_indices, timestamps_s))
         return BankCheck(fingerprint=text, match=self.match)
@@ -153,8 +152,11 @@ class FakeTopicPartition:
 
 @dataclass(frozen=True)
 class FakeGroupMetadata:
+    """kafka-python's ConsumerGroupMetadata, as far as fencing reads it."""
+
     group_id: str
-    generation: int
+    generation_id: int
+    member_id: str = "fake-member"
 
 
 class FakeBroker:
@@ -254,7 +256,11 @@ class FakeProducer:
         from kafka.errors import CommitFailedError
 
         self._check_epoch()
-        if group_metadata.generation != self.broker.generations[group_metadata.group_id]:
+        # The broker checks the generation only of metadata that has one: a dropped member's
+        # (-1, no member id) passes, as it does on a real broker (KIP-447 keeps the check off
+        # for producers older than the KIP). ExactlyOnce refuses to send such metadata.
+        generation = group_metadata.generation_id
+        if generation >= 0 and generation != self.broker.generations[group_metadata.group_id]:
             raise CommitFailedError("the group has rebalanced since this member joined")
         self._offsets = {(group_metadata.group_id, tp): meta.offset for tp, meta in offsets.items()}
 
@@ -294,6 +300,7 @@ class FakeConsumer:
         self.listener = None
         self.paused: set = set()
         self.generation = self.broker.generations[self.group_id]
+        self.member_id = "fake-member"
         if self.position_ is None:
             self.position_ = self.broker.committed.get((self.group_id, self.tp), 0)
 
@@ -329,7 +336,12 @@ class FakeConsumer:
             self.commits.append(meta.offset)
 
     def group_metadata(self) -> FakeGroupMetadata:
-        return FakeGroupMetadata(self.group_id, self.generation)
+        return FakeGroupMetadata(self.group_id, self.generation, self.member_id)
+
+    def drop(self) -> None:
+        """The group drops this member (its poll loop stalled past max.poll.interval.ms):
+        kafka-python's heartbeat thread then resets its generation and member id."""
+        self.generation, self.member_id = -1, ""
 
     def seek(self, tp, offset: int) -> None:
         self.position_ = offset
