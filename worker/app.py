@@ -133,8 +133,9 @@ _TORCH_DEFAULT_THREADS = torch.get_num_threads()  # torch's own choice: one per 
 
 def torch_threads(cfg: Config, device: torch.device, default: int = _TORCH_DEFAULT_THREADS) -> int:
     """``worker.torch_threads``, or with 0: on a CPU device with several videos in flight, the
-    cores shared among them (measured: 0.99 against 1.12 CPU s a video with two in flight on
-    two cores, bench/README.md); otherwise torch's default."""
+    cores shared among them, since the videos already keep the cores busy and more torch
+    threads than cores only cost CPU (figures in docs/benchmarks.md); otherwise torch's
+    default."""
     if cfg.worker.torch_threads:
         return cfg.worker.torch_threads
     if device.type == "cpu" and cfg.worker.processing_threads > 1:

@@ -64,8 +64,9 @@ class MediaConfig:
     sandbox: bool = True                    # decode in a child process with the limits below
     decode_timeout_s: float = 120.0
     decoder_memory_bytes: int = 4 * 1024 ** 3  # address space for decoding, above what the child maps at start
-    # FFmpeg threads per decode (0: one per core). Videos in flight decode in parallel, and
-    # frame threads cost CPU on a few sparse frames (measured: 0.23 against 0.29 CPU s a video).
+    # FFmpeg threads per decode (0: one per core). Videos in flight already decode in parallel,
+    # and on a few sparse frames FFmpeg's frame threads cost more CPU than they save (figures in
+    # docs/benchmarks.md, "What each change measured").
     decode_threads: int = 1
     # How far (a share of the spacing between sampled frames, at most 0.5) a sampled frame may
     # move to a frame that is cheaper to decode: a keyframe, or a frame the bank decodes

@@ -93,6 +93,12 @@ class RealKafkaPort:
         if max_poll_interval_ms is not None:
             changes["max_poll_interval_ms"] = max_poll_interval_ms
         consumer = self._track(build_consumer(self._kafka(**changes)))
+        # kafka-python 3.0.12 can lose its assignment for good when it joins before it knows
+        # the topic's partitions: the rejoin that follows, cut short by a poll timeout, is
+        # never completed (assignment() stays empty). Knowing them first avoids that rejoin.
+        # Not done in build_consumer: there, the all-topics metadata it fetches made long-lived
+        # members lose their partitions mid-video (docs/delivery.md, "Limits").
+        consumer.partitions_for_topic(topic)
         consumer.subscribe([topic])
         first: dict[Any, int] = {}
         deadline = time.monotonic() + WAIT_S

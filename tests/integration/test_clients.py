@@ -53,28 +53,3 @@ def test_paused_then_resumed_partitions_deliver_every_record(kafka_broker):
         consumer.close()
     assert got == {0: list(range(20)), 1: list(range(20))}
 
-
-def test_a_new_member_polling_briefly_gets_its_partitions(kafka_broker):
-    """kafka-python 3.0.12 loses a new member's assignment for good when it joins before it
-    knows the topic's partitions and a short poll cuts the rejoin that follows: assignment()
-    stays empty. The runner polls for 50 ms while busy; the workaround in
-    worker/runtime/clients.py makes the consumer learn the partitions before it joins."""
-    topic = f"join-{uuid.uuid4().hex[:8]}"
-    admin = build_admin(KafkaConfig(bootstrap_servers=kafka_broker.bootstrap_servers))
-    admin.create_topics([NewTopic(topic, 2, 1)])
-    admin.close()
-    unassigned = []
-    for member in range(4):
-        cfg = KafkaConfig(bootstrap_servers=kafka_broker.bootstrap_servers, upload_topic=topic,
-                          group_id=f"g-{topic}-{member}")
-        consumer = build_consumer(cfg)
-        try:
-            consumer.subscribe([topic])
-            deadline = time.monotonic() + 15
-            while not consumer.assignment() and time.monotonic() < deadline:
-                consumer.poll(timeout_ms=5)
-            if not consumer.assignment():
-                unassigned.append(member)
-        finally:
-            consumer.close()
-    assert unassigned == []

@@ -9,25 +9,23 @@ crops at a few scales (so that a crop of the video lines up with a crop of the o
 and the mirror image of each of those.
 
 A copy cut on one side only (a watermark or a frame edge removed) lines up with no centre
-crop: measured, 5% and 10% off the left or the top matched 0% of frames with centre crops
-alone. So each frame also gets one-sided "un-crop" hashes, on the query side only: for each
-side and each depth ``p`` in ``side_crops``, on the guess that the frame is the original
-with ``p`` cut off that side, the region of it that was the original's centre crop at
-``side_crop_target`` (a centre crop the bank already holds). PDQ survives a mis-crop of
-only about 1 to 2%, so the guesses are 5, 7.5 and 10%. Measured on the three sample
-videos (one hashed frame a second, each side): 80 to 100% of frames matched at a cut of 5,
-8 or 10%; at 4, 6 or 11%, 1% away from a guess, 80% or more in 25 of 36 cases, and down
-to 0% in a few. Being query-side guesses, they
-cost lookups, not bank memory: hashing them on the bank side instead (entries cropped on
-each side) matched a little more, but took a bank from about 4.4 to 16.4 rows a frame
-(``query_side_only``; ``VideoFingerprint.bank_side`` drops them from stored entries).
-They do cost hashing: 20 hashes a frame instead of 8, about 2.5 times the time (measured
-here under load: 33 against 13 ms a hashed frame, at about one frame a second of video).
+crop, so centre crops alone miss it. So each frame also gets one-sided "un-crop" hashes, on
+the query side only: for each side and each depth ``p`` in ``side_crops``, on the guess that
+the frame is the original with ``p`` cut off that side, the region of it that was the
+original's centre crop at ``side_crop_target`` (a centre crop the bank already holds). PDQ
+survives a mis-crop of only about 1 to 2%, so the guesses are 5, 7.5 and 10%: cuts at those
+depths match, and most cuts 1% away from one still do. Being query-side guesses, they cost
+lookups, not bank memory: hashing them on the bank side instead (entries cropped on each
+side) matched a little more, but made every entry several times larger
+(``query_side_only``; ``VideoFingerprint.bank_side`` drops them from stored entries). They
+do cost hashing: 20 hashes a frame instead of 8. The figures behind these choices are in
+docs/benchmarks.md ("Figures behind design choices in the code").
 
 Frames are downscaled before hashing (the plain hash to at most ``plain_max_side``, the
-extra hashes to ``variant_max_side``): a 720p frame costs 54 ms a hash at full size and
-2 ms at 512 px, and hashing every region at one size makes a half-size copy hash like its
-original. ``plain_max_side=None`` hashes plain frames at full size, exactly as the reference.
+extra hashes to ``variant_max_side``): PDQ's cost grows with the pixels, so a small frame
+hashes many times faster, and hashing every region at one size makes a half-size copy hash
+like its original. ``plain_max_side=None`` hashes plain frames at full size, exactly as the
+reference.
 """
 from __future__ import annotations
 
@@ -154,8 +152,8 @@ class HashingConfig:
     centre_scales: tuple[float, ...] = (0.9, 0.8, 0.7)
     side_crops: tuple[float, ...] = (0.05, 0.075, 0.1)  # guessed cuts off one side (``SIDES``)
     side_crop_target: float = 0.8  # the centre crop the guesses line up with
-    # Size the guesses are hashed at. Measured: 128 makes them 4x cheaper (0.44 against 1.7 ms
-    # a hash) but a few cuts at the guessed depths fall from 80-100% to 60-75% of frames.
+    # Size the guesses are hashed at. 128 would hash them faster but loses frames on a few cuts
+    # at the guessed depths, so they keep 256 (docs/benchmarks.md).
     guess_max_side: int = 256
     trim_borders: bool = True
     mirror: bool = True

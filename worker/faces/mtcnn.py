@@ -46,8 +46,8 @@ class MtcnnDetector:
     @staticmethod
     def downscale(frames: np.ndarray, scale: float) -> np.ndarray:
         """Frames (N, H, W, 3) uint8 shrunk by ``scale``, on the host, with OpenCV's area
-        filter (a 2x2 mean when halving). It costs about 1 ms a 1080p frame, against ~30 ms
-        for a float antialiased resize in torch, and a smaller copy reaches the device."""
+        filter (a 2x2 mean when halving): much cheaper than a float antialiased resize in
+        torch (docs/benchmarks.md), and a smaller copy reaches the device."""
         height, width = frames.shape[1:3]
         size = (max(1, round(width * scale)), max(1, round(height * scale)))
         small = np.empty((len(frames), size[1], size[0], frames.shape[3]), np.uint8)
@@ -78,10 +78,10 @@ def worker_mtcnn(device: torch.device, min_face_size: int,
 
     PNet gets ``channels_last`` input, as stock MTCNN gives it from NHWC frames. On a CPU,
     RNet and ONet do too: facenet-pytorch stacks their crops in planar memory, where
-    oneDNN's kernels for these small inputs are about three times slower (measured: RNet on
-    512 crops 111 against 34 ms, ONet on 64 crops 79 against 24 ms, one thread). The
-    arithmetic is the same up to the order of the convolutions' sums: boxes move by at most
-    ~2e-4 px (tests/integration/test_faces.py). Measured on a CPU only, so other devices
+    oneDNN's kernels for these small inputs are several times slower (figures in
+    docs/benchmarks.md, "What each change measured"). The arithmetic is the same up to the
+    order of the convolutions' sums: boxes move by at most ~2e-4 px
+    (tests/integration/test_faces.py). The gain is known on a CPU only, so other devices
     keep the stock layout there."""
     mtcnn = MTCNN(keep_all=True, device=device, min_face_size=min_face_size,
                   thresholds=list(thresholds), post_process=False)
@@ -96,9 +96,9 @@ def planar(frames: torch.Tensor) -> torch.Tensor:
     """NHWC frames as an NHWC view of planar (NCHW) memory.
 
     facenet-pytorch permutes its NHWC input to NCHW and builds the image pyramid and the
-    RNet/ONet crops with torch's area filter, which runs about 1.7 times faster on planar
-    memory than on the interleaved memory a plain NHWC array gives (measured: a 1080p
-    frame's pyramid in 16 against 26 ms). The values are the same, bit for bit.
+    RNet/ONet crops with torch's area filter, which runs faster on planar memory than on the
+    interleaved memory a plain NHWC array gives (figures in docs/benchmarks.md). The values
+    are the same, bit for bit.
     """
     return frames.permute(0, 3, 1, 2).contiguous().permute(0, 2, 3, 1)
 

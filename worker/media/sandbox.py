@@ -235,8 +235,8 @@ def _serve(settings: dict) -> None:
 
     if settings["memory_bytes"] > 0:
         # The cap is a budget for decoding, on top of what the process already maps: importing
-        # decord alone maps about 3.4 GiB of address space (measured with VmSize), so an
-        # absolute 4 GiB cap left too little to decode one 32-frame 1080p sample.
+        # decord alone maps several GiB of address space, so an absolute 4 GiB cap left too
+        # little to decode one 32-frame 1080p sample (docs/benchmarks.md).
         limit = _mapped_bytes() + settings["memory_bytes"]
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     sampler = DecordSampler(DecodeLimits.from_json(settings["limits"]))

@@ -7,10 +7,10 @@ them, so batching, precision and memory format are decided once:
 - crops are built on the CPU as uint8 (a quarter of the bytes of float) and sent to the
   GPU from pinned memory with non-blocking copies, batch after batch without waiting;
 - normalisation runs on the device, in ``channels_last`` layout (what cuDNN's convolution
-  kernels prefer on recent GPUs, and oneDNN's on the CPU: EfficientNet-B0 at 224 took
-  17 against 22 ms a face here), under ``torch.inference_mode()``;
-- batch norms that follow a convolution are folded into it (:mod:`.folding`; EfficientNet-B0
-  on one CPU thread: 32 against 25 ms a face; the logits move by float rounding);
+  kernels prefer on recent GPUs, and oneDNN's on the CPU, where it makes the classifier
+  faster too; figures in docs/benchmarks.md), under ``torch.inference_mode()``;
+- batch norms that follow a convolution are folded into it (:mod:`.folding`: it saves a pass
+  over the activations; the logits move by float rounding);
 - on CUDA the networks run under bf16 autocast (same exponent range as fp32, so no loss
   scaling, and the sigmoid outputs are read back in fp32); on the CPU everything stays fp32
   unless ``precision = "bf16"`` asks for bf16 autocast there too (``model.precision``).

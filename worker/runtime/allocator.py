@@ -5,10 +5,9 @@ Each video allocates and frees the same few large buffers: its frames (8 1080p f
 ``mmap_threshold`` (128 KiB at first, raised up to 32 MiB as it sees large frees) with a
 fresh ``mmap`` and unmaps it on ``free``, and it returns the top of the heap to the kernel
 once more than ``trim_threshold`` of it is free. Either way the next video touches new
-pages, and each first touch is a page fault in which the kernel zeroes the page. On this
-2-core machine a pass over the benchmark's videos with 3 in flight took about 240 000 page
-faults and 0.70 CPU s a video with glibc's defaults, and about 60 000 and 0.56 s with the
-settings below (``bench/README.md``).
+pages, and each first touch is a page fault in which the kernel zeroes the page. The
+settings below keep that memory for the next video, which removes most of those faults and
+the CPU time spent in them (figures in docs/benchmarks.md, "What each change measured").
 
 The settings are glibc tunables, read once when a process starts, so the ``run``, ``demo``
 and ``score`` commands start the interpreter again, at once and with the same arguments,

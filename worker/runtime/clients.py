@@ -47,28 +47,7 @@ def build_consumer(cfg: KafkaConfig) -> KafkaConsumer:
         **client_options(cfg),
     )
     _unstick_parked_partitions(consumer)
-    _know_partitions_before_joining(consumer)
     return consumer
-
-
-def _know_partitions_before_joining(consumer: KafkaConsumer) -> None:
-    """Work around a kafka-python 3.0.12 coordinator bug that leaves a new member without
-    partitions for good.
-
-    A member that joins before its metadata knows the subscribed topics' partitions rejoins
-    once it learns them; when a short poll (the runner's 50 ms while busy) cuts that rejoin
-    short, the join is never completed: ``assignment()`` stays empty and heartbeats stay off.
-    Fetching the topics' metadata before subscribing avoids the rejoin. Found by the contract
-    suite; ``tests/integration/test_clients.py`` reproduces it against the real broker.
-    """
-    subscribe = consumer.subscribe
-
-    def subscribe_knowing(topics=(), pattern=None, listener=None):
-        for topic in topics:
-            consumer.partitions_for_topic(topic)
-        return subscribe(topics, pattern=pattern, listener=listener)
-
-    consumer.subscribe = subscribe_knowing
 
 
 def _unstick_parked_partitions(consumer: KafkaConsumer) -> None:
