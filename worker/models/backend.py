@@ -8,7 +8,8 @@ is the worker's, the same for every backend. Adding a backend is one module impl
 """
 from __future__ import annotations
 
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -44,3 +45,14 @@ def mtcnn_detector(spec: ModelSpec, device: torch.device, min_face_size: int,
     pre = spec.preprocessing
     return MtcnnDetector(device, min_face_size=min_face_size, thresholds=pre.detector_thresholds,
                          min_confidence=0.0, batch_size=batch_size, scale=pre.detector_scale)
+
+
+@dataclass(frozen=True)
+class FunctionBackend:
+    """A :class:`Backend` made of a backend module's functions."""
+
+    name: str
+    networks: Callable[[ModelSpec], list[torch.nn.Module]]
+    crop: Callable[[np.ndarray, Box, Preprocessing], np.ndarray]
+    face_detector: Callable[[ModelSpec, torch.device, int, int], FaceDetector] = mtcnn_detector
+    frame_slack: float | None = None

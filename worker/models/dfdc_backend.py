@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from worker.core.tracks import Box
+from worker.models.backend import FunctionBackend
 from worker.models.dfdc import DeepFakeClassifier, load_winner_checkpoint, winner_mtcnn
 from worker.models.dfdc_preprocess import (DETECTOR_SCALE, DETECTOR_THRESHOLDS, INPUT_SIZE, crop_window,
                               detect_faces, face_input, face_limit)
@@ -89,11 +90,6 @@ def face_detector(spec: ModelSpec, device: torch.device, min_face_size: int, bat
     return WinnerFaceDetector(device, batch_size)
 
 
-class DfdcWinnerBackend:
-    name = "dfdc_winner"
-    # The winner's frames are linspace(0, frame_count - 1, n) truncated, never moved to
-    # cheaper ones (media.frame_slack does not apply).
-    frame_slack = 0.0
-    networks = staticmethod(networks)
-    crop = staticmethod(crop)
-    face_detector = staticmethod(face_detector)
+# The winner's frames are linspace(0, frame_count - 1, n) truncated, never moved to cheaper
+# ones (media.frame_slack does not apply).
+BACKEND = FunctionBackend("dfdc_winner", networks, crop, face_detector, frame_slack=0.0)

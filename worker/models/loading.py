@@ -11,14 +11,13 @@ import torch
 
 from worker.core.events import ModelInfo
 from worker.core.pipeline import FaceDetector
+from worker.models import dfdc_backend, timm_backend, torchscript_backend
 from worker.models.backend import Backend
-from worker.models.dfdc_backend import DfdcWinnerBackend
 from worker.models.inference import FaceScorer
 from worker.models.spec import ModelSpec
-from worker.models.timm_backend import TimmBackend
-from worker.models.torchscript_backend import TorchScriptBackend
 
-_REGISTERED: dict[str, Backend] = {b.name: b for b in (DfdcWinnerBackend(), TimmBackend(), TorchScriptBackend())}
+_REGISTERED: dict[str, Backend] = {
+    module.BACKEND.name: module.BACKEND for module in (dfdc_backend, timm_backend, torchscript_backend)}
 
 
 def backend_of(spec: ModelSpec) -> Backend:

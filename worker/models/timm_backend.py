@@ -8,7 +8,7 @@ from __future__ import annotations
 import timm
 import torch
 
-from worker.models.backend import mtcnn_detector
+from worker.models.backend import FunctionBackend
 from worker.models.checkpoint import CheckpointError, load_checkpoint
 from worker.models.crops import face_crop
 from worker.models.spec import CheckpointRef, ModelSpec
@@ -41,9 +41,4 @@ def networks(spec: ModelSpec) -> list[torch.nn.Module]:
     return [load_network(spec.architecture, ref) for ref in spec.checkpoints]
 
 
-class TimmBackend:
-    name = "timm"
-    frame_slack = None
-    networks = staticmethod(networks)
-    crop = staticmethod(crop)
-    face_detector = staticmethod(mtcnn_detector)
+BACKEND = FunctionBackend("timm", networks, crop)

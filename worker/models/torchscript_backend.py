@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from worker.models.backend import mtcnn_detector
+from worker.models.backend import FunctionBackend
 from worker.models.checkpoint import CheckpointError, verified
 from worker.models.crops import face_crop
 from worker.models.spec import CheckpointRef, ModelSpec
@@ -29,9 +29,4 @@ def networks(spec: ModelSpec) -> list[torch.nn.Module]:
     return [load_network(ref) for ref in spec.checkpoints]
 
 
-class TorchScriptBackend:
-    name = "torchscript"
-    frame_slack = None
-    networks = staticmethod(networks)
-    crop = staticmethod(crop)
-    face_detector = staticmethod(mtcnn_detector)
+BACKEND = FunctionBackend("torchscript", networks, crop)
