@@ -1,5 +1,5 @@
-"""deploy/Dockerfile, linted by hadolint and checked by structure. No Docker engine runs here
-or in CI, so the image is never built by the tests."""
+"""deploy/Dockerfile, linted by hadolint and checked by structure. The test suite needs no
+Docker engine, so the image is never built by the tests."""
 from __future__ import annotations
 
 import re
