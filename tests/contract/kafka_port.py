@@ -151,7 +151,7 @@ class KafkaPortContract:
 
         kafka-python reports this send as InvalidProducerEpochError, not ProducerFencedError
         (the partition is in the transaction already, so the produce request itself meets
-        the new epoch): ExactlyOnce does not see fencing there, only a failed delivery.
+        the new epoch); ExactlyOnce treats it as fencing (see the delivery tests below).
         """
         member = port.consumer(port.input, port.group)
         [tp] = member.assignment()
