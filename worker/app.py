@@ -27,7 +27,9 @@ from worker.models.batching import CrossVideoBatcher
 from worker.models.loading import load_detector_model, load_face_detector, model_frame_slack
 from worker.models.spec import ModelSpec, load_model_spec
 from worker.models.timing import StageTimer
+from worker.runtime.accounting import Latencies
 from worker.runtime.clients import build_bank_consumer, build_consumer, build_delivery
+from worker.runtime.clocks import LatencyWindow
 from worker.runtime.outputs import Outputs
 from worker.runtime.runner import Runner
 
@@ -210,9 +212,11 @@ def serve(cfg: Config, stop: threading.Event, pipeline: Pipeline | None = None,
             # Uploads are checked against the whole bank or not at all: wait for it.
             while not follower.loaded.wait(5.0) and not stop.is_set():
                 log.info("waiting for the hash bank (%s) to load", cfg.bank.topic)
+        latencies = Latencies(metrics, LatencyWindow.of(cfg.worker))
         outputs = Outputs(pipeline, cfg.kafka, cfg.worker, hooks=attached.hooks,
-                          side_topics=attached.side_topics, on_queue_wait=metrics.queue_wait.observe)
-        runner = Runner(consumer, delivery, outputs, cfg.kafka, cfg.worker, metrics, health)
+                          side_topics=attached.side_topics, on_start=latencies.started)
+        runner = Runner(consumer, delivery, outputs, cfg.kafka, cfg.worker, metrics, health,
+                        latencies=latencies)
         log.info("consuming %s as group %s (%s)", cfg.kafka.upload_topic, cfg.kafka.group_id,
                  cfg.kafka.delivery)
         runner.run(stop)

@@ -186,6 +186,10 @@ class WorkerConfig:
     video_deadline_s: float = 300.0
     shutdown_deadline_s: float = 60.0
     stall_after_s: float = 300.0  # /livez fails when the poll loop has not turned for this long
+    # Latencies run on the Kafka record's timestamp; one outside [-clock_skew_s, latency_window_s]
+    # (on either clock: the record's, or the producer's uploaded_at) is counted, never observed.
+    latency_window_s: float = 86_400.0
+    clock_skew_s: float = 300.0
     dedupe_window: int = 100_000
 
 
@@ -227,6 +231,8 @@ class Config:
         if self.faces.max_batch < 1 or self.faces.max_wait_ms < 0 or self.model.max_wait_ms < 0:
             problems.append("faces.max_batch must be at least 1; faces.max_wait_ms and "
                             "model.max_wait_ms not negative")
+        if self.worker.latency_window_s <= 0 or self.worker.clock_skew_s < 0:
+            problems.append("worker.latency_window_s must be positive and worker.clock_skew_s not negative")
         if self.worker.partition_window < 1 or self.worker.max_outputs_per_commit < 1:
             problems.append("worker.partition_window and worker.max_outputs_per_commit must be at least 1")
         bank = self.bank

@@ -29,8 +29,19 @@ class WorkerMetrics:
         self.registry = registry
         self.end_to_end = Histogram(
             f"{PREFIX}_end_to_end_latency_seconds",
-            "From the upload time in the event to the verdict acknowledged by Kafka.",
+            "From the upload record's Kafka timestamp (the platform's clock) to the verdict "
+            "acknowledged by Kafka; values outside the window are counted, not observed.",
             buckets=LATENCY_BUCKETS, registry=registry)
+        self.claimed_end_to_end = Histogram(
+            f"{PREFIX}_claimed_end_to_end_latency_seconds",
+            "From the producer's uploaded_at (its claim) to the verdict acknowledged by Kafka; "
+            "values outside the window are counted, not observed.",
+            buckets=LATENCY_BUCKETS, registry=registry)
+        self.latency_out_of_window = Counter(
+            f"{PREFIX}_latency_out_of_window",
+            "Latencies not observed because their start, on this clock, lies outside the window "
+            "(worker.latency_window_s in the past, worker.clock_skew_s in the future) or is missing.",
+            ["clock"], registry=registry)
         self.stage = Histogram(
             f"{PREFIX}_stage_duration_seconds", "Time spent in one pipeline stage for one video.",
             ["stage"], buckets=LATENCY_BUCKETS, registry=registry)
@@ -55,7 +66,8 @@ class WorkerMetrics:
         self.in_flight = Gauge(f"{PREFIX}_videos_in_flight", "Videos being processed now.",
                                registry=registry)
         self.queue_wait = Histogram(
-            f"{PREFIX}_queue_wait_seconds", "From the upload time in the event to the worker starting it.",
+            f"{PREFIX}_queue_wait_seconds",
+            "From the upload record's Kafka timestamp to the worker starting it.",
             buckets=LATENCY_BUCKETS, registry=registry)
         self.buffered = Gauge(f"{PREFIX}_events_buffered", "Events fetched from Kafka and not yet started.",
                               registry=registry)
@@ -82,6 +94,8 @@ class WorkerMetrics:
             self.decisions.labels(decision)
         for reason in sorted(REASONS):
             self.dead_letters.labels(reason)
+        for clock in ("kafka_record", "uploaded_at"):
+            self.latency_out_of_window.labels(clock)
         for kind in ("assigned", "revoked"):
             self.rebalances.labels(kind)
         for stage in ("detect_faces", "classify"):

@@ -89,6 +89,19 @@ def offsets(records: list[Any]) -> list[int]:
 class KafkaPortContract:
     """The suite; a subclass provides the ``port`` fixture."""
 
+    # --- records ----------------------------------------------------------------------
+
+    def test_a_consumed_record_carries_its_create_time_in_milliseconds(self, port):
+        """The latency clock (:mod:`worker.runtime.clocks`) reads ``timestamp`` and
+        ``timestamp_type``: CreateTime (0), stamped when the record was produced."""
+        before = time.time()
+        port.append(port.input, b"vid-a", b"upload")
+        after = time.time()
+        member = port.consumer(port.input, port.group)
+        [record] = poll_records(member, 1)
+        assert record.timestamp_type == 0
+        assert before - 1 <= record.timestamp / 1000 <= after + 1
+
     # --- transactions -----------------------------------------------------------------
 
     def test_a_committed_transaction_publishes_its_records_with_its_offset(self, port):

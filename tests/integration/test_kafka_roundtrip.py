@@ -6,6 +6,7 @@ import base64
 import json
 import urllib.request
 from collections import Counter
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -155,10 +156,13 @@ def test_restarted_worker_does_not_reprocess_committed_events(kafka_config, pipe
 
 def test_metrics_and_health_endpoints(kafka_config, pipeline_without_model):
     cfg = kafka_config
-    publish(cfg, [_event("carphone", sample_video("carphone_pristine.mp4")),
-                  (b"bad", b"{not json")])
+    clip = sample_video("carphone_pristine.mp4")
+    # the repository's example date: a producer clock (or a replay) 20 months off
+    stale = upload_event("stale", clip.as_uri(), "tester", event_id="evt-stale",
+                         uploaded_at=datetime(2025, 3, 14, 9, 26, 53, tzinfo=timezone.utc))
+    publish(cfg, [_event("carphone", clip), (b"bad", b"{not json"), (b"stale", stale)])
     with running_worker(cfg, pipeline_without_model) as port:
-        read_outputs(cfg, expected=2)
+        outputs = read_outputs(cfg, expected=3)
         base = f"http://127.0.0.1:{port}"
         assert urllib.request.urlopen(f"{base}/livez").status == 200
         ready = json.loads(urllib.request.urlopen(f"{base}/readyz").read())
@@ -170,12 +174,20 @@ def test_metrics_and_health_endpoints(kafka_config, pipeline_without_model):
         line = next(l for l in text.splitlines() if l.startswith(name + " ") or l.startswith(name + "{"))
         return float(line.rsplit(" ", 1)[1])
 
-    assert sample('moderation_decisions_total{decision="review"}') == 1.0
+    assert sample('moderation_decisions_total{decision="review"}') == 2.0
     assert sample('moderation_dead_letters_total{reason="invalid_json"}') == 1.0
-    assert sample("moderation_events_consumed_total") == 2.0
-    assert sample("moderation_end_to_end_latency_seconds_count") == 1.0
-    assert sample('moderation_stage_duration_seconds_count{stage="detect_faces"}') == 1.0
-    assert sample('moderation_stage_duration_seconds_count{stage="publish"}') == 2.0
+    assert sample("moderation_events_consumed_total") == 3.0
+    # Both verdicts' latencies run on the records' Kafka timestamps; the stale uploaded_at is
+    # counted, never observed, and the verdict keeps it as the producer's claim.
+    assert sample("moderation_end_to_end_latency_seconds_count") == 2.0
+    assert sample("moderation_end_to_end_latency_seconds_sum") < 600
+    assert sample("moderation_claimed_end_to_end_latency_seconds_count") == 1.0
+    assert sample('moderation_latency_out_of_window_total{clock="uploaded_at"}') == 1.0
+    assert sample('moderation_latency_out_of_window_total{clock="kafka_record"}') == 0.0
+    latency = _by_video(outputs)["stale"][2]["data"]["latency_seconds"]
+    assert 0 <= latency["end_to_end"] < 600 and latency["since_uploaded_at"] > 5e7
+    assert sample('moderation_stage_duration_seconds_count{stage="detect_faces"}') == 2.0
+    assert sample('moderation_stage_duration_seconds_count{stage="publish"}') == 3.0
 
 
 def test_hostile_inputs_each_end_as_one_dead_letter(kafka_config, pipeline_without_model, tmp_path):

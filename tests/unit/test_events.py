@@ -227,6 +227,17 @@ def test_end_to_end_latency_runs_from_upload_to_publish(make_event, seconds):
     assert latency["processing"] == pytest.approx(0.7)
 
 
+def test_end_to_end_runs_from_the_record_clock_and_the_claim_is_kept(make_event):
+    """The upload record's Kafka timestamp starts end_to_end; uploaded_at, the producer's
+    claim (here two years off), is kept as since_uploaded_at."""
+    received = UPLOADED_AT + timedelta(days=730)
+    _, value = verdict_record(a_verdict(make_event), "worker-1", received + timedelta(seconds=4.25),
+                              received_at=received)
+    latency = json.loads(value)["data"]["latency_seconds"]
+    assert latency["end_to_end"] == pytest.approx(4.25)
+    assert latency["since_uploaded_at"] == pytest.approx(730 * 86_400 + 4.25)
+
+
 def test_each_verdict_record_is_a_new_cloudevent(make_event):
     verdict = a_verdict(make_event)
     ids = {json.loads(verdict_record(verdict, "w", UPLOADED_AT)[1])["id"] for _ in range(3)}

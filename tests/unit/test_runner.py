@@ -13,16 +13,20 @@ from prometheus_client import CollectorRegistry
 from worker.config import KafkaConfig, WorkerConfig
 from worker.core.dead_letters import DeadLetter
 from worker.metrics import Health, WorkerMetrics
+from worker.runtime.accounting import Latencies
+from worker.runtime.clocks import LatencyWindow
 from worker.runtime.delivery import AtLeastOnce, ExactlyOnce, Fenced
 from worker.runtime.outputs import Outputs
 from worker.runtime.runner import Runner
 from worker.testing.fakes import (FakeBroker, FakeClassifier, FakeConsumer, FakeDetector, FakeProducer,
-                          InlineThreads)
+                                  FakeRecord, InlineThreads)
 
 from .conftest import FACE, UPLOADED_AT, VIDEOS
 
 KAFKA = KafkaConfig()
 NOW = UPLOADED_AT + timedelta(seconds=7.5)
+# when the records are appended: the platform's clock, 2.5 s after the producer's uploaded_at
+APPENDED_AT = UPLOADED_AT + timedelta(seconds=2.5)
 TRUNCATED = DeadLetter("video_truncated", "moov box missing")
 
 
@@ -31,7 +35,7 @@ class World:
 
     def __init__(self, pipeline, delivery: str = "exactly_once", broker: FakeBroker | None = None,
                  worker_id: str = "worker-1", inline: bool = True, **worker):
-        self.broker = broker or FakeBroker()
+        self.broker = broker or FakeBroker(clock=APPENDED_AT.timestamp)
         self.registry = CollectorRegistry()
         self.metrics = WorkerMetrics(self.registry)
         self.health = Health(self.metrics)
@@ -54,10 +58,11 @@ class World:
             delivery = AtLeastOnce(self.producers[0], self.consumer.commit, 1.0)
         self.ticks = 0.0  # settle() advances this clock by a second a step
         clock = (lambda: self.ticks) if self.inline else time.monotonic
-        outputs = Outputs(self.pipeline, KAFKA, self.worker_cfg,
-                          on_queue_wait=self.metrics.queue_wait.observe, now=lambda: NOW)
+        latencies = Latencies(self.metrics, LatencyWindow.of(self.worker_cfg))
+        outputs = Outputs(self.pipeline, KAFKA, self.worker_cfg, on_start=latencies.started,
+                          now=lambda: NOW)
         runner = Runner(self.consumer, delivery, outputs, KAFKA, self.worker_cfg,
-                        self.metrics, self.health, clock=clock)
+                        self.metrics, self.health, clock=clock, latencies=latencies)
         runner.start()
         runner.retry_backoff_s = 0.0
         self.threads = InlineThreads(runner.outputs.handle)
@@ -130,7 +135,8 @@ def test_every_event_ends_as_exactly_one_output(world, make_event):
     verdict_keys = [r.key for r in world.broker.logs[KAFKA.verdict_topic]]
     assert verdict_keys == [b"vid-a", b"vid-b", b"vid-c"]
     assert all(v["data"]["decision"] == "takedown" for v in world.verdicts())
-    assert found[0][0][1]["data"]["latency_seconds"]["end_to_end"] == pytest.approx(7.5)
+    latency = found[0][0][1]["data"]["latency_seconds"]
+    assert (latency["end_to_end"], latency["since_uploaded_at"]) == (pytest.approx(5.0), pytest.approx(7.5))
 
     not_json = found[1][0][1]["data"]
     assert base64.b64decode(not_json["original_value_base64"]) == b"this is not json"
@@ -140,6 +146,41 @@ def test_every_event_ends_as_exactly_one_output(world, make_event):
     assert (truncated["subject"], truncated["data"]["video_id"], truncated["data"]["source_event_id"]) == (
         "vid-t", "vid-t", "evt-vid-t")
     assert truncated["data"]["message"] == "moov box missing"
+
+
+@pytest.mark.parametrize("claimed", [UPLOADED_AT - timedelta(days=700), NOW + timedelta(hours=2)])
+def test_a_skewed_producer_clock_is_counted_and_never_observed(make_pipeline, make_event, claimed):
+    """An event whose uploaded_at is far in the past (a replayed file) or in the future (a
+    skewed producer) leaves the latency histograms to the record's Kafka timestamp."""
+    world = World(make_pipeline())
+    world.upload(make_event("vid-a", "file:///videos/a.mp4", uploaded_at=claimed))
+    world.settle()
+    [verdict] = world.verdicts()
+    latency = verdict["data"]["latency_seconds"]
+    assert latency["end_to_end"] == pytest.approx(5.0)
+    assert latency["since_uploaded_at"] == pytest.approx((NOW - claimed).total_seconds())
+    assert world.sample("moderation_end_to_end_latency_seconds_sum") == pytest.approx(5.0)
+    assert world.sample("moderation_claimed_end_to_end_latency_seconds_count") == 0
+    assert world.sample("moderation_latency_out_of_window_total", clock="uploaded_at") == 1
+    assert world.sample("moderation_latency_out_of_window_total", clock="kafka_record") == 0
+    assert world.sample("moderation_queue_wait_seconds_sum") == pytest.approx(5.0)
+
+
+def test_a_record_clock_out_of_the_window_is_counted_too(make_pipeline, make_event):
+    """A CreateTime from a producing client whose clock is a year off, and a record with no
+    timestamp at all: the verdict still arrives; neither is observed."""
+    world = World(make_pipeline(), broker=FakeBroker(clock=(NOW - timedelta(days=365)).timestamp))
+    world.upload(make_event("vid-a", "file:///videos/a.mp4"))
+    world.settle()
+    record = FakeRecord(KAFKA.upload_topic, 0, 1, None, make_event("vid-b", "file:///videos/b.mp4"))
+    world.broker.logs[KAFKA.upload_topic].append(record)  # timestamp -1: the pre-0.10 format
+    world.settle()
+    assert [v["data"]["video_id"] for v in world.verdicts()] == ["vid-a", "vid-b"]
+    assert world.verdicts()[1]["data"]["latency_seconds"]["end_to_end"] == pytest.approx(7.5)
+    assert world.sample("moderation_end_to_end_latency_seconds_count") == 0
+    assert world.sample("moderation_latency_out_of_window_total", clock="kafka_record") == 2
+    assert world.sample("moderation_claimed_end_to_end_latency_seconds_sum") == pytest.approx(2 * 7.5)
+    assert world.sample("moderation_queue_wait_seconds_count") == 0
 
 
 def test_offsets_are_committed_one_event_at_a_time_in_order(make_pipeline, make_event):
@@ -164,9 +205,13 @@ def test_metrics_count_decisions_and_dead_letters(world, make_event):
     assert world.sample("moderation_dead_letters_total", reason="video_truncated") == 1
     assert world.sample("moderation_events_consumed_total") == 6
     assert world.sample("moderation_faces_detected_total") == 3 * 5
+    # from the records' Kafka timestamps; the producer's uploaded_at is the claimed latency
     assert world.sample("moderation_end_to_end_latency_seconds_count") == 3
-    assert world.sample("moderation_end_to_end_latency_seconds_sum") == pytest.approx(3 * 7.5)
+    assert world.sample("moderation_end_to_end_latency_seconds_sum") == pytest.approx(3 * 5.0)
+    assert world.sample("moderation_claimed_end_to_end_latency_seconds_sum") == pytest.approx(3 * 7.5)
     assert world.sample("moderation_queue_wait_seconds_count") == 4  # events that parsed
+    assert world.sample("moderation_queue_wait_seconds_sum") == pytest.approx(4 * 5.0)
+    assert world.sample("moderation_latency_out_of_window_total", clock="uploaded_at") == 0
     assert world.sample("moderation_stage_duration_seconds_count", stage="publish") == 6
     assert world.sample("moderation_stage_duration_seconds_count", stage="classify") == 3
     assert world.sample("moderation_videos_in_flight") == 0

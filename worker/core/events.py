@@ -272,10 +272,16 @@ def round_score(value: float | None, digits: int = 6) -> float | None:
     return None if value is None else round(float(value), digits)
 
 
-def latency_seconds(verdict: "Verdict", published_at: datetime) -> dict[str, float | None]:
-    """Each stage's seconds, and ``end_to_end`` from the upload to ``published_at``."""
+def latency_seconds(verdict: "Verdict", published_at: datetime,
+                    received_at: datetime | None = None) -> dict[str, float | None]:
+    """Each stage's seconds; ``end_to_end`` to ``published_at`` from ``received_at`` (the
+    upload record's Kafka timestamp: the platform's clock) or, without one, from the event's
+    ``uploaded_at``; and ``since_uploaded_at``, from the producer's claim."""
     latency = {k: round_score(v) for k, v in verdict.stage_seconds.items()}
-    latency["end_to_end"] = round_score((published_at - verdict.event.uploaded_at).total_seconds())
+    claimed = round_score((published_at - verdict.event.uploaded_at).total_seconds())
+    latency["end_to_end"] = claimed if received_at is None else round_score(
+        (published_at - received_at).total_seconds())
+    latency["since_uploaded_at"] = claimed
     return latency
 
 
@@ -286,8 +292,10 @@ def output_id(position: "SourcePosition", kind: str) -> str:
 
 
 def verdict_record(verdict: Verdict, worker_id: str, published_at: datetime,
-                   position: "SourcePosition | None" = None) -> tuple[bytes, bytes]:
-    """Key (the video id) and value of the verdict record; ``end_to_end`` runs to ``published_at``.
+                   position: "SourcePosition | None" = None,
+                   received_at: datetime | None = None) -> tuple[bytes, bytes]:
+    """Key (the video id) and value of the verdict record; ``end_to_end`` runs from
+    ``received_at`` (the upload record's Kafka timestamp) to ``published_at``.
 
     With the input's ``position`` the id is derived from it, so consumers can drop a
     redelivered copy; without one (scoring a file) it is random.
@@ -316,7 +324,7 @@ def verdict_record(verdict: Verdict, worker_id: str, published_at: datetime,
         "tracks": tracks,
         "model": model,
         "policy_version": verdict.policy_version,
-        "latency_seconds": latency_seconds(verdict, published_at),
+        "latency_seconds": latency_seconds(verdict, published_at, received_at),
         "worker_id": worker_id,
     }, subject=verdict.event.video_id)
     if verdict.model is not None:

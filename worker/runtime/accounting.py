@@ -6,7 +6,9 @@ import logging
 from datetime import datetime
 from typing import Any, Callable
 
+from worker.core.events import UploadEvent, Verdict
 from worker.metrics import WorkerMetrics
+from worker.runtime.clocks import CLAIMED_CLOCK, RECORD_CLOCK, LatencyWindow, record_time
 from worker.runtime.outputs import ConsumedRecord, Output, where
 
 log = logging.getLogger("worker.runner")
@@ -14,8 +16,34 @@ log = logging.getLogger("worker.runner")
 VERDICT_STAGES = ("fetch", "decode", "hash_match", "detect_faces", "classify")
 
 
+class Latencies:
+    """An upload's latencies, observed on the record's clock and on the producer's claim,
+    each only when its start lies within the window (else counted by clock)."""
+
+    def __init__(self, metrics: WorkerMetrics, window: LatencyWindow):
+        self.metrics = metrics
+        self.window = window
+
+    def observe(self, histogram: Any, clock: str, start: datetime | None, end: datetime) -> None:
+        seconds = self.window.admit(start, end)
+        if seconds is None:
+            self.metrics.latency_out_of_window.labels(clock).inc()
+        else:
+            histogram.observe(seconds)
+
+    def started(self, record: ConsumedRecord, event: UploadEvent, now: datetime) -> None:
+        start = record_time(record)
+        seconds = self.window.admit(start, now)
+        if seconds is not None:  # out of the window: counted once, when the verdict is delivered
+            self.metrics.queue_wait.observe(seconds)
+
+    def delivered(self, record: ConsumedRecord, verdict: Verdict, now: datetime) -> None:
+        self.observe(self.metrics.end_to_end, RECORD_CLOCK, record_time(record), now)
+        self.observe(self.metrics.claimed_end_to_end, CLAIMED_CLOCK, verdict.event.uploaded_at, now)
+
+
 def account(output: Output, record: ConsumedRecord, metrics: WorkerMetrics, worker_id: str,
-            now: datetime) -> None:
+            now: datetime, latencies: Latencies) -> None:
     fields = where(record, output.event, worker_id)
     if output.applied is not None:
         log.info("%s record applied", output.applied.get("kind", "side-topic"),
@@ -25,8 +53,7 @@ def account(output: Output, record: ConsumedRecord, metrics: WorkerMetrics, work
         for stage in VERDICT_STAGES:
             if stage in verdict.stage_seconds:
                 metrics.stage.labels(stage).observe(verdict.stage_seconds[stage])
-        latency = (now - verdict.event.uploaded_at).total_seconds()
-        metrics.end_to_end.observe(max(0.0, latency))
+        latencies.delivered(record, verdict, now)
         metrics.decisions.labels(verdict.decision).inc()
         metrics.faces.inc(verdict.face_count)
         metrics.fetched_bytes.inc(verdict.video_bytes)
@@ -38,11 +65,16 @@ def account(output: Output, record: ConsumedRecord, metrics: WorkerMetrics, work
                                    "reasons": list(verdict.reasons),
                                    "video_score": verdict.video_score,
                                    "face_count": verdict.face_count,
-                                   "latency_s": round(latency, 3)})
+                                   "latency_s": _seconds(record_time(record), now),
+                                   "claimed_latency_s": _seconds(verdict.event.uploaded_at, now)})
     else:
         metrics.dead_letters.labels(output.dead_letter.reason).inc()
         log.warning("dead letter: %s", output.dead_letter.message,
                     extra={**fields, "reason": output.dead_letter.reason})
+
+
+def _seconds(start: datetime | None, end: datetime) -> float | None:
+    return None if start is None else round((end - start).total_seconds(), 3)
 
 
 def report_lag(consumer: Any, upload_topic: str, assignment: set, pending: Callable[[Any], int],

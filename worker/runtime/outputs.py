@@ -20,6 +20,7 @@ from worker.core.dead_letters import DeadLetter, internal_error
 from worker.core.events import (Applied, Record, SourcePosition, UploadEvent, Verdict,
                                 dead_letter_record, parse_upload_event, utcnow, verdict_record)
 from worker.core.pipeline import Pipeline
+from worker.runtime.clocks import record_time
 from worker.runtime.dedupe import RecentEvents, duplicate_of
 
 log = logging.getLogger("worker.runtime")
@@ -31,6 +32,8 @@ class ConsumedRecord(Protocol):
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp: int  # milliseconds since the epoch; -1 where the record has none
+    timestamp_type: int  # 0 CreateTime (the producing client's clock), 1 LogAppendTime (the broker's)
 
 
 class SideTopicHandler(Protocol):
@@ -76,10 +79,10 @@ class Outputs:
 
     def __init__(self, pipeline: Pipeline | None, kafka: KafkaConfig, worker: WorkerConfig,
                  hooks: Sequence[VerdictHook] = (), side_topics: Sequence[SideTopicHandler] = (),
-                 on_queue_wait: Callable[[float], None] = lambda seconds: None,
+                 on_start: Callable[[ConsumedRecord, UploadEvent, datetime], None] = lambda *started: None,
                  now: Callable[[], datetime] = utcnow):
-        """``pipeline`` may be None for a worker that consumes side topics only;
-        ``on_queue_wait`` gets each upload's seconds between its upload and its start."""
+        """``pipeline`` may be None for a worker that consumes side topics only; ``on_start``
+        is told of each upload as it starts (record, event, time), for its queueing latency."""
         self.pipeline = pipeline
         self.verdict_topic = kafka.verdict_topic
         self.dead_letter_topic = kafka.dead_letter_topic
@@ -88,7 +91,7 @@ class Outputs:
         self.recent = RecentEvents(worker.dedupe_window)
         self.hooks = list(hooks)
         self.side_topics = {handler.topic: handler for handler in side_topics}
-        self.on_queue_wait = on_queue_wait
+        self.on_start = on_start
         self.now = now
 
     def handle(self, record: ConsumedRecord) -> Output:
@@ -100,9 +103,10 @@ class Outputs:
                 return Output(tuple(records), applied=fields)
             event = parse_upload_event(record.value, self.max_event_bytes)
             self.recent.check(event.event_id, position_of(record))
-            self.on_queue_wait(max(0.0, (self.now() - event.uploaded_at).total_seconds()))
+            self.on_start(record, event, self.now())
             verdict = self.pipeline.process(event)
-            key, value = verdict_record(verdict, self.worker_id, self.now(), position_of(record))
+            key, value = verdict_record(verdict, self.worker_id, self.now(), position_of(record),
+                                        record_time(record))
             extra = [r for hook in self.hooks for r in hook.records(verdict, record)]
             return Output(((self.verdict_topic, key, value), *extra), verdict=verdict, event=event)
         except DeadLetter as failure:

@@ -21,7 +21,8 @@ from kafka import ConsumerRebalanceListener
 
 from worker.config import KafkaConfig, WorkerConfig
 from worker.metrics import Health, WorkerMetrics
-from worker.runtime.accounting import account, report_lag
+from worker.runtime.accounting import Latencies, account, report_lag
+from worker.runtime.clocks import LatencyWindow
 from worker.runtime.delivery import Delivery, Fenced
 from worker.runtime.ordering import Partitions, Slot
 from worker.runtime.outputs import Outputs, where
@@ -34,9 +35,10 @@ LAG_INTERVAL_S = 5.0
 class Runner:
     def __init__(self, consumer: Any, delivery: Delivery, outputs: Outputs, kafka: KafkaConfig,
                  worker: WorkerConfig, metrics: WorkerMetrics, health: Health,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, latencies: Latencies | None = None):
         """``outputs`` turns each record into its output (:mod:`worker.runtime.outputs`),
-        with the side topics it consumes next to ``kafka.upload_topic``."""
+        with the side topics it consumes next to ``kafka.upload_topic``; ``latencies``
+        observes each delivered verdict's (by default on ``worker``'s window)."""
         self.consumer = consumer
         self.delivery = delivery
         self.outputs = outputs
@@ -45,6 +47,7 @@ class Runner:
         self.metrics = metrics
         self.health = health
         self.clock = clock
+        self.latencies = latencies or Latencies(metrics, LatencyWindow.of(worker))
         self._parts = Partitions(worker.partition_window)
         self._next_lag = 0.0
         self._turn = -1
@@ -183,7 +186,8 @@ class Runner:
         self.metrics.stage.labels("publish").observe(time.perf_counter() - started)
         for slot, output in zip(slots, outputs):
             self.outputs.delivered(slot.record, output)
-            account(output, slot.record, self.metrics, self.worker.id, self.outputs.now())
+            account(output, slot.record, self.metrics, self.worker.id, self.outputs.now(),
+                    self.latencies)
         return True
 
     def _drain(self, threads: ProcessingThreads) -> None:

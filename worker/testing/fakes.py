@@ -6,6 +6,7 @@ fakes and a change to a port shows up in one place.
 from __future__ import annotations
 
 import tempfile
+import time
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -142,6 +143,8 @@ class FakeRecord:
     offset: int
     key: bytes | None
     value: bytes | None
+    timestamp: int = -1  # ms since the epoch, as kafka-python's ConsumerRecord; -1: none
+    timestamp_type: int = 0  # CreateTime
 
 
 @dataclass(frozen=True)
@@ -168,7 +171,10 @@ class FakeBroker:
     plain offset commits fail.
     """
 
-    def __init__(self):
+    def __init__(self, clock: Callable[[], float] = time.time):
+        """``clock`` (seconds since the epoch) stamps each record's CreateTime, as a
+        producing client's clock does."""
+        self.clock = clock
         self.logs: dict[str, list[FakeRecord]] = defaultdict(list)
         self.committed: dict[tuple[str, FakeTopicPartition], int] = {}
         self.generations: dict[str, int] = defaultdict(int)
@@ -179,7 +185,7 @@ class FakeBroker:
         self.aborted = 0
 
     def append(self, topic: str, value: bytes | None, key: bytes | None = None) -> FakeRecord:
-        record = FakeRecord(topic, 0, len(self.logs[topic]), key, value)
+        record = FakeRecord(topic, 0, len(self.logs[topic]), key, value, round(self.clock() * 1000))
         self.logs[topic].append(record)
         return record
 
