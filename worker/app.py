@@ -32,6 +32,7 @@ from worker.runtime.clients import build_bank_consumer, build_consumer, build_de
 from worker.runtime.clocks import LatencyWindow
 from worker.runtime.outputs import Outputs
 from worker.runtime.runner import Runner
+from worker.runtime.watchdog import DeviceCalls, timed
 
 log = logging.getLogger("worker.app")
 
@@ -182,14 +183,17 @@ def serve(cfg: Config, stop: threading.Event, pipeline: Pipeline | None = None,
     """
     registry = registry or CollectorRegistry()
     metrics = WorkerMetrics(registry)
+    calls = DeviceCalls()
+    metrics.watch_device_calls(calls.oldest_seconds)
     health = Health(metrics, stall_after_s=cfg.worker.stall_after_s,
-                    extra_checks=("bank_loaded",) if cfg.bank.enabled else ())
+                    extra_checks=("bank_loaded",) if cfg.bank.enabled else (),
+                    oldest_call=calls.oldest, device_call_deadline_s=cfg.worker.device_call_deadline_s)
     server = HealthServer(registry, health, cfg.metrics.host, cfg.metrics.port).start()
     if on_http is not None:
         on_http(server.port)
     follower = None
     try:
-        models_only = pipeline or build_pipeline(cfg)
+        models_only = timed(pipeline or build_pipeline(cfg), calls)
         attached = attach_bank(cfg, models_only,
                                lambda: build_sampler(cfg.media, decode_limits(cfg.media, cfg.bank, entries=True)),
                                lambda: build_bank_consumer(cfg.kafka),

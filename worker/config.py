@@ -186,6 +186,8 @@ class WorkerConfig:
     video_deadline_s: float = 300.0
     shutdown_deadline_s: float = 60.0
     stall_after_s: float = 300.0  # /livez fails when the poll loop has not turned for this long
+    # /livez fails when a face-detection or classification call has run this long (a hung device)
+    device_call_deadline_s: float = 180.0
     # Latencies run on the Kafka record's timestamp; one outside [-clock_skew_s, latency_window_s]
     # (on either clock: the record's, or the producer's uploaded_at) is counted, never observed.
     latency_window_s: float = 86_400.0
@@ -231,6 +233,8 @@ class Config:
         if self.faces.max_batch < 1 or self.faces.max_wait_ms < 0 or self.model.max_wait_ms < 0:
             problems.append("faces.max_batch must be at least 1; faces.max_wait_ms and "
                             "model.max_wait_ms not negative")
+        if self.worker.device_call_deadline_s <= 0 or self.worker.stall_after_s <= 0:
+            problems.append("worker.device_call_deadline_s and worker.stall_after_s must be positive")
         if self.worker.latency_window_s <= 0 or self.worker.clock_skew_s < 0:
             problems.append("worker.latency_window_s must be positive and worker.clock_skew_s not negative")
         if self.worker.partition_window < 1 or self.worker.max_outputs_per_commit < 1:

@@ -7,6 +7,7 @@ makes the pod unready, never dead: /livez answers as soon as the process serves 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from typing import Any, Callable
@@ -18,6 +19,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from worker import __version__
 from worker.core.dead_letters import REASONS
 
+log = logging.getLogger("worker.health")
 PREFIX = "moderation"
 # From a short clip on a GPU (50 ms) to a long video queued behind others (10 min).
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
@@ -113,6 +115,14 @@ class WorkerMetrics:
         total.set_function(lambda: memory()[1])
         busy.set_function(lambda: utilisation() or 0.0)
 
+    def watch_device_calls(self, oldest_seconds: Callable[[], float]) -> None:
+        """Export how long the oldest model call in progress has been running."""
+        running = Gauge(f"{PREFIX}_model_call_running_seconds",
+                        "How long the oldest face-detection or classification call in progress has "
+                        "been running (0 when none is); /livez fails past worker.device_call_deadline_s.",
+                        registry=self.registry)
+        running.set_function(oldest_seconds)
+
     def watch_bank(self, stats: Callable[[], Any]) -> None:
         """Export the hash bank's size, read at scrape time from ``stats()`` (an ``IndexStats``)."""
         entries = Gauge(f"{PREFIX}_bank_entries", "Hash-bank entries this worker holds, by bank.",
@@ -136,20 +146,28 @@ class Health:
     """What /readyz and /livez report.
 
     Readiness is a set of checks, each set by whoever owns it. Liveness is the poll loop's
-    heartbeat: once the loop has started, a loop that has not turned for ``stall_after_s``
-    (blocked in a Kafka call that never returns, say) makes /livez fail, so the orchestrator
-    restarts the process; before the loop starts (model loading) the process counts as alive.
+    heartbeat and the model calls' deadline: once the loop has started, a loop that has not
+    turned for ``stall_after_s`` (blocked in a Kafka call that never returns, say) makes /livez
+    fail, and so does a model call (``oldest_call()``: its stage and seconds so far, from
+    :class:`worker.runtime.watchdog.DeviceCalls`) running longer than ``device_call_deadline_s``
+    (a hung GPU or CPU call), so the orchestrator restarts the process; before the loop
+    starts (model loading) the process counts as alive.
     """
 
     def __init__(self, metrics: WorkerMetrics | None = None, stall_after_s: float = 300.0,
-                 extra_checks: tuple[str, ...] = (), clock: Callable[[], float] = time.monotonic):
+                 extra_checks: tuple[str, ...] = (), clock: Callable[[], float] = time.monotonic,
+                 oldest_call: Callable[[], tuple[str, float] | None] = lambda: None,
+                 device_call_deadline_s: float = 180.0):
         self._lock = threading.Lock()
         self._checks = {"model_loaded": False, "kafka_reachable": False, "partitions_assigned": False}
         self._checks.update({name: False for name in extra_checks})
         self._metrics = metrics
         self.stall_after_s = stall_after_s
+        self.device_call_deadline_s = device_call_deadline_s
+        self._oldest_call = oldest_call
         self._clock = clock
         self._last_beat: float | None = None
+        self._reported: str | None = None
 
     def beat(self) -> None:
         self._last_beat = self._clock()
@@ -160,8 +178,20 @@ class Health:
             return True, "starting"
         idle = self._clock() - last
         if idle > self.stall_after_s:
-            return False, f"the poll loop has not turned for {idle:.0f} s"
+            return self._dead(f"the poll loop has not turned for {idle:.0f} s")
+        oldest = self._oldest_call()
+        if oldest is not None and oldest[1] > self.device_call_deadline_s:
+            return self._dead(f"a {oldest[0]} model call has been running for {oldest[1]:.1f} s "
+                              f"(deadline {self.device_call_deadline_s:g} s)")
+        self._reported = None
         return True, "ok"
+
+    def _dead(self, why: str) -> tuple[bool, str]:
+        kind = why.split(" has", 1)[0]
+        if self._reported != kind:  # once per episode, not once per probe
+            self._reported = kind
+            log.error("liveness fails: %s; the orchestrator should restart this worker", why)
+        return False, why
 
     def set(self, check: str, ok: bool) -> None:
         with self._lock:

@@ -6,16 +6,22 @@ from __future__ import annotations
 import os
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 from kafka import KafkaProducer
 
 from worker.core.events import upload_event
+from worker.models.checkpoint import sha256_of
+from worker.models.spec import write_model_file
 from worker.runtime.clients import ensure_topics
 from worker.testing.local_kafka import LocalKafka
 from worker.testing.samples import sample_video
@@ -29,7 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 class WorkerProcess:
     """``python -m worker run`` as a child process, configured through the environment."""
 
-    def __init__(self, cfg, worker_id: str, log_dir: Path, static: bool = False):
+    def __init__(self, cfg, worker_id: str, log_dir: Path, static: bool = False, **env: str):
         self.env = {**os.environ,
                     "MODERATION_KAFKA_BOOTSTRAP_SERVERS": cfg.kafka.bootstrap_servers,
                     "MODERATION_KAFKA_GROUP_ID": cfg.kafka.group_id,
@@ -50,6 +56,7 @@ class WorkerProcess:
                     "MODERATION_WORKER_SHUTDOWN_DEADLINE_S": "20"}
         if static:
             self.env["MODERATION_KAFKA_GROUP_INSTANCE_ID"] = worker_id
+        self.env.update(env)
         self.log = log_dir / f"{worker_id}.log"
         self.proc: subprocess.Popen | None = None
 
@@ -210,3 +217,98 @@ def test_broker_restart_mid_stream(base_config, tmp_path, capsys):
     figures = tally("broker-restart", inputs, outputs, capsys)
     assert figures == {"events_in": 15, "verdicts": 12, "dead_letters": 3, "duplicates": 0,
                        "missing": 0, "unknown": 0}
+
+
+class NeverReturns(torch.nn.Module):
+    """A TorchScript detector whose forward never returns on a real face crop: a hung device
+    call. The load-time warm-up (one flat image) passes; the first real batch spins for good."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = 0
+        if bool(torch.std(x[:, 0]) > 1e-6):
+            while n >= 0:
+                n += 1
+                if n > 4611686018427387000:
+                    n = 0
+        return x.mean(dim=(1, 2, 3)).unsqueeze(1) + float(n)
+
+
+class Mean(torch.nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(dim=(1, 2, 3)).unsqueeze(1)
+
+
+def scripted_model_file(folder: Path, net: torch.nn.Module, name: str) -> Path:
+    weights = folder / f"{name}.pt"
+    torch.jit.script(net.eval()).save(str(weights))
+    path = folder / f"{name}.toml"
+    write_model_file(path, name=name, version="1", backend="torchscript",
+                            architecture="", checkpoints=[(weights, sha256_of(weights))],
+                            preprocessing={"input_size": 64, "frames_per_video": 8,
+                                           "detector_scale": 1.0,
+                                           "detector_thresholds": [0.6, 0.7, 0.7]},
+                            aggregation={"method": "mean"})
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def livez(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+    except OSError as error:  # not serving yet
+        return 0, str(error)
+
+
+def test_a_hung_device_call_fails_liveness_and_the_restart_delivers_exactly_once(
+        kafka_config, tmp_path, capsys):
+    """The detector's first real call never returns: /livez turns 503 past
+    worker.device_call_deadline_s while the videos wait behind it; the pod is killed (what the
+    kubelet does after the probe fails) and its replacement, with a working model, delivers
+    exactly one result per event."""
+    cfg = kafka_config
+    inputs = publish_stream(cfg, 6, bad_every=3)
+    port = _free_port()
+    hung = WorkerProcess(cfg, "hung-worker", tmp_path, static=True,
+                         MODERATION_MODEL_CONFIG=str(scripted_model_file(tmp_path, NeverReturns(), "hangs")),
+                         MODERATION_MODEL_DEVICE="cpu",
+                         MODERATION_WORKER_DEVICE_CALL_DEADLINE_S="5",
+                         MODERATION_METRICS_PORT=str(port)).start()
+    try:
+        deadline = time.monotonic() + 240
+        status, body = livez(port)
+        while status != 503 and time.monotonic() < deadline:
+            assert hung.alive(), hung.log.read_text()[-3000:]
+            time.sleep(0.5)
+            status, body = livez(port)
+        assert status == 503, hung.log.read_text()[-3000:]
+        assert "classify model call has been running for" in body and "(deadline 5 s)" in body
+        assert hung.alive()  # the process is up: only the probe sees the hang
+        before = read_outputs(cfg, expected=0, timeout_s=5, settle_s=1.0)
+        assert not [o for o in before if o[2]["type"].endswith("verdict.v1")]  # nothing got past it
+        hung.kill()
+    finally:
+        if hung.alive():
+            hung.kill()
+    log = hung.log.read_text()
+    assert log.count("liveness fails: a classify model call has been running") == 1, log[-3000:]
+
+    replacement = WorkerProcess(cfg, "hung-worker", tmp_path, static=True,
+                                MODERATION_MODEL_CONFIG=str(scripted_model_file(tmp_path, Mean(), "works")),
+                                MODERATION_MODEL_DEVICE="cpu").start()
+    try:
+        outputs = read_outputs(cfg, expected=len(inputs), timeout_s=300, settle_s=4.0)
+        assert replacement.terminate() == 0
+    finally:
+        if replacement.alive():
+            replacement.kill()
+    figures = tally("hung-device-call", inputs, outputs, capsys)
+    assert figures == {"events_in": 6, "verdicts": 4, "dead_letters": 2, "duplicates": 0,
+                       "missing": 0, "unknown": 0}, replacement.log.read_text()[-3000:]

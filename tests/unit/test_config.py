@@ -86,6 +86,13 @@ def test_values_that_cannot_be_coerced(override):
         load_config(env={}, overrides=[override])
 
 
+@pytest.mark.parametrize("override", ["worker.device_call_deadline_s=0", "worker.stall_after_s=-1",
+                                      "worker.latency_window_s=0", "worker.clock_skew_s=-5"])
+def test_liveness_and_latency_bounds_must_make_sense(override):
+    with pytest.raises(ConfigError, match=override.split("=")[0]):
+        load_config(env={}, overrides=[override])
+
+
 def test_env_values_that_cannot_be_coerced():
     with pytest.raises(ConfigError, match="kafka.max_poll_records"):
         load_config(env={"MODERATION_KAFKA_MAX_POLL_RECORDS": "lots"})

@@ -18,6 +18,7 @@ from worker.runtime.clocks import LatencyWindow
 from worker.runtime.delivery import AtLeastOnce, ExactlyOnce, Fenced
 from worker.runtime.outputs import Outputs
 from worker.runtime.runner import Runner
+from worker.runtime.watchdog import DeviceCalls, timed
 from worker.testing.fakes import (FakeBroker, FakeClassifier, FakeConsumer, FakeDetector, FakeProducer,
                                   FakeRecord, InlineThreads)
 
@@ -34,14 +35,18 @@ class World:
     """An in-memory broker, one worker on it (inline processing), and its metrics."""
 
     def __init__(self, pipeline, delivery: str = "exactly_once", broker: FakeBroker | None = None,
-                 worker_id: str = "worker-1", inline: bool = True, **worker):
+                 worker_id: str = "worker-1", inline: bool = True, calls: DeviceCalls | None = None,
+                 **worker):
         self.broker = broker or FakeBroker(clock=APPENDED_AT.timestamp)
         self.registry = CollectorRegistry()
         self.metrics = WorkerMetrics(self.registry)
-        self.health = Health(self.metrics)
+        self.worker_cfg = WorkerConfig(id=worker_id, **worker)
+        self.health = Health(self.metrics, oldest_call=calls.oldest if calls else lambda: None,
+                             device_call_deadline_s=self.worker_cfg.device_call_deadline_s)
+        if calls is not None:
+            self.metrics.watch_device_calls(calls.oldest_seconds)
         self.pipeline = pipeline
         self.mode = delivery
-        self.worker_cfg = WorkerConfig(id=worker_id, **worker)
         self.inline = inline
         self.runner = self.worker()
 
@@ -466,6 +471,67 @@ def test_stop_gives_up_on_a_stuck_video_at_the_shutdown_deadline(make_pipeline, 
     assert not thread.is_alive() and world.consumer.closed
     assert world.verdicts() == [] and world.committed() is None  # the next owner redoes it
     gate.release.set()
+
+
+def test_a_hung_device_call_fails_liveness_and_the_next_owner_delivers_each_event_once(
+        make_pipeline, make_event):
+    """The face detector's first call never returns (until the test lets it, late): the
+    videos behind it wait, /livez fails past the deadline, the orchestrator replaces the
+    worker, and the replacement delivers every event once; the hung call, when it returns
+    at last, publishes nothing (its producer was fenced)."""
+    gate = Gate()
+    first = threading.Event()
+
+    def hang_once(position):
+        if not first.is_set():
+            first.set()
+            return gate(position)
+        return [FACE]
+
+    calls = DeviceCalls()
+    world = World(timed(make_pipeline(detector=FakeDetector(hang_once)), calls), inline=False,
+                  calls=calls, device_call_deadline_s=0.5)
+    for name in "abc":
+        world.upload(make_event(f"vid-{name}", f"file:///videos/{name}.mp4"))
+    stop_hung = threading.Event()
+    errors = []
+
+    def run_hung(runner=world.runner):
+        try:
+            runner.run(stop_hung)
+        except Exception as exc:  # what the fenced zombie raises, kept for the test
+            errors.append(exc)
+    hung = threading.Thread(target=run_hung, daemon=True)
+    hung.start()
+    try:
+        assert gate.entered.wait(10)
+        assert world.health.alive() == (True, "ok")  # running, not yet past the deadline
+        assert _wait(lambda: not world.health.alive()[0], timeout=10)
+        ok, why = world.health.alive()
+        assert "detect_faces model call has been running for" in why and "(deadline 0.5 s)" in why
+        assert world.sample("moderation_model_call_running_seconds") > 0.5
+        assert world.verdicts() == [] and world.committed() is None  # all three wait behind it
+
+        # The orchestrator restarts the pod: the group rebalances, the new instance (same
+        # worker id, so the same transactional id) fences the old producer.
+        world.broker.rebalance(KAFKA.group_id)
+        world.pipeline = make_pipeline()
+        hung_runner, world.runner = world.runner, world.worker()
+        gate.release.set()  # the hung call returns at last, to a fenced producer
+        hung.join(10)
+        assert not hung.is_alive()
+        stop_next = threading.Event()
+        replacement = _run_in_thread(world, stop_next)
+        assert _wait(lambda: world.committed() == 3)
+        stop_next.set()
+        replacement.join(10)
+    finally:
+        gate.release.set()
+        stop_hung.set()
+    assert [type(e) for e in errors] == [Fenced]  # the zombie's late result went nowhere
+    assert [v["data"]["source_event_id"] for v in world.verdicts()] == ["evt-vid-a", "evt-vid-b", "evt-vid-c"]
+    assert world.dead_letters() == []
+    assert calls.oldest() is None and hung_runner is not world.runner
 
 
 def test_run_survives_a_poll_failure(make_pipeline, make_event):
