@@ -47,12 +47,20 @@ def _config(args, **extra):
 
 
 def cmd_run(args) -> int:
+    import logging
+
     from worker.app import serve
     from worker.logs import setup_logging
+    from worker.runtime.access import ClusterAccessError
 
     cfg = _config(args)
     setup_logging(cfg.worker.log_level)
-    serve(cfg, _stop_on_signals())
+    try:
+        serve(cfg, _stop_on_signals())
+    except ClusterAccessError as exc:
+        # the cluster refused the worker: one line, and an exit code of its own
+        logging.getLogger("worker").critical("cannot start: %s", exc)
+        return exc.exit_code
     return 0
 
 

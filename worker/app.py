@@ -27,6 +27,7 @@ from worker.models.batching import CrossVideoBatcher
 from worker.models.loading import load_detector_model, load_face_detector, model_frame_slack
 from worker.models.spec import ModelSpec, load_model_spec
 from worker.models.timing import StageTimer
+from worker.runtime.access import check_access
 from worker.runtime.accounting import Latencies
 from worker.runtime.clients import build_bank_consumer, build_consumer, build_delivery
 from worker.runtime.clocks import LatencyWindow
@@ -193,6 +194,7 @@ def serve(cfg: Config, stop: threading.Event, pipeline: Pipeline | None = None,
         on_http(server.port)
     follower = None
     try:
+        check_access(cfg)  # a refused password, certificate or ACL ends start-up here, in one line
         models_only = timed(pipeline or build_pipeline(cfg), calls)
         attached = attach_bank(cfg, models_only,
                                lambda: build_sampler(cfg.media, decode_limits(cfg.media, cfg.bank, entries=True)),

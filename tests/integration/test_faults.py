@@ -22,7 +22,7 @@ from kafka import KafkaProducer
 from worker.core.events import upload_event
 from worker.models.checkpoint import sha256_of
 from worker.models.spec import write_model_file
-from worker.runtime.clients import ensure_topics
+from worker.runtime.clients import client_options, ensure_topics
 from worker.testing.local_kafka import LocalKafka
 from worker.testing.samples import sample_video
 
@@ -82,7 +82,7 @@ def publish_stream(cfg, count: int, bad_every: int = 5) -> dict:
     """``count`` upload events, every ``bad_every``-th one broken; returns each input's identity
     (its event id, or its partition and offset when it has none) -> 0."""
     clip = sample_video("carphone_pristine.mp4")
-    producer = KafkaProducer(bootstrap_servers=cfg.kafka.bootstrap_servers, acks="all")
+    producer = KafkaProducer(acks="all", **client_options(cfg.kafka))  # its credentials too, if any
     inputs = {}
     try:
         for i in range(count):

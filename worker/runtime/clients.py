@@ -27,6 +27,42 @@ def client_options(cfg: KafkaConfig) -> dict[str, Any]:
     return options
 
 
+def _keep_data_received_before_a_close() -> None:
+    """Work around a kafka-python 3.0.x transport bug that drops the last bytes a broker sends
+    before it closes the connection.
+
+    When one read returns data and then the end of the stream, the transport aborts with
+    "socket disconnected" and throws the data away. A broker that refuses a SASL password
+    answers with the reason and closes the connection: the worker would see only the
+    disconnect and never learn that its password was refused. Handing the data on first, and
+    the end of the stream on the next read, keeps the answer.
+    ``tests/integration/test_secure_kafka.py::test_every_connection_attempt_hears_why_the_password_was_refused``
+    fails without it, so an upgrade that changes this behaviour is caught.
+    """
+    from kafka.net import transport
+
+    for cls in (transport.KafkaTCPTransport, transport.KafkaSSLTransport):
+        receive = cls.__dict__.get("_sock_recv")
+        if receive is None or getattr(receive, "keeps_data", False):
+            continue
+
+        def sock_recv(self, receive=receive):
+            pending = self.__dict__.pop("_end_after_data", None)
+            if pending is not None:
+                return b"", pending
+            data, error = receive(self)
+            if data and error is not None:
+                self._end_after_data = error  # the socket stays readable: the next read ends it
+                return data, None
+            return data, error
+
+        sock_recv.keeps_data = True
+        cls._sock_recv = sock_recv
+
+
+_keep_data_received_before_a_close()
+
+
 def build_consumer(cfg: KafkaConfig) -> KafkaConsumer:
     """A group member with auto-commit off: offsets are committed with each result.
 
@@ -122,15 +158,24 @@ def _retry_requests_to_a_dead_coordinator(producer: KafkaProducer) -> None:
     client.await_ready = await_ready_or_false
 
 
+def transactional_id_prefix(cfg: KafkaConfig) -> str:
+    """What every worker's transactional id starts with: the ACLs grant this prefix."""
+    return f"{cfg.transactional_id_prefix or cfg.group_id}-"
+
+
+def transactional_id(cfg: KafkaConfig, worker_id: str) -> str:
+    """One per worker, stable across its restarts, so a restart fences its older self."""
+    return transactional_id_prefix(cfg) + worker_id
+
+
 def build_delivery(cfg: KafkaConfig, worker_id: str, commit, on_abort=lambda: None):
     """The configured delivery guarantee (see :mod:`worker.runtime.delivery`)."""
     from worker.runtime.delivery import AtLeastOnce, ExactlyOnce
 
     if cfg.delivery == "at_least_once":
         return AtLeastOnce(build_producer(cfg), commit, cfg.publish_timeout_s)
-    transactional_id = f"{cfg.transactional_id_prefix or cfg.group_id}-{worker_id}"
-    return ExactlyOnce(lambda: build_producer(cfg, transactional_id), cfg.publish_timeout_s,
-                       on_abort=on_abort)
+    return ExactlyOnce(lambda: build_producer(cfg, transactional_id(cfg, worker_id)),
+                       cfg.publish_timeout_s, on_abort=on_abort)
 
 
 def build_results_consumer(cfg: KafkaConfig, **options) -> KafkaConsumer:

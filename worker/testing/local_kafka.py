@@ -1,6 +1,8 @@
 """Real Apache Kafka (KRaft mode) on loopback for the quick start and the tests: one broker
 (:class:`LocalKafka`), or a cluster of replicated nodes (:class:`LocalKafkaCluster`) for the
-fault tests that kill a broker.
+fault tests that kill a broker. ``LocalKafka(secure=True)`` is a secured broker instead: TLS
+from a CA made for it, SASL/SCRAM-SHA-512 and mTLS listeners, and ACLs enforced by KRaft's
+``StandardAuthorizer`` (:class:`BrokerSecurity`).
 
 The broker jars come from Maven Central through ``deploy/kafka-local/pom.xml``; this module
 only formats fresh storage, starts ``kafka.Kafka`` on free loopback ports and waits until it
@@ -18,8 +20,12 @@ import subprocess
 import tempfile
 import time
 import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import TYPE_CHECKING, Any, Iterable, Self
+
+if TYPE_CHECKING:
+    from worker.testing.tls import CertFiles
 
 KAFKA_LOCAL_DIR = Path(__file__).resolve().parents[2] / "deploy" / "kafka-local"
 JARS_DIR = KAFKA_LOCAL_DIR / "target" / "lib"
@@ -79,17 +85,99 @@ Configuration:
 """
 
 
+ADMIN_USER = "admin"
+BROKER_PRINCIPAL = "broker"  # the broker's own certificate, for its controller and inter-broker links
+
+
+@dataclass
+class BrokerSecurity:
+    """What a secured local broker is made of, all under ``folder``: a CA made for it
+    (:mod:`worker.testing.tls`), the broker's certificate for 127.0.0.1 and localhost, and
+    the SCRAM-SHA-512 users written into its storage when it is formatted (``users``, name
+    to password, plus :data:`ADMIN_USER` with ``admin_password``).
+
+    Its listeners: ``SASL_SSL`` (SCRAM-SHA-512 over TLS; the client listener), ``SSL`` with
+    client certificates required (mTLS clients; also the broker's own inter-broker link), and
+    the controller's, also mTLS. ACLs are enforced by KRaft's ``StandardAuthorizer`` with
+    ``allow.everyone.if.no.acl.found=false``; the super users are the admin and the broker.
+    A certificate's principal is its common name (``User:<CN>``).
+    """
+
+    folder: Path
+    users: dict[str, str] = field(default_factory=dict)
+    admin_password: str = field(default_factory=lambda: uuid.uuid4().hex)
+
+    def __post_init__(self):
+        from worker.testing.tls import CertificateAuthority
+
+        self.folder = Path(self.folder)
+        self.ca = CertificateAuthority(self.folder, "local-kafka")
+        self.ca_file = self.ca.cert_path
+        broker = self.ca.issue(BROKER_PRINCIPAL, hosts=("127.0.0.1", "localhost"),
+                               server=True, client=True)
+        # Kafka's PEM key store: one file with the key and the certificate chain
+        self.keystore = self.folder / "broker-keystore.pem"
+        self.keystore.write_bytes(broker.key.read_bytes() + broker.cert.read_bytes())
+        self.keystore.chmod(0o600)
+
+    def issue_client_cert(self, common_name: str) -> "CertFiles":
+        """A client certificate signed by the broker's CA: the principal ``User:<common_name>``
+        on the mTLS listener."""
+        return self.ca.issue(common_name, client=True)
+
+    def format_flags(self) -> list[str]:
+        users = {**self.users, ADMIN_USER: self.admin_password}
+        return [f"--add-scram=SCRAM-SHA-512=[name={name},password={password}]"
+                for name, password in users.items()]
+
+    def broker_properties(self, node: "_Node") -> dict[str, str]:
+        jaas = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        return {
+            "listeners": f"SASL_SSL://{node.address},SSL://{node.ssl_address},"
+                         f"CONTROLLER://{node.controller_address}",
+            "advertised.listeners": f"SASL_SSL://{node.address},SSL://{node.ssl_address}",
+            "listener.security.protocol.map": "CONTROLLER:SSL,SSL:SSL,SASL_SSL:SASL_SSL",
+            "inter.broker.listener.name": "SSL",
+            "ssl.keystore.type": "PEM",
+            "ssl.keystore.location": str(self.keystore),
+            "ssl.truststore.type": "PEM",
+            "ssl.truststore.location": str(self.ca_file),
+            "ssl.client.auth": "required",
+            "listener.name.sasl_ssl.ssl.client.auth": "none",
+            # User:<CN> rather than User:CN=<CN>
+            "ssl.principal.mapping.rules": "RULE:^CN=([^,]+)$/$1/,DEFAULT",
+            "sasl.enabled.mechanisms": "SCRAM-SHA-512",
+            "listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config": jaas,
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": f"User:{ADMIN_USER};User:{BROKER_PRINCIPAL}",
+            "allow.everyone.if.no.acl.found": "false",
+        }
+
+    def sasl_options(self, username: str, password: str) -> dict[str, Any]:
+        """kafka-python options for ``username`` on the SASL_SSL listener."""
+        return {"security_protocol": "SASL_SSL", "sasl_mechanism": "SCRAM-SHA-512",
+                "sasl_plain_username": username, "sasl_plain_password": password,
+                "ssl_cafile": str(self.ca_file)}
+
+    def admin_options(self) -> dict[str, Any]:
+        return self.sasl_options(ADMIN_USER, self.admin_password)
+
+
 class _Node:
     """One ``kafka.Kafka`` process, broker and controller at once, with its own ports,
     storage, configuration and log file under ``workdir``."""
 
     def __init__(self, workdir: Path, node_id: int = 1,
-                 jvm_options: tuple[str, ...] = ("-Xms256m", "-Xmx768m")):
+                 jvm_options: tuple[str, ...] = ("-Xms256m", "-Xmx768m"),
+                 security: "BrokerSecurity | None" = None):
         self.workdir = workdir
         self.node_id = node_id
         self.jvm_options = jvm_options
-        self.port = _free_port()
+        self.security = security
+        self.port = _free_port()  # the client listener: PLAINTEXT, or SASL_SSL when secured
         self.controller_port = _free_port()
+        self.ssl_port = _free_port() if security else None  # mTLS clients and the broker itself
+        self.ssl_address = f"127.0.0.1:{self.ssl_port}" if security else None
         self.directory_id = _kafka_uuid()
         self.address = f"127.0.0.1:{self.port}"
         self.controller_address = f"127.0.0.1:{self.controller_port}"
@@ -135,10 +223,14 @@ class _Node:
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "false",
         }
+        if self.security is not None:
+            props.update(self.security.broker_properties(self))
         self.config_path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
         (self.workdir / "log4j2.yaml").write_text(_LOG4J2.format(log=self.log_path))
 
     def format(self, cluster_id: str, *quorum_flags: str) -> None:
+        if self.security is not None:
+            quorum_flags = (*quorum_flags, *self.security.format_flags())
         fmt = subprocess.run(
             self._java("kafka.tools.StorageTool", "format", *quorum_flags,
                        f"--cluster-id={cluster_id}", f"--config={self.config_path}"),
@@ -203,8 +295,10 @@ def _wait_ready(nodes: list[_Node], timeout_s: float) -> None:
             time.sleep(0.5)
             continue
         try:
+            security = nodes[0].security
             admin = KafkaAdminClient(bootstrap_servers=[n.address for n in nodes],
-                                     request_timeout_ms=5000)
+                                     request_timeout_ms=5000,
+                                     **(security.admin_options() if security else {}))
             try:
                 cluster = admin.describe_cluster()
             finally:
@@ -254,14 +348,23 @@ class _ScratchKafka:
 
 
 class LocalKafka(_ScratchKafka):
-    """One broker process with its own storage; use as a context manager."""
+    """One broker process with its own storage; use as a context manager.
 
-    def __init__(self, workdir: Path | None = None, start_timeout_s: float = 90.0):
+    ``secure=True``: a secured broker (:class:`BrokerSecurity`, under ``security``) whose
+    ``bootstrap_servers`` is its SASL_SSL listener and ``ssl_bootstrap_servers`` its mTLS
+    listener, with the SCRAM-SHA-512 ``users`` (name to password); :meth:`admin`,
+    :meth:`add_user` and :meth:`grant` manage topics, users and ACLs as the super user.
+    """
+
+    def __init__(self, workdir: Path | None = None, start_timeout_s: float = 90.0,
+                 secure: bool = False, users: dict[str, str] | None = None):
         super().__init__(workdir, "kafka-local-", start_timeout_s)
-        self._node = _Node(self.workdir)
+        self.security = BrokerSecurity(self.workdir / "tls", dict(users or {})) if secure else None
+        self._node = _Node(self.workdir, security=self.security)
         self.port = self._node.port
         self.controller_port = self._node.controller_port
         self.bootstrap_servers = self._node.address
+        self.ssl_bootstrap_servers = self._node.ssl_address
         self.log_path = self._node.log_path
 
     def start(self) -> "LocalKafka":
@@ -281,6 +384,57 @@ class LocalKafka(_ScratchKafka):
     def stop(self) -> None:
         self._node.terminate()
         self._remove_workdir()
+
+    def admin(self):
+        """A kafka-python admin client; on a secured broker, the super user over SASL_SSL."""
+        from kafka import KafkaAdminClient
+
+        options = self.security.admin_options() if self.security else {}
+        return KafkaAdminClient(bootstrap_servers=self.bootstrap_servers, **options)
+
+    def add_user(self, name: str, password: str | None = None, timeout_s: float = 15.0) -> str:
+        """A SCRAM-SHA-512 user on the secured broker, usable once this returns; its password."""
+        from kafka.admin import ScramMechanism, UserScramCredentialUpsertion
+
+        password = password or uuid.uuid4().hex
+        admin = self.admin()
+        try:
+            failed = admin.alter_user_scram_credentials(
+                [UserScramCredentialUpsertion(name, ScramMechanism.SCRAM_SHA_512, password)]).get(name)
+            if failed:
+                raise BrokerError(f"adding user {name} failed: {failed}")
+            deadline = time.monotonic() + timeout_s
+            while admin.describe_user_scram_credentials([name])[name]["error"]:
+                if time.monotonic() > deadline:
+                    raise BrokerError(f"the broker did not add user {name} within {timeout_s}s")
+                time.sleep(0.1)
+        finally:
+            admin.close()
+        return password
+
+    def grant(self, acls: Iterable[Any], timeout_s: float = 15.0) -> None:
+        """Create kafka-python ``ACL`` objects on the secured broker, and wait until its
+        authorizer holds them (it applies them from the metadata log, after the request)."""
+        from kafka.admin import (ACLFilter, ACLOperation, ACLPermissionType,
+                                 ACLResourcePatternType, ResourcePatternFilter, ResourceType)
+
+        acls = set(acls)
+        if not acls:
+            return
+        every = ACLFilter(None, None, ACLOperation.ANY, ACLPermissionType.ANY,
+                          ResourcePatternFilter(ResourceType.ANY, None, ACLResourcePatternType.ANY))
+        admin = self.admin()
+        try:
+            result = admin.create_acls(list(acls))
+            if result["failed"]:
+                raise BrokerError(f"creating ACLs failed: {result['failed']}")
+            deadline = time.monotonic() + timeout_s
+            while not acls <= set(admin.describe_acls(every)[0]):
+                if time.monotonic() > deadline:
+                    raise BrokerError(f"the broker did not apply {len(acls)} ACL(s) within {timeout_s}s")
+                time.sleep(0.1)
+        finally:
+            admin.close()
 
 
 class LocalKafkaCluster(_ScratchKafka):
