@@ -255,10 +255,39 @@ def stop_worker(proc: subprocess.Popen, timeout_s: float) -> tuple[int, float]:
     return proc.returncode, time.monotonic() - started
 
 
+def _status_fields(pid: int | str) -> dict[str, str] | None:
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return None
+    return dict(line.split(":", 1) for line in lines if ":" in line)
+
+
+def _kib(fields: dict[str, str], name: str) -> int:
+    return int(fields.get(name, "0 kB").split()[0])
+
+
+def children_memory(pid: int) -> dict:
+    """The worker's child processes (its sandboxed decoders): how many, their VmRSS summed,
+    and the largest VmRSS and VmHWM (peak resident) of one of them, in MiB."""
+    rss, hwm = [], []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        fields = _status_fields(entry.name)
+        if fields is None or fields.get("PPid", "").strip() != str(pid) or "VmRSS" not in fields:
+            continue
+        rss.append(_kib(fields, "VmRSS") / 1024)
+        hwm.append(_kib(fields, "VmHWM") / 1024)
+    return {"children": len(rss), "children_rss_mib": sum(rss),
+            "child_max_rss_mib": max(rss, default=0.0), "child_max_hwm_mib": max(hwm, default=0.0)}
+
+
 class Sampler(threading.Thread):
-    """Every ``interval_s``: the worker's VmRSS, thread count and CPU time, the machine's load
-    average (other processes share the CPUs, and the figures mean less when they do), and the
-    backlog (events sent minus results read)."""
+    """Every ``interval_s``: the worker's VmRSS, thread count and CPU time, its decoder
+    children's memory (:func:`children_memory`), the machine's load average (other processes
+    share the CPUs, and the figures mean less when they do), and the backlog (events sent
+    minus results read)."""
 
     def __init__(self, pid: int, interval_s: float, backlog, progress_s: float, max_s: float):
         super().__init__(name="rss-sampler", daemon=True)
@@ -280,7 +309,7 @@ class Sampler(threading.Thread):
             return None
         cpu_s = (int(stat[11]) + int(stat[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
         return {"rss_mib": int(fields["VmRSS"].split()[0]) / 1024, "threads": int(fields["Threads"]),
-                "cpu_s": cpu_s, "load1": load1}
+                "cpu_s": cpu_s, "load1": load1, **children_memory(self.pid)}
 
     def run(self) -> None:
         next_progress = self.progress_s
@@ -294,6 +323,7 @@ class Sampler(threading.Thread):
                 next_progress += self.progress_s
                 s = self.samples[-1]
                 print(f"  [{t / 60:5.1f} min] rss {s['rss_mib']:.1f} MiB, threads {s['threads']}, "
+                      f"decoders {s['children']} holding {s['children_rss_mib']:.1f} MiB, "
                       f"backlog {s['backlog']}", file=sys.stderr, flush=True)
             self.stop.wait(self.interval_s)
 
@@ -377,6 +407,8 @@ def analyse(sent: list[Sent], results: list[Result], samples: list[dict], commit
         "capacity": capacity_figures(sent, latency, load_samples, load_start, half, rate),
         "rss_mib": rss_figures(samples, load_samples, load_start, half, rss_limit,
                                len(sent) / max(1e-9, load_end - load_start)),
+        "decoder_rss_mib": decoder_figures(samples, load_samples, load_start, half, rss_limit,
+                                           len(sent) / max(1e-9, load_end - load_start)),
         "machine": machine_figures(load_samples, len(in_window)),
     }
 
@@ -489,6 +521,17 @@ def rss_figures(samples, load_samples, load_start, half, limit, event_rate) -> d
     }
 
 
+def decoder_figures(samples, load_samples, load_start, half, limit, event_rate) -> dict:
+    """The same figures for the decoder children's resident memory, summed over the children
+    alive at each sample, with the child counts and the largest one child held."""
+    def as_rss(rows):
+        return [{**s, "rss_mib": s["children_rss_mib"]} for s in rows]
+    return {**rss_figures(as_rss(samples), as_rss(load_samples), load_start, half, limit, event_rate),
+            "children": sorted({s["children"] for s in load_samples}),
+            "child_peak_rss": max((s["child_max_rss_mib"] for s in samples), default=None),
+            "child_peak_hwm": max((s["child_max_hwm_mib"] for s in samples), default=None)}
+
+
 # --- the report ------------------------------------------------------------------------------
 
 def _s(value, digits: int = 2) -> str:
@@ -515,6 +558,8 @@ def report(f: dict, run: dict) -> str:
                    f"latency slope {_s(cap['latency_slope_s_per_min'], 3)} s/min over the second half, "
                    f"max backlog {cap['max_backlog']}")
     timeline = "  ".join(f"{_mmss(p['t_s'])} {p['rss_mib']:.0f}" for p in _every_minute(rss["timeline"]))
+    dec = f["decoder_rss_mib"]
+    dec_timeline = "  ".join(f"{_mmss(p['t_s'])} {p['rss_mib']:.0f}" for p in _every_minute(dec["timeline"]))
     lines = [
         f"Soak: {run['rate']} events/s for {run['duration']} s, bad ratio {run['bad_ratio']}, "
         f"{run['partitions']} partition(s), seed {run['seed']}",
@@ -551,6 +596,15 @@ def report(f: dict, run: dict) -> str:
         f"  RSS floor (lowest sample) by minute of the load, MiB: "
         f"{' '.join(f'{v:.0f}' for v in rss['floor_by_minute'])}; its slope over the second half "
         f"{_s(rss['floor_slope_mib_per_min_second_half'], 3)} MiB/min",
+        f"Decoder children (sum of {dec['children']} alive), MiB: start {_s(dec['start'], 1)}, "
+        f"middle {_s(dec['middle'], 1)}, end {_s(dec['end'], 1)}, peak {_s(dec['peak'], 1)}; slope over "
+        f"the second half {_s(dec['slope_mib_per_min_second_half'], 3)} ± "
+        f"{_s(dec['slope_stderr_mib_per_min'], 3)} MiB/min: "
+        + (dec["trend"] if dec["trend"] == "flat" else
+           f"{dec['trend'].upper()} (flat is at most {dec['limit_mib_per_min']} MiB/min)")
+        + f"; one child at most {_s(dec['child_peak_rss'], 1)} MiB resident "
+        f"(VmHWM {_s(dec['child_peak_hwm'], 1)})",
+        f"  decoders' RSS by minute: {dec_timeline}",
         f"Machine: worker used {_s(m.get('worker_cpu_cores'))} of {m.get('cpus')} cores during the load, "
         f"{_s(m.get('worker_cpu_s_per_result'))} CPU-s per result; load average (1 min) "
         f"min {_s(m.get('load1_min'))} median {_s(m.get('load1_median'))} max {_s(m.get('load1_max'))}",
@@ -709,6 +763,7 @@ def main(argv: list[str] | None = None) -> int:
             args.json.write_text(json.dumps({"run": run, "figures": figures}, indent=2))
         clean = (figures["lost"] == 0 and figures["duplicates"] == 0 and figures["unknown_outputs"] == 0
                  and not figures["unexpected_outcomes"] and figures["rss_mib"]["trend"] == "flat"
+                 and figures["decoder_rss_mib"]["trend"] == "flat"
                  and exit_code == 0)
         return 0 if clean else 1
     finally:
