@@ -46,6 +46,26 @@ class VideoFetcher(Protocol):
         """A local path to the video, valid inside the context; raises DeadLetter."""
 
 
+@dataclass(frozen=True)
+class SampleLayout:
+    """What a video's :class:`SampledFrames` will hold, known once its first frame is decoded:
+    a decoder can announce it, then hand over the frames one at a time."""
+
+    shape: tuple[int, int, int, int]  # (frames, height, width, 3), upright
+    indices: tuple[int, ...]
+    timestamps_s: tuple[float, ...]
+    frame_count: int
+    fps: float
+    hash_shape: tuple[int, int, int, int] | None = None
+    hash_indices: tuple[int, ...] = ()
+    hash_timestamps_s: tuple[float, ...] = ()
+
+    def sampled(self, frames: np.ndarray, hash_frames: np.ndarray | None) -> SampledFrames:
+        return SampledFrames(frames=frames, indices=self.indices, timestamps_s=self.timestamps_s,
+                             frame_count=self.frame_count, fps=self.fps, hash_frames=hash_frames,
+                             hash_indices=self.hash_indices, hash_timestamps_s=self.hash_timestamps_s)
+
+
 class FrameSampler(Protocol):
     def sample(self, path: Path, count: int) -> SampledFrames:
         """``count`` frames spread evenly over the video; raises DeadLetter."""
