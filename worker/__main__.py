@@ -88,6 +88,23 @@ def cmd_score(args) -> int:
     return 0
 
 
+def cmd_credentials(args) -> int:
+    """Print what a file's C2PA Content Credentials say, as the worker reads them."""
+    from worker.provenance.sandbox import CredentialReader, ReaderSettings
+
+    cfg = _config(args)
+    if not Path(args.file).is_file():
+        print(f"not a file: {args.file}", file=sys.stderr)
+        return 2
+    reader = CredentialReader(ReaderSettings.from_config(cfg.provenance))
+    try:
+        credentials = reader.read(Path(args.file))
+    finally:
+        reader.close()
+    print(json.dumps(credentials.to_json(), indent=2))
+    return 0
+
+
 def cmd_broker(args) -> int:
     """Run the local development broker until interrupted."""
     from worker.testing.local_kafka import LocalKafka
@@ -213,6 +230,10 @@ def main(argv: list[str] | None = None) -> int:
     _add_config_args(p)
     p.add_argument("video", help="a path, file:// or http(s):// URI")
     p.set_defaults(func=cmd_score)
+    p = sub.add_parser("credentials", help="print what a local file's C2PA Content Credentials say")
+    _add_config_args(p)
+    p.add_argument("file", help="a local video file")
+    p.set_defaults(func=cmd_credentials)
     p = sub.add_parser("bank", help="export or import the hash bank as vPDQ files")
     _add_config_args(p)
     p.add_argument("action", choices=["export", "import"])
@@ -240,9 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     from worker.config import ConfigError
     from worker.models.checkpoint import CheckpointError
     from worker.models.spec import ModelFileError
+    from worker.provenance.sandbox import TrustAnchorsError
     try:
         return args.func(args)
-    except (ConfigError, CheckpointError, ModelFileError, HashListError, KafkaError) as exc:
+    except (ConfigError, CheckpointError, ModelFileError, HashListError, KafkaError, TrustAnchorsError) as exc:
         # what the operator must fix (a file, a key, the cluster): one line, not a traceback
         print(f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 2

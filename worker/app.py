@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 
 from worker.bank.attach import attach_bank
 from worker.batching import WatchedStage
-from worker.config import BankConfig, Config, FacesConfig, MediaConfig, ModelConfig
+from worker.config import BankConfig, Config, ConfigError, FacesConfig, MediaConfig, ModelConfig, ProvenanceConfig
 from worker.core.pipeline import FaceClassifier, FaceDetector, FrameSampler, Pipeline
 from worker.core.policy import Policy
 from worker.faces.batching import CrossVideoDetector
@@ -27,6 +27,7 @@ from worker.models.batching import CrossVideoBatcher
 from worker.models.loading import load_detector_model, load_face_detector, model_frame_slack
 from worker.models.spec import ModelSpec, load_model_spec
 from worker.models.timing import StageTimer
+from worker.provenance.sandbox import CredentialReader, ReaderSettings, TrustAnchorsError
 from worker.runtime.access import check_access
 from worker.runtime.accounting import Latencies
 from worker.runtime.clients import build_bank_consumer, build_consumer, build_delivery
@@ -160,7 +161,19 @@ def build_pipeline(cfg: Config) -> Pipeline:
         classifier=build_classifier(spec, cfg.model, device, cfg.worker.processing_threads),
         policy=Policy(cfg.policy.takedown_threshold, cfg.policy.review_threshold),
         frames_per_video=spec.preprocessing.frames_per_video if spec else cfg.media.frames_per_video,
+        credentials=build_credentials_reader(cfg.provenance),
     )
+
+
+def build_credentials_reader(provenance: ProvenanceConfig) -> CredentialReader | None:
+    """The sandboxed C2PA reader (docs/provenance.md), or None with ``provenance.enabled`` off;
+    a trust-anchor bundle that cannot be used stops start-up here."""
+    if not provenance.enabled:
+        return None
+    try:
+        return CredentialReader(ReaderSettings.from_config(provenance))
+    except TrustAnchorsError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def observe_device_stages(pipeline: Pipeline, metrics: WorkerMetrics) -> None:

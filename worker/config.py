@@ -75,6 +75,19 @@ class MediaConfig:
 
 
 @dataclass(frozen=True)
+class ProvenanceConfig:
+    """Reading the C2PA Content Credentials of each upload (docs/provenance.md)."""
+
+    enabled: bool = True
+    # A PEM bundle of the CAs whose signatures count as trusted: the operator's own, or the
+    # C2PA trust list. Empty: a good signature is "valid", never "trusted".
+    trust_anchors: str = ""
+    max_manifest_bytes: int = 16 * 1024 * 1024  # a larger store is reported unreadable, not parsed
+    timeout_s: float = 30.0                     # the reader's deadline for one upload
+    memory_bytes: int = 1024 ** 3               # the reader's address space, above what it maps at start
+
+
+@dataclass(frozen=True)
 class FacesConfig:
     max_side: int = 960
     min_face_size: int = 20
@@ -193,12 +206,16 @@ class WorkerConfig:
     latency_window_s: float = 86_400.0
     clock_skew_s: float = 300.0
     dedupe_window: int = 100_000
+    # The verdict contract's minor version to write: "1.0" until every consumer validates
+    # against the newer files (docs/events.md, "Evolving the contracts").
+    verdict_schema: str = "1.1"
 
 
 @dataclass(frozen=True)
 class Config:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
+    provenance: ProvenanceConfig = field(default_factory=ProvenanceConfig)
     faces: FacesConfig = field(default_factory=FacesConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -214,6 +231,8 @@ class Config:
             problems.append("media.frame_slack must be within [0, 0.5]")
         if self.media.max_video_bytes < 1:
             problems.append("media.max_video_bytes must be positive")
+        if self.provenance.max_manifest_bytes < 1 or self.provenance.timeout_s <= 0:
+            problems.append("provenance.max_manifest_bytes and provenance.timeout_s must be positive")
         if self.model.batch_size < 1:
             problems.append("model.batch_size must be at least 1")
         if self.model.device not in ("auto", "cpu", "cuda") and not self.model.device.startswith("cuda:"):
@@ -237,6 +256,8 @@ class Config:
             problems.append("worker.device_call_deadline_s and worker.stall_after_s must be positive")
         if self.worker.latency_window_s <= 0 or self.worker.clock_skew_s < 0:
             problems.append("worker.latency_window_s must be positive and worker.clock_skew_s not negative")
+        if self.worker.verdict_schema not in ("1.0", "1.1"):
+            problems.append("worker.verdict_schema is 1.0 or 1.1")
         if self.worker.partition_window < 1 or self.worker.max_outputs_per_commit < 1:
             problems.append("worker.partition_window and worker.max_outputs_per_commit must be at least 1")
         bank = self.bank

@@ -17,13 +17,14 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from worker import __version__
+from worker.core.credentials import STATES as CREDENTIAL_STATES
 from worker.core.dead_letters import REASONS
 
 log = logging.getLogger("worker.health")
 PREFIX = "moderation"
 # From a short clip on a GPU (50 ms) to a long video queued behind others (10 min).
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
-STAGES = ("fetch", "decode", "hash_match", "detect_faces", "classify", "publish")
+STAGES = ("fetch", "credentials", "decode", "hash_match", "detect_faces", "classify", "publish")
 
 
 class WorkerMetrics:
@@ -51,6 +52,9 @@ class WorkerMetrics:
                               registry=registry)
         self.decisions = Counter(f"{PREFIX}_decisions", "Verdicts published, by decision.",
                                  ["decision"], registry=registry)
+        self.credentials = Counter(
+            f"{PREFIX}_credentials", "Uploads whose C2PA content credentials were read, by state "
+            "(absent, unreadable, invalid, valid, trusted).", ["state"], registry=registry)
         self.dead_letters = Counter(f"{PREFIX}_dead_letters", "Dead-letter records published, by reason.",
                                     ["reason"], registry=registry)
         self.faces = Counter(f"{PREFIX}_faces_detected", "Face detections in sampled frames.",
@@ -94,6 +98,8 @@ class WorkerMetrics:
             self.stage.labels(stage)
         for decision in ("takedown", "review", "allow"):
             self.decisions.labels(decision)
+        for state in CREDENTIAL_STATES:
+            self.credentials.labels(state)
         for reason in sorted(REASONS):
             self.dead_letters.labels(reason)
         for clock in ("kafka_record", "uploaded_at"):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import signal
 import subprocess
 import sys
 import threading
@@ -324,7 +325,7 @@ def test_a_decoder_over_its_memory_cap_costs_one_event():
         sampler.close()
 
 
-def test_a_crashed_decoder_costs_one_event_and_is_replaced():
+def test_a_decoder_that_died_idle_is_replaced_before_it_costs_an_event():
     sampler = SandboxedSampler(timeout_s=60, memory_bytes=4 << 30)
     try:
         sampler.sample(sample_video("carphone_pristine.mp4"), 4)
@@ -332,8 +333,26 @@ def test_a_crashed_decoder_costs_one_event_and_is_replaced():
         child.proc.kill()
         child.proc.wait()
         sampler._idle.put(child)
-        assert reason_of(lambda: sampler.sample(sample_video("carphone_pristine.mp4"), 4)) \
-            == "decoder_crashed"
+        assert sampler.sample(sample_video("carphone_pristine.mp4"), 4).frames.shape[0] == 4
+        assert sampler._idle.get_nowait().proc.pid != child.proc.pid
+    finally:
+        sampler.close()
+
+
+def test_a_decoder_that_dies_mid_video_costs_that_event_only():
+    sampler = SandboxedSampler(timeout_s=60, memory_bytes=4 << 30)
+    try:
+        sampler.sample(sample_video("carphone_pristine.mp4"), 4)
+        child = sampler._idle.get_nowait()
+        os.kill(child.proc.pid, signal.SIGSTOP)  # alive and quiet, so it is handed the video...
+        sampler._idle.put(child)
+        killer = threading.Timer(0.5, child.proc.kill)  # ...and dies before it answers
+        killer.start()
+        try:
+            assert reason_of(lambda: sampler.sample(sample_video("carphone_pristine.mp4"), 4)) \
+                == "decoder_crashed"
+        finally:
+            killer.join()
         assert sampler.sample(sample_video("carphone_pristine.mp4"), 4).frames.shape[0] == 4
     finally:
         sampler.close()

@@ -10,6 +10,7 @@ import pytest
 
 from worker.core.aggregation import Aggregation
 from worker.core.calibration import Calibration
+from worker.core.credentials import Credentials, Signer
 from worker.core.dead_letters import DeadLetter
 from worker.core.events import (MAX_ORIGINAL_BYTES, ModelInfo, SourcePosition, Verdict,
                            dead_letter_record, format_time, parse_upload_event,
@@ -216,6 +217,25 @@ def test_verdict_record_is_valid_and_keyed_by_video_id(make_event):
     assert data["tracks"][0]["score"] == pytest.approx(0.95)
     assert [d["score"] for d in data["tracks"][0]["detections"]] == [0.93, 0.97]
     assert data["tracks"][0]["detections"][0]["box"] == [1.0, 2.0, 30.0, 40.0]
+
+
+CREDENTIALS = Credentials("trusted", claim_generator="Gen 1.0", signer=Signer("Org", "Key"),
+                          digital_source_types=("trainedAlgorithmicMedia",), manifest_bytes=4096)
+
+
+def test_a_1_1_verdict_carries_the_credentials_and_names_its_schema(make_event):
+    _, value = verdict_record(a_verdict(make_event, credentials=CREDENTIALS), "w", UPLOADED_AT)
+    document = json.loads(value)
+    assert document["dataschema"] == "https://schemas.deepfake-moderation.dev/v1.1/verdict.schema.json"
+    assert Credentials.from_json(document["data"]["credentials"]) == CREDENTIALS
+    assert list(validator("verdict", "1.1").iter_errors(document)) == []
+
+
+def test_a_1_0_verdict_leaves_the_1_1_fields_out(make_event):
+    _, value = verdict_record(a_verdict(make_event, credentials=CREDENTIALS), "w", UPLOADED_AT, version="1.0")
+    document = json.loads(value)
+    assert "dataschema" not in document and "credentials" not in document["data"]
+    assert list(validator("verdict", "1.0").iter_errors(document)) == []
 
 
 @pytest.mark.parametrize("seconds", [0.0, 12.345678, 3600.5])

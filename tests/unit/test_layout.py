@@ -18,7 +18,7 @@ WORKER = Path(__file__).resolve().parents[2] / "worker"
 RANKS = {
     "config": 0, "logs": 0, "core": 0,
     "batching": 1, "media": 1, "metrics": 1,
-    "faces": 2,
+    "faces": 2, "provenance": 2,
     "models": 3,
     "bank": 4,
     "runtime": 5,

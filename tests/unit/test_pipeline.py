@@ -8,6 +8,7 @@ import pytest
 
 from worker.core.aggregation import Aggregation
 from worker.core.calibration import Calibration
+from worker.core.credentials import Credentials
 from worker.core.dead_letters import DeadLetter
 from worker.core.events import parse_upload_event
 from worker.core.policy import Policy, policy_version
@@ -113,6 +114,46 @@ def test_every_stage_is_timed(make_pipeline, event):
     assert verdict.stage_seconds == {"fetch": 0.5, "decode": 1.25, "detect_faces": 0.25,
                                      "classify": 0.125, "processing": 3.0}
     assert clock.times == []
+
+
+class RecordingReader:
+    """A credentials reader that answers one record and notes the paths it was given."""
+
+    def __init__(self, answer: Credentials):
+        self.answer, self.paths = answer, []
+
+    def read(self, path: Path) -> Credentials:
+        self.paths.append(path)
+        return self.answer
+
+
+def test_credentials_are_read_from_the_fetched_file_and_timed(make_pipeline, event):
+    reader = RecordingReader(Credentials("valid", digital_source_types=("trainedAlgorithmicMedia",)))
+    clock = FakeClock(100.0, 100.5, 100.625, 101.75, 102.0, 102.125, 103.0)
+    verdict = make_pipeline(clock=clock, credentials=reader).process(event)
+    assert verdict.credentials is reader.answer
+    assert [p.name for p in reader.paths] == ["a.mp4"]  # the fetched copy of the upload
+    assert verdict.stage_seconds == {"fetch": 0.5, "credentials": 0.125, "decode": 1.125, "detect_faces": 0.25,
+                                     "classify": 0.125, "processing": 3.0}
+    # the faces decide, as without credentials (the labelling rules come next)
+    assert verdict.decision == make_pipeline().process(event).decision
+
+
+def test_replace_swaps_the_named_ports_and_keeps_every_other(make_pipeline):
+    reader = RecordingReader(Credentials("absent"))
+    pipeline = make_pipeline(credentials=reader)
+    detector = FakeDetector([])
+    again = pipeline.replace(detector=detector)
+    assert again.detector is detector and again.credentials is reader
+    assert (again.fetcher, again.sampler, again.classifier, again.policy) == (
+        pipeline.fetcher, pipeline.sampler, pipeline.classifier, pipeline.policy)
+    assert pipeline.with_bank(None).credentials is reader
+    with pytest.raises(TypeError, match="no port"):
+        pipeline.replace(decoder=detector)
+
+
+def test_without_a_reader_the_verdict_has_no_credentials(make_pipeline, event):
+    assert make_pipeline().process(event).credentials is None
 
 
 def test_stage_times_without_classification(make_pipeline, event):

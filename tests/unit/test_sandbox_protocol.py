@@ -12,7 +12,8 @@ import pytest
 
 from worker.core.dead_letters import DeadLetter
 from worker.media.limits import DecodeLimits
-from worker.media.sandbox import FramesHeader, _Answered, _Child
+from worker.media import sandbox
+from worker.media.sandbox import FramesHeader, SandboxedSampler, _Answered, _Child
 
 LIMITS = DecodeLimits()
 HEADER = FramesHeader(shape=(2, 2, 3, 3), indices=(0, 5), timestamps_s=(0.0, 0.2), frame_count=10,
@@ -89,6 +90,27 @@ def test_bytes_past_the_announced_frames_cost_the_child(tmp_path):
               + b"trailing")
     # one write of under PIPE_BUF bytes: the header's read takes the trailing bytes with it
     assert reason(scripted(tmp_path, answer))[:2] == ("decoder_crashed", "the decoder sent more bytes than announced")
+
+
+def test_a_child_that_speaks_unasked_is_never_reused(tmp_path, monkeypatch):
+    """Bytes sent after an answer would be read as the next video's: such a child is
+    killed when it is next taken from the idle pool, and a fresh one does the work."""
+    answer = HEADER.to_json() + b"F" + FRAME_0.tobytes() + b"H" + HASH_0.tobytes() + b"F" + FRAME_1.tobytes()
+    chatty = scripted(tmp_path, answer, then=f"sleep 0.2; cat {tmp_path / 'answer'}; cat > /dev/null")
+    chatty.ask(Path("upload.mp4"), 2, time.monotonic() + 10, LIMITS)
+    assert chatty.quiet()  # nothing more yet
+    time.sleep(0.6)
+    assert not chatty.quiet()
+    fresh = _Child({}, command=["sh", "-c", "cat > /dev/null"])
+    monkeypatch.setattr(sandbox, "_Child", lambda settings: fresh)
+    sampler = SandboxedSampler(10.0, 0)
+    sampler._idle.put(chatty)
+    try:
+        assert sampler._idle_child() is fresh
+        assert chatty.proc.returncode is not None  # killed
+    finally:
+        fresh.kill()
+        sampler.close()
 
 
 def test_a_silent_child_is_killed_at_the_deadline(tmp_path):

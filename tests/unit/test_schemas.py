@@ -1,7 +1,10 @@
-"""The v1 contracts: the schemas are valid, and the examples a reader learns from are right."""
+"""The v1 contracts: the schemas are valid, the examples a reader learns from are right, and
+the minor versions evolve as docs/events.md says (released files frozen, every older record
+valid against every newer file)."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from pathlib import Path
 
@@ -10,15 +13,28 @@ import pytest
 
 from worker.core.calibration import Calibration
 from worker.core.dead_letters import DeadLetter
-from worker.core.events import SCHEMA_DIR, parse_upload_event, validator
+from worker.core.events import LATEST, SCHEMA_DIR, VERSIONS, parse_upload_event, schema_path, validator
 from worker.core.policy import KnownContentMatch, Policy, decide, policy_version
 from worker.core.tracks import Detection, FaceTrack
 
 SCHEMAS = ("upload-event", "verdict", "dead-letter", "bank-entry", "reviewer-confirmation",
            "match-score")
 EXAMPLES = SCHEMA_DIR / "examples"
-VALID = sorted(EXAMPLES.glob("*.json"))
+VALID = sorted(EXAMPLES.glob("*.json"))          # records of version 1.0
 INVALID = sorted((EXAMPLES / "invalid").glob("*.json"))
+BY_VERSION = {"1.0": VALID, **{v: sorted((EXAMPLES / f"v{v}").glob("*.json")) for v in VERSIONS[1:]}}
+
+# Each released schema file, canonical JSON's sha256: a released version never changes. A new
+# minor version is a new folder, pinned here when it is released.
+FROZEN = {
+    "v1/bank-entry.schema.json": "b245bfa3ac611619abc315c5f52bfab9c405967aa366edd522fa0568378b62fa",
+    "v1/dead-letter.schema.json": "68ee8e60c628f124205b0442c223e9abf2ff163f70ea0299f4a409da290d6ed5",
+    "v1/match-score.schema.json": "e147c6117f4c2b31bc5fab08829c75444d608f78e3610fcc9d6b70ddbb6b4995",
+    "v1/reviewer-confirmation.schema.json": "8f07a7cfef9f6594a26b47bfc8ccf01c575adcdc2ae38e7c599b38c162c9823d",
+    "v1/upload-event.schema.json": "49c74f91423f345e6d18b44ca9e7889baad2c7e8966fc043601508dc8afe2979",
+    "v1/verdict.schema.json": "40091a07e973336e21a2373c993016533d7586b63e9177e5832788bd6b86cf78",
+    "v1.1/verdict.schema.json": "6b70d01822b098e224b1fa6936172cffc46f59b170bca65de828c026b6af0011",
+}
 
 # Each invalid example breaks one rule: where (JSON path) and which schema keyword.
 BROKEN_RULE = {
@@ -36,6 +52,7 @@ BROKEN_RULE = {
     "reviewer-confirmation-takedown-without-fingerprint.json": ("data", "anyOf"),
     "reviewer-confirmation-unknown-decision.json": ("data/decision", "enum"),
     "match-score-score-as-percent.json": ("data/video_score", "maximum"),
+    "verdict-credentials-unknown-state.json": ("data/credentials/state", "enum"),
 }
 
 
@@ -65,6 +82,51 @@ def test_schema_is_valid_draft_2020_12(name):
 def test_every_schema_file_is_one_of_the_three_contracts():
     files = {p.name.removesuffix(".schema.json") for p in (SCHEMA_DIR / "v1").glob("*.schema.json")}
     assert files == set(SCHEMAS)
+
+
+def test_released_schema_files_never_change():
+    files = sorted(SCHEMA_DIR.glob("v1*/*.schema.json"))
+    assert {f"{p.parent.name}/{p.name}" for p in files} == set(FROZEN), "pin each released file in FROZEN"
+    for path in files:
+        canonical = json.dumps(json.loads(path.read_text()), sort_keys=True, separators=(",", ":"))
+        assert hashlib.sha256(canonical.encode()).hexdigest() == FROZEN[f"{path.parent.name}/{path.name}"], (
+            f"{path} changed after its release: add a new minor version instead (docs/events.md)")
+
+
+def test_each_file_names_its_version_and_holds_a_known_contract():
+    for path in SCHEMA_DIR.glob("v1*/*.schema.json"):
+        assert path.name.removesuffix(".schema.json") in SCHEMAS
+        assert load(path)["$id"] == f"https://schemas.deepfake-moderation.dev/{path.parent.name}/{path.name}"
+    assert [p.name for p in sorted(SCHEMA_DIR.glob("v1*"))] == ["v1" if v == "1.0" else f"v{v}" for v in VERSIONS]
+
+
+def test_a_version_without_its_own_file_is_the_version_before():
+    assert schema_path("dead-letter", "1.1") == SCHEMA_DIR / "v1" / "dead-letter.schema.json"
+    assert schema_path("verdict", "1.1") == SCHEMA_DIR / "v1.1" / "verdict.schema.json"
+    assert schema_path("verdict", "1.0") == SCHEMA_DIR / "v1" / "verdict.schema.json"
+    assert validator("verdict").schema == validator("verdict", LATEST).schema
+    assert validator("verdict", "1.0").schema != validator("verdict", "1.1").schema
+    with pytest.raises(ValueError, match="unknown contract version"):
+        schema_path("verdict", "2.0")
+
+
+@pytest.mark.parametrize("version", VERSIONS)
+def test_every_record_of_a_version_is_valid_in_it_and_every_later_one(version):
+    assert BY_VERSION[version], f"version {version} has no examples"
+    for path in BY_VERSION[version]:
+        for later in VERSIONS[VERSIONS.index(version):]:
+            errors = list(validator(schema_of(path), later).iter_errors(load(path)))
+            assert errors == [], f"{path.name} against {later}: {errors[0].message}"
+
+
+@pytest.mark.parametrize("version", VERSIONS[1:])
+def test_a_newer_record_needs_its_version(version):
+    """What makes the minor files necessary: the version before rejects the new fields."""
+    before = VERSIONS[VERSIONS.index(version) - 1]
+    for path in BY_VERSION[version]:
+        error = jsonschema.exceptions.best_match(validator(schema_of(path), before).iter_errors(load(path)))
+        assert error is not None and error.validator == "additionalProperties", path.name
+        assert load(path)["dataschema"] == load(schema_path(schema_of(path), version))["$id"]
 
 
 def test_each_contract_has_valid_and_invalid_examples():
@@ -102,7 +164,8 @@ def test_the_v2_example_is_refused_as_an_unsupported_version():
     assert info.value.reason == "unsupported_schema_version"
 
 
-@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("verdict*.json")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted([*EXAMPLES.glob("verdict*.json"), *EXAMPLES.glob("v1.*/verdict*.json")]),
+                         ids=lambda p: p.name)
 def test_verdict_example_can_be_re_derived_from_its_evidence(path):
     data = load(path)["data"]
     tracks = [FaceTrack(t["track_id"], tuple(

@@ -82,11 +82,13 @@ def test_a_timed_batcher_still_reports_its_device_calls():
 
 
 def test_timed_keeps_every_other_stage(make_pipeline):
-    pipeline = make_pipeline(classifier=None)
+    reader = object()  # any credentials reader: timed must carry it over untouched
+    pipeline = make_pipeline(classifier=None, credentials=reader)
     again = timed(pipeline, DeviceCalls())
     assert isinstance(again.detector, TimedDetector) and again.classifier is None
-    assert (again.fetcher, again.sampler, again.policy, again.frames_per_video, again.bank) == (
-        pipeline.fetcher, pipeline.sampler, pipeline.policy, pipeline.frames_per_video, pipeline.bank)
+    kept = ("fetcher", "sampler", "policy", "frames_per_video", "clock", "bank", "credentials")
+    assert {k: getattr(again, k) for k in kept} == {k: getattr(pipeline, k) for k in kept}
+    assert again.credentials is reader
 
 
 def test_livez_fails_while_a_model_call_runs_past_its_deadline(caplog):

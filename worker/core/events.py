@@ -22,6 +22,7 @@ import jsonschema
 from worker.core import dead_letters
 from worker.core.aggregation import Aggregation
 from worker.core.calibration import Calibration
+from worker.core.credentials import Credentials
 from worker.core.dead_letters import DeadLetter
 from worker.core.policy import KnownContentMatch
 from worker.core.tracks import FaceTrack
@@ -35,17 +36,35 @@ DEAD_LETTER_TYPE = "dev.moderation.deadletter.v1"
 _UPLOAD_TYPE_PREFIX = "dev.moderation.upload."
 
 
+# The minor versions of v1, oldest first (docs/events.md, "Evolving the contracts"): each
+# adds optional fields in ``schemas/v1.N/``, a folder holding the schemas that changed.
+VERSIONS = ("1.0", "1.1")
+LATEST = VERSIONS[-1]
+
+
+def schema_path(name: str, version: str = LATEST) -> Path:
+    """The file of ``name`` at ``version``: the newest at or below it."""
+    if version not in VERSIONS:
+        raise ValueError(f"unknown contract version {version!r}; known: {', '.join(VERSIONS)}")
+    for known in reversed(VERSIONS[:VERSIONS.index(version) + 1]):
+        path = SCHEMA_DIR / ("v1" if known == "1.0" else f"v{known}") / f"{name}.schema.json"
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"no schema {name!r}")
+
+
 @lru_cache(maxsize=None)
-def validator(name: str) -> jsonschema.protocols.Validator:
-    """The draft 2020-12 validator of ``schemas/v1/<name>.schema.json``."""
-    schema = json.loads((SCHEMA_DIR / "v1" / f"{name}.schema.json").read_text())
+def validator(name: str, version: str = LATEST) -> jsonschema.protocols.Validator:
+    """The draft 2020-12 validator of ``name`` at contract ``version`` (the newest: it
+    accepts every older minor version's records too)."""
+    schema = json.loads(schema_path(name, version).read_text())
     cls = jsonschema.validators.validator_for(schema)
     cls.check_schema(schema)
     return cls(schema)
 
 
-def first_error(name: str, document: Any) -> str | None:
-    error = jsonschema.exceptions.best_match(validator(name).iter_errors(document))
+def first_error(name: str, document: Any, version: str = LATEST) -> str | None:
+    error = jsonschema.exceptions.best_match(validator(name, version).iter_errors(document))
     if error is None:
         return None
     where = "/".join(str(p) for p in error.absolute_path) or "(root)"
@@ -246,6 +265,7 @@ class Verdict:
     bank: BankCheck | None = None         # the hash bank's check, when the bank ran
     raw_video_score: float | None = None  # the model's own score, before calibration
     decisive_track_id: int | None = None  # the track whose score is the video score
+    credentials: Credentials | None = None  # the upload's content credentials, when read
 
     @property
     def face_count(self) -> int:
@@ -261,8 +281,8 @@ class Verdict:
         return None if self.bank is None else self.bank.fingerprint
 
 
-def checked_json(name: str, document: dict) -> bytes:
-    problem = first_error(name, document)
+def checked_json(name: str, document: dict, version: str = LATEST) -> bytes:
+    problem = first_error(name, document, version)
     if problem is not None:
         raise ValueError(f"refusing to publish an invalid {name} record: {problem}")
     return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
@@ -293,9 +313,10 @@ def output_id(position: "SourcePosition", kind: str) -> str:
 
 def verdict_record(verdict: Verdict, worker_id: str, published_at: datetime,
                    position: "SourcePosition | None" = None,
-                   received_at: datetime | None = None) -> tuple[bytes, bytes]:
+                   received_at: datetime | None = None, version: str = LATEST) -> tuple[bytes, bytes]:
     """Key (the video id) and value of the verdict record; ``end_to_end`` runs from
-    ``received_at`` (the upload record's Kafka timestamp) to ``published_at``.
+    ``received_at`` (the upload record's Kafka timestamp) to ``published_at``. ``version``:
+    the contract's minor version to write (a 1.0 verdict leaves the 1.1 fields out).
 
     With the input's ``position`` the id is derived from it, so consumers can drop a
     redelivered copy; without one (scoring a file) it is random.
@@ -339,7 +360,11 @@ def verdict_record(verdict: Verdict, worker_id: str, published_at: datetime,
             "median_distance": round_score(match.median_distance, 3)}
     if verdict.fingerprint is not None:
         document["data"]["fingerprint_vpdq"] = verdict.fingerprint
-    return verdict.event.video_id.encode(), checked_json("verdict", document)
+    if version != "1.0":
+        document["dataschema"] = validator("verdict", version).schema["$id"]
+        if verdict.credentials is not None:
+            document["data"]["credentials"] = verdict.credentials.to_json()
+    return verdict.event.video_id.encode(), checked_json("verdict", document, version)
 
 
 def _model_json(model: ModelInfo) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from typing import Callable, Protocol, Sequence
 import numpy as np
 
 from worker.core.aggregation import score_tracks
+from worker.core.credentials import Credentials
 from worker.core.dead_letters import NO_FRAMES, DeadLetter
 from worker.core.events import BankCheck, ModelInfo, UploadEvent, Verdict
 from worker.core.policy import Policy, decide, policy_version
@@ -89,6 +90,12 @@ class FaceClassifier(Protocol):
         """Per ensemble member, the raw deepfake probability of each (frame position, box) face."""
 
 
+class CredentialsReader(Protocol):
+    def read(self, path: Path) -> Credentials:
+        """What the file's C2PA Content Credentials say; never raises for the file's content
+        (a store that cannot be read is a record in state ``unreadable``)."""
+
+
 class KnownContentBank(Protocol):
     def check(self, frames: np.ndarray, frame_indices: Sequence[int],
               timestamps_s: Sequence[float]) -> BankCheck:
@@ -99,12 +106,14 @@ class Pipeline:
     def __init__(self, fetcher: VideoFetcher, sampler: FrameSampler, detector: FaceDetector,
                  classifier: FaceClassifier | None, policy: Policy, frames_per_video: int,
                  clock: Callable[[], float] = time.perf_counter,
-                 bank: KnownContentBank | None = None):
+                 bank: KnownContentBank | None = None, credentials: CredentialsReader | None = None):
         """``bank`` runs before the models; with a match, the models do not run: the verdict
-        goes out at once, and a score, if wanted, follows (:mod:`worker.bank.scoring`)."""
+        goes out at once, and a score, if wanted, follows (:mod:`worker.bank.scoring`).
+        ``credentials`` reads the file's content credentials before it is decoded."""
         if frames_per_video < 1:
             raise ValueError("frames_per_video must be at least 1")
         self.bank = bank
+        self.credentials = credentials
         self.fetcher = fetcher
         self.sampler = sampler
         self.detector = detector
@@ -113,10 +122,21 @@ class Pipeline:
         self.frames_per_video = frames_per_video
         self.clock = clock
 
+    def replace(self, **ports) -> "Pipeline":
+        """The same pipeline with the named ports swapped (``bank=``, ``detector=``...); every
+        port not named is kept, so a wrapper never drops one it does not know about."""
+        kept = dict(fetcher=self.fetcher, sampler=self.sampler, detector=self.detector,
+                    classifier=self.classifier, policy=self.policy,
+                    frames_per_video=self.frames_per_video, clock=self.clock, bank=self.bank,
+                    credentials=self.credentials)
+        unknown = set(ports) - set(kept)
+        if unknown:
+            raise TypeError(f"Pipeline has no port {', '.join(sorted(unknown))}")
+        return Pipeline(**{**kept, **ports})
+
     def with_bank(self, bank: KnownContentBank | None) -> "Pipeline":
         """The same stages and models, with this hash bank in front of them."""
-        return Pipeline(self.fetcher, self.sampler, self.detector, self.classifier, self.policy,
-                        self.frames_per_video, self.clock, bank)
+        return self.replace(bank=bank)
 
     def process(self, event: UploadEvent) -> Verdict:
         seconds: dict[str, float] = {}
@@ -132,6 +152,10 @@ class Pipeline:
         with self.fetcher.fetch(event.video_uri) as path:
             lap("fetch")
             video_bytes = path.stat().st_size
+            credentials = None
+            if self.credentials is not None:
+                credentials = self.credentials.read(path)
+                lap("credentials")
             sampled = self.sampler.sample(path, self.frames_per_video)
             lap("decode")
         if len(sampled.indices) == 0:
@@ -180,5 +204,5 @@ class Pipeline:
             policy_version=policy_version(self.policy, calibration), stage_seconds=seconds,
             video_bytes=video_bytes, raw_video_score=decision.raw_video_score,
             decisive_track_id=decision.track_id,
-            bank=check,
+            bank=check, credentials=credentials,
         )

@@ -96,10 +96,7 @@ class SandboxedSampler:
         self._idle: queue.SimpleQueue[_Child] = queue.SimpleQueue()
 
     def sample(self, path: Path, count: int) -> SampledFrames:
-        try:
-            child = self._idle.get_nowait()
-        except queue.Empty:
-            child = _Child(self._settings)
+        child = self._idle_child()
         deadline = time.monotonic() + self.timeout_s
         try:
             result = child.ask(path, count, deadline, self.limits)
@@ -111,6 +108,18 @@ class SandboxedSampler:
             raise
         self._idle.put(child)
         return result
+
+    def _idle_child(self) -> "_Child":
+        """A child waiting for work; one that sent bytes nobody asked for since its last
+        answer is killed, so that they are never read as the next video's frames."""
+        while True:
+            try:
+                child = self._idle.get_nowait()
+            except queue.Empty:
+                return _Child(self._settings)
+            if child.quiet():
+                return child
+            child.kill()
 
     def close(self) -> None:
         while True:
@@ -149,6 +158,10 @@ class _Child:
                 pipe.close()
             except OSError:  # unflushed bytes for a child that is gone
                 pass
+
+    def quiet(self) -> bool:
+        """Alive, and nothing waiting on its stdout."""
+        return self.proc.poll() is None and not select.select([self.proc.stdout], [], [], 0)[0]
 
     def ask(self, path: Path, count: int, deadline: float, limits: DecodeLimits) -> SampledFrames:
         try:

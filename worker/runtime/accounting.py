@@ -13,7 +13,7 @@ from worker.runtime.outputs import ConsumedRecord, Output, where
 
 log = logging.getLogger("worker.runner")
 # the pipeline's stages that verdicts time (the runner times "publish" itself)
-VERDICT_STAGES = ("fetch", "decode", "hash_match", "detect_faces", "classify")
+VERDICT_STAGES = ("fetch", "credentials", "decode", "hash_match", "detect_faces", "classify")
 
 
 class Latencies:
@@ -55,6 +55,8 @@ def account(output: Output, record: ConsumedRecord, metrics: WorkerMetrics, work
                 metrics.stage.labels(stage).observe(verdict.stage_seconds[stage])
         latencies.delivered(record, verdict, now)
         metrics.decisions.labels(verdict.decision).inc()
+        if verdict.credentials is not None:
+            metrics.credentials.labels(verdict.credentials.state).inc()
         metrics.faces.inc(verdict.face_count)
         metrics.fetched_bytes.inc(verdict.video_bytes)
         metrics.frames_decoded.inc(verdict.frames_sampled)

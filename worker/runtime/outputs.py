@@ -87,6 +87,7 @@ class Outputs:
         self.verdict_topic = kafka.verdict_topic
         self.dead_letter_topic = kafka.dead_letter_topic
         self.worker_id = worker.id
+        self.verdict_schema = worker.verdict_schema
         self.max_event_bytes = kafka.max_event_bytes
         self.recent = RecentEvents(worker.dedupe_window)
         self.hooks = list(hooks)
@@ -106,7 +107,7 @@ class Outputs:
             self.on_start(record, event, self.now())
             verdict = self.pipeline.process(event)
             key, value = verdict_record(verdict, self.worker_id, self.now(), position_of(record),
-                                        record_time(record))
+                                        record_time(record), self.verdict_schema)
             extra = [r for hook in self.hooks for r in hook.records(verdict, record)]
             return Output(((self.verdict_topic, key, value), *extra), verdict=verdict, event=event)
         except DeadLetter as failure:

@@ -81,5 +81,4 @@ class TimedClassifier(_Timed):
 def timed(pipeline: Pipeline, calls: DeviceCalls) -> Pipeline:
     """The same pipeline, its face detector's and classifier's calls timed by ``calls``."""
     classifier = None if pipeline.classifier is None else TimedClassifier(pipeline.classifier, calls)
-    return Pipeline(pipeline.fetcher, pipeline.sampler, TimedDetector(pipeline.detector, calls),
-                    classifier, pipeline.policy, pipeline.frames_per_video, pipeline.clock, pipeline.bank)
+    return pipeline.replace(detector=TimedDetector(pipeline.detector, calls), classifier=classifier)

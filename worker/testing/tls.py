@@ -26,18 +26,17 @@ class CertFiles:
 class CertificateAuthority:
     """A self-signed CA whose certificate is written to ``folder / f"{name}-ca.crt"``."""
 
-    def __init__(self, folder: Path, name: str = "test", days: int = 7):
+    def __init__(self, folder: Path, name: str = "test", days: int = 7, organization: str | None = None):
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes
         from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import NameOID
 
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.name = name
         self.days = days
         self._key = ec.generate_private_key(ec.SECP256R1())
-        subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} CA")])
+        subject = _name(f"{name} CA", organization)
         now = datetime.datetime.now(datetime.timezone.utc)
         self._cert = (
             x509.CertificateBuilder()
@@ -65,22 +64,25 @@ class CertificateAuthority:
         return cert.public_bytes(Encoding.PEM)
 
     def issue(self, common_name: str, hosts: tuple[str, ...] = (), server: bool = False,
-              client: bool = True) -> CertFiles:
+              client: bool = True, signing: bool = False, organization: str | None = None) -> CertFiles:
         """A certificate for ``common_name`` (with ``hosts``, names or IP addresses, as its
-        subject alternative names), usable for TLS servers and/or clients, and its key;
-        written as ``{common_name}.crt`` (the certificate, then the CA's) and ``{common_name}.key``."""
+        subject alternative names), usable for TLS servers and/or clients, or (``signing``)
+        for signing C2PA manifests (digital signature, email protection: a C2PA-allowed
+        use), and its key; written as ``{common_name}.crt`` (the certificate, then the CA's)
+        and ``{common_name}.key``."""
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import ec
-        from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+        from cryptography.x509.oid import ExtendedKeyUsageOID
 
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.timezone.utc)
         usages = [*([ExtendedKeyUsageOID.SERVER_AUTH] if server else []),
-                  *([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])]
+                  *([ExtendedKeyUsageOID.CLIENT_AUTH] if client and not signing else []),
+                  *([ExtendedKeyUsageOID.EMAIL_PROTECTION] if signing else [])]
         builder = (
             x509.CertificateBuilder()
-            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+            .subject_name(_name(common_name, organization))
             .issuer_name(self._cert.subject)
             .public_key(key.public_key())
             .serial_number(x509.random_serial_number())
@@ -91,6 +93,12 @@ class CertificateAuthority:
             .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self._key.public_key()),
                            critical=False)
         )
+        if signing:
+            builder = builder.add_extension(x509.KeyUsage(
+                digital_signature=True, key_cert_sign=False, crl_sign=False, content_commitment=False,
+                key_encipherment=False, data_encipherment=False, key_agreement=False,
+                encipher_only=False, decipher_only=False), critical=True).add_extension(
+                x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         if hosts:
             names = []
             for host in hosts:
@@ -108,3 +116,13 @@ class CertificateAuthority:
                                                serialization.NoEncryption()))
         key_path.chmod(0o600)
         return CertFiles(cert_path, key_path, self.cert_path)
+
+
+def _name(common_name: str, organization: str | None):
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    attributes = [x509.NameAttribute(NameOID.COMMON_NAME, common_name)]
+    if organization:
+        attributes.append(x509.NameAttribute(NameOID.ORGANIZATION_NAME, organization))
+    return x509.Name(attributes)
