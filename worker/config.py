@@ -12,6 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+# The contract versions the worker can write (worker.core.events.VERSIONS; a test holds the two
+# together, so that the config module needs no schema files).
+CONTRACT_VERSIONS = ("1.0", "1.1", "1.2")
+
 
 class ConfigError(ValueError):
     pass
@@ -208,7 +212,7 @@ class WorkerConfig:
     dedupe_window: int = 100_000
     # The verdict contract's minor version to write: "1.0" until every consumer validates
     # against the newer files (docs/events.md, "Evolving the contracts").
-    verdict_schema: str = "1.1"
+    verdict_schema: str = "1.2"
 
 
 @dataclass(frozen=True)
@@ -256,8 +260,8 @@ class Config:
             problems.append("worker.device_call_deadline_s and worker.stall_after_s must be positive")
         if self.worker.latency_window_s <= 0 or self.worker.clock_skew_s < 0:
             problems.append("worker.latency_window_s must be positive and worker.clock_skew_s not negative")
-        if self.worker.verdict_schema not in ("1.0", "1.1"):
-            problems.append("worker.verdict_schema is 1.0 or 1.1")
+        if self.worker.verdict_schema not in CONTRACT_VERSIONS:
+            problems.append(f"worker.verdict_schema is one of {', '.join(CONTRACT_VERSIONS)}")
         if self.worker.partition_window < 1 or self.worker.max_outputs_per_commit < 1:
             problems.append("worker.partition_window and worker.max_outputs_per_commit must be at least 1")
         bank = self.bank

@@ -18,12 +18,16 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from worker import __version__
 from worker.core.credentials import STATES as CREDENTIAL_STATES
+from worker.core.policy import KINDS as LABEL_KINDS
 from worker.core.dead_letters import REASONS
 
 log = logging.getLogger("worker.health")
 PREFIX = "moderation"
 # From a short clip on a GPU (50 ms) to a long video queued behind others (10 min).
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+# Every (status, kind) a label decision can have.
+LABEL_SERIES = (("none", "none"),) + tuple((status, kind) for status in ("apply", "pending_review")
+                                            for kind in LABEL_KINDS)
 STAGES = ("fetch", "credentials", "decode", "hash_match", "detect_faces", "classify", "publish")
 
 
@@ -55,6 +59,10 @@ class WorkerMetrics:
         self.credentials = Counter(
             f"{PREFIX}_credentials", "Uploads whose C2PA content credentials were read, by state "
             "(absent, unreadable, invalid, valid, trusted).", ["state"], registry=registry)
+        self.labels_decided = Counter(
+            f"{PREFIX}_labels", "Synthetic-content label decisions, by status (none, apply, "
+            "pending_review) and kind (ai_generated, ai_altered; none with status none).",
+            ["status", "kind"], registry=registry)
         self.dead_letters = Counter(f"{PREFIX}_dead_letters", "Dead-letter records published, by reason.",
                                     ["reason"], registry=registry)
         self.faces = Counter(f"{PREFIX}_faces_detected", "Face detections in sampled frames.",
@@ -100,6 +108,8 @@ class WorkerMetrics:
             self.decisions.labels(decision)
         for state in CREDENTIAL_STATES:
             self.credentials.labels(state)
+        for status, kind in LABEL_SERIES:
+            self.labels_decided.labels(status, kind)
         for reason in sorted(REASONS):
             self.dead_letters.labels(reason)
         for clock in ("kafka_record", "uploaded_at"):

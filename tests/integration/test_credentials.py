@@ -18,6 +18,7 @@ from worker.app import build_pipeline
 from worker.core import credentials as cr
 from worker.core.credentials import Credentials, Signer
 from worker.core.events import upload_event, validator
+from worker.core.policy import Decision, Declaration, Label, label
 from worker.media.decoding import DecordSampler
 from worker.media.limits import DecodeLimits
 from worker.provenance.sandbox import CredentialReader, ReaderSettings
@@ -121,6 +122,21 @@ def read(path: Path, anchors: Path | None = None, **settings) -> Credentials:
 
 
 SIGNER = Signer(issuer="Example Generator Ltd", common_name="Generator Signing Key", signing_time=None)
+LOW_SCORE = Decision("allow", ("score_below_review_threshold",), 0.1)
+NO_LABEL = Label("none", None, (), None)
+
+
+def labels_of(credentials: Credentials) -> tuple[Label, Label]:
+    """The label these credentials lead to, undeclared and declared not synthetic, with the
+    faces scored low (the credentials alone speak)."""
+    return (label(None, credentials, LOW_SCORE)[0], label(Declaration(False), credentials, LOW_SCORE)[0])
+
+
+def credential_labels(kind: str | None) -> tuple[Label, Label]:
+    if kind is None:
+        return NO_LABEL, NO_LABEL
+    return (Label("apply", kind, ("content_credentials",), "credentials_say_synthetic"),
+            Label("pending_review", kind, ("content_credentials",), "declaration_contradicted_by_credentials"))
 
 
 @pytest.mark.parametrize("anchored", [False, True], ids=["no-anchors", "ca-anchor"])
@@ -137,6 +153,7 @@ def test_signed_video_is_valid_without_anchors_and_trusted_with_its_ca(
         digital_source_types=(source_type,), ingredient_count=ingredients,
         manifest_bytes=_store(videos[name].read_bytes())[1])
     assert got.synthetic == synthetic
+    assert labels_of(got) == credential_labels(synthetic)
 
 
 def test_a_signer_outside_the_anchors_is_valid_not_trusted(videos, pki):
@@ -145,11 +162,13 @@ def test_a_signer_outside_the_anchors_is_valid_not_trusted(videos, pki):
     assert got.signer == Signer(issuer="Unknown Studio", common_name="Stranger Key")
     assert got.validation_codes == ("signingCredential.untrusted",)
     assert got.synthetic == cr.AI_GENERATED
+    assert labels_of(got) == credential_labels(cr.AI_GENERATED)
 
 
 def test_no_credentials_is_absent():
     assert read(sample_video("carphone_pristine.mp4")) == Credentials(cr.ABSENT)
     assert read(sample_video("bikes.mp4")) == Credentials(cr.ABSENT)
+    assert labels_of(Credentials(cr.ABSENT)) == (NO_LABEL, NO_LABEL)
 
 
 @pytest.mark.parametrize("anchored", [False, True])
@@ -159,6 +178,7 @@ def test_a_file_changed_after_signing_is_invalid_and_declares_nothing(videos, pk
     assert "assertion.bmffHash.mismatch" in got.validation_codes
     assert got.digital_source_types == ("trainedAlgorithmicMedia",)  # reported, never believed
     assert got.synthetic is None and not got.believed
+    assert labels_of(got) == (NO_LABEL, NO_LABEL)  # tampered: as if there were none
 
 
 def test_the_validator_s_own_rules_make_a_manifest_invalid(videos, pki):
@@ -166,6 +186,7 @@ def test_the_validator_s_own_rules_make_a_manifest_invalid(videos, pki):
     assert got.state == cr.INVALID
     assert got.validation_codes == ("assertion.action.malformed",)
     assert got.synthetic is None
+    assert labels_of(got) == (NO_LABEL, NO_LABEL)
 
 
 @pytest.mark.parametrize("name", ["cut", "absurd"])
@@ -173,6 +194,7 @@ def test_a_broken_store_is_unreadable_and_the_video_still_decodes(videos, name):
     got = read(videos[name])
     assert (got.state, got.reason) == (cr.UNREADABLE, cr.MANIFEST_MALFORMED)
     assert got.message and got.synthetic is None
+    assert labels_of(got) == (NO_LABEL, NO_LABEL)
     frames = DecordSampler(DecodeLimits()).sample(videos[name], 4).frames
     assert frames.shape[0] == 4
 
@@ -227,30 +249,52 @@ def test_cli_prints_the_record(videos, pki):
 
 
 @pytest.mark.kafka
-def test_credentials_reach_the_verdict_through_kafka(kafka_config, videos, pki):
-    """A trusted AI credential, a store cut short and no credentials at all: three verdicts,
-    each with its credentials, in contract 1.1; the counter counts each state."""
+def test_credentials_and_labels_reach_the_verdict_through_kafka(kafka_config, videos, pki):
+    """A trusted AI credential (once undeclared, once declared not synthetic), a store cut
+    short, and no credentials on an upload its uploader declared synthetic: four verdicts of
+    contract 1.2, each with its credentials and its label; the counters count each."""
     cfg = kafka_config.replace(provenance={"trust_anchors": str(pki["ca"])})
     pipeline = build_pipeline(cfg)
-    uploads = {"signed": videos["ai_generated"], "cut": videos["cut"],
-               "plain": sample_video("carphone_pristine.mp4")}
-    publish(cfg, [(name.encode(), upload_event(name, path.as_uri(), "tester", event_id=f"evt-{name}"))
-                  for name, path in uploads.items()])
+    uploads = {"signed": (videos["ai_generated"], None),
+               "denied": (videos["ai_generated"], Declaration(False)),
+               "cut": (videos["cut"], None),
+               "plain": (sample_video("carphone_pristine.mp4"), Declaration(True, tool="FaceFusion 3"))}
+    publish(cfg, [(name.encode(), upload_event(name, path.as_uri(), "tester", event_id=f"evt-{name}",
+                                               declaration=declared))
+                  for name, (path, declared) in uploads.items()])
     registry = CollectorRegistry()
     with running_worker(cfg, pipeline, registry=registry):
-        outputs = read_outputs(cfg, expected=3)
-    assert [topic for topic, _, _ in outputs] == [cfg.kafka.verdict_topic] * 3
+        outputs = read_outputs(cfg, expected=4)
+    assert [topic for topic, _, _ in outputs] == [cfg.kafka.verdict_topic] * 4
     verdicts = {record["data"]["video_id"]: record for _, _, record in outputs}
     for record in verdicts.values():
-        validator("verdict", "1.1").validate(record)
-        assert record["dataschema"] == "https://schemas.deepfake-moderation.dev/v1.1/verdict.schema.json"
+        validator("verdict", "1.2").validate(record)
+        assert record["dataschema"] == "https://schemas.deepfake-moderation.dev/v1.2/verdict.schema.json"
         assert record["data"]["frames_sampled"] == 32  # the video was judged whatever its credentials
         assert record["data"]["latency_seconds"]["credentials"] >= 0
+        assert record["data"]["decision"] != "takedown"  # no model file here: no takedown at all
     signed = verdicts["signed"]["data"]["credentials"]
     assert (signed["state"], signed["digital_source_types"]) == ("trusted", ["trainedAlgorithmicMedia"])
     assert signed["signer"]["issuer"] == "Example Generator Ltd"
     cut = verdicts["cut"]["data"]["credentials"]
     assert (cut["state"], cut["reason"]) == ("unreadable", "manifest_malformed")
     assert verdicts["plain"]["data"]["credentials"]["state"] == "absent"
-    for state, count in (("trusted", 1), ("unreadable", 1), ("absent", 1), ("valid", 0), ("invalid", 0)):
+    labels = {name: record["data"]["label"] for name, record in verdicts.items()}
+    assert labels == {
+        "signed": {"status": "apply", "kind": "ai_generated", "basis": ["content_credentials"],
+                   "rule": "credentials_say_synthetic"},
+        "denied": {"status": "pending_review", "kind": "ai_generated", "basis": ["content_credentials"],
+                   "rule": "declaration_contradicted_by_credentials"},
+        "cut": {"status": "none", "kind": None, "basis": [], "rule": None},
+        "plain": {"status": "apply", "kind": "ai_generated", "basis": ["uploader_declaration"],
+                  "rule": "declared_synthetic"}}
+    assert verdicts["denied"]["data"]["declaration"] == {"synthetic": False}
+    assert verdicts["plain"]["data"]["declaration"] == {"synthetic": True, "tool": "FaceFusion 3"}
+    assert "declaration" not in verdicts["signed"]["data"]
+    assert verdicts["denied"]["data"]["decision"] == "review"
+    assert "declaration_contradicted_by_credentials" in verdicts["denied"]["data"]["reasons"]
+    for state, count in (("trusted", 2), ("unreadable", 1), ("absent", 1), ("valid", 0), ("invalid", 0)):
         assert registry.get_sample_value("moderation_credentials_total", {"state": state}) == count
+    for (status, kind), count in ((("apply", "ai_generated"), 2), (("pending_review", "ai_generated"), 1),
+                                  (("none", "none"), 1), (("apply", "ai_altered"), 0)):
+        assert registry.get_sample_value("moderation_labels_total", {"status": status, "kind": kind}) == count

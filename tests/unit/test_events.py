@@ -15,7 +15,7 @@ from worker.core.dead_letters import DeadLetter
 from worker.core.events import (MAX_ORIGINAL_BYTES, ModelInfo, SourcePosition, Verdict,
                            dead_letter_record, format_time, parse_upload_event,
                            validator, verdict_record)
-from worker.core.policy import Policy, policy_version
+from worker.core.policy import Declaration, Label, Policy, policy_version
 from worker.core.tracks import Detection, FaceTrack
 
 from .conftest import UPLOADED_AT
@@ -224,7 +224,7 @@ CREDENTIALS = Credentials("trusted", claim_generator="Gen 1.0", signer=Signer("O
 
 
 def test_a_1_1_verdict_carries_the_credentials_and_names_its_schema(make_event):
-    _, value = verdict_record(a_verdict(make_event, credentials=CREDENTIALS), "w", UPLOADED_AT)
+    _, value = verdict_record(a_verdict(make_event, credentials=CREDENTIALS), "w", UPLOADED_AT, version="1.1")
     document = json.loads(value)
     assert document["dataschema"] == "https://schemas.deepfake-moderation.dev/v1.1/verdict.schema.json"
     assert Credentials.from_json(document["data"]["credentials"]) == CREDENTIALS
@@ -236,6 +236,55 @@ def test_a_1_0_verdict_leaves_the_1_1_fields_out(make_event):
     document = json.loads(value)
     assert "dataschema" not in document and "credentials" not in document["data"]
     assert list(validator("verdict", "1.0").iter_errors(document)) == []
+
+
+DECLARED = Declaration(synthetic=True, kind="ai_altered", tool="FaceFusion 3")
+
+
+def test_an_upload_event_may_carry_the_uploaders_declaration(make_event):
+    event = parse_upload_event(make_event("vid-42", declaration=DECLARED), MAX_BYTES)
+    assert event.declaration == DECLARED
+    assert parse_upload_event(make_event("vid-42"), MAX_BYTES).declaration is None  # optional
+    plain = parse_upload_event(make_event("vid-42", declaration=Declaration(False)), MAX_BYTES)
+    assert plain.declaration == Declaration(False)
+    document = json.loads(make_event("vid-42", declaration=DECLARED))
+    assert list(validator("upload-event", "1.0").iter_errors(document)), "1.0 has no declaration"
+    assert list(validator("upload-event", "1.2").iter_errors(document)) == []
+
+
+@pytest.mark.parametrize("declaration, where", [
+    ({"synthetic": "yes"}, "data/declaration/synthetic"),
+    ({"synthetic": False, "kind": "ai_generated"}, "data/declaration"),  # a kind only when synthetic
+    ({"synthetic": True, "kind": "deepfake"}, "data/declaration/kind"),
+    ({"kind": "ai_generated"}, "data/declaration"),
+    ({"synthetic": True, "tool": "x" * 257}, "data/declaration/tool"),
+    ({"synthetic": True, "model": "sd"}, "data/declaration"),
+])
+def test_a_malformed_declaration_is_a_schema_violation(make_event, declaration, where):
+    document = json.loads(make_event("vid-42"))
+    document["data"]["declaration"] = declaration
+    with pytest.raises(DeadLetter) as caught:
+        parse_upload_event(json.dumps(document).encode(), MAX_BYTES)
+    assert caught.value.reason == "schema_violation" and caught.value.message.startswith(where)
+
+
+def test_a_1_2_verdict_carries_the_label_and_the_declaration(make_event):
+    event = parse_upload_event(make_event("vid-42", declaration=Declaration(False)), MAX_BYTES)
+    needed = Label("pending_review", "ai_generated", ("content_credentials",),
+                   "declaration_contradicted_by_credentials")
+    _, value = verdict_record(a_verdict(make_event, event=event, credentials=CREDENTIALS, label=needed),
+                              "w", UPLOADED_AT)
+    document = json.loads(value)
+    assert document["dataschema"] == "https://schemas.deepfake-moderation.dev/v1.2/verdict.schema.json"
+    assert document["data"]["label"] == {"status": "pending_review", "kind": "ai_generated",
+                                         "basis": ["content_credentials"],
+                                         "rule": "declaration_contradicted_by_credentials"}
+    assert document["data"]["declaration"] == {"synthetic": False}
+    assert list(validator("verdict", "1.2").iter_errors(document)) == []
+    _, older = verdict_record(a_verdict(make_event, event=event, credentials=CREDENTIALS, label=needed),
+                              "w", UPLOADED_AT, version="1.1")
+    older = json.loads(older)["data"]
+    assert "label" not in older and "declaration" not in older and "credentials" in older
 
 
 @pytest.mark.parametrize("seconds", [0.0, 12.345678, 3600.5])

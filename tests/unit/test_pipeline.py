@@ -11,7 +11,7 @@ from worker.core.calibration import Calibration
 from worker.core.credentials import Credentials
 from worker.core.dead_letters import DeadLetter
 from worker.core.events import parse_upload_event
-from worker.core.policy import Policy, policy_version
+from worker.core.policy import Declaration, Label, Policy, policy_version
 from worker.testing.fakes import CALIBRATED_FAKE_MODEL, UNCALIBRATED_FAKE_MODEL, FakeClassifier, FakeDetector, FakeSampler
 
 from .conftest import FACE
@@ -135,8 +135,9 @@ def test_credentials_are_read_from_the_fetched_file_and_timed(make_pipeline, eve
     assert [p.name for p in reader.paths] == ["a.mp4"]  # the fetched copy of the upload
     assert verdict.stage_seconds == {"fetch": 0.5, "credentials": 0.125, "decode": 1.125, "detect_faces": 0.25,
                                      "classify": 0.125, "processing": 3.0}
-    # the faces decide, as without credentials (the labelling rules come next)
-    assert verdict.decision == make_pipeline().process(event).decision
+    # the faces decide the takedown, as without credentials; the credentials decide the label
+    assert verdict.decision == make_pipeline().process(event).decision == "takedown"
+    assert (verdict.label.status, verdict.label.basis) == ("apply", ("content_credentials", "detectors"))
 
 
 def test_replace_swaps_the_named_ports_and_keeps_every_other(make_pipeline):
@@ -150,6 +151,20 @@ def test_replace_swaps_the_named_ports_and_keeps_every_other(make_pipeline):
     assert pipeline.with_bank(None).credentials is reader
     with pytest.raises(TypeError, match="no port"):
         pipeline.replace(decoder=detector)
+
+
+def test_the_label_comes_from_the_declaration_the_credentials_and_the_faces(make_pipeline, make_event):
+    denied = parse_upload_event(make_event("vid-a", "file:///videos/a.mp4", declaration=Declaration(False)), 1 << 20)
+    reader = RecordingReader(Credentials("trusted", digital_source_types=("trainedAlgorithmicMedia",)))
+    low = FakeClassifier(lambda pos, box: 0.1)
+    verdict = make_pipeline(classifier=low, credentials=reader).process(denied)
+    assert (verdict.decision, verdict.reasons) == ("review", ("score_below_review_threshold",
+                                                              "declaration_contradicted_by_credentials"))
+    assert verdict.label == Label("pending_review", "ai_generated", ("content_credentials",),
+                                  "declaration_contradicted_by_credentials")
+    plain = parse_upload_event(make_event("vid-a", "file:///videos/a.mp4"), 1 << 20)
+    verdict = make_pipeline(classifier=low).process(plain)
+    assert (verdict.decision, verdict.label.status) == ("allow", "none")
 
 
 def test_without_a_reader_the_verdict_has_no_credentials(make_pipeline, event):
@@ -172,7 +187,8 @@ def test_frames_per_video_must_be_positive(make_pipeline):
 def test_an_uncalibrated_model_sends_a_high_score_to_review(make_pipeline, event):
     classifier = FakeClassifier(lambda pos, box: 0.99, info=UNCALIBRATED_FAKE_MODEL)
     verdict = make_pipeline(classifier=classifier).process(event)
-    assert (verdict.decision, verdict.reasons) == ("review", ("model_uncalibrated",))
+    assert (verdict.decision, verdict.reasons) == ("review", ("model_uncalibrated", "label_may_be_owed"))
+    assert (verdict.label.status, verdict.label.basis) == ("pending_review", ("detectors",))
     assert verdict.video_score == verdict.raw_video_score == pytest.approx(0.99)
     assert verdict.policy_version == Policy().version
 

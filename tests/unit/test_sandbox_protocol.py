@@ -121,3 +121,28 @@ def test_a_silent_child_is_killed_at_the_deadline(tmp_path):
     child.kill()
     assert caught.value.reason == "timeout" and time.monotonic() - started < 5
     assert child.proc.returncode is not None
+
+
+class _FakeChild:
+    def __init__(self, quiet=True):
+        self._quiet, self.killed = quiet, False
+
+    def quiet(self):
+        return self._quiet and not self.killed
+
+    def kill(self):
+        self.killed = True
+
+
+def test_idle_children_hand_out_a_quiet_one_and_kill_the_rest():
+    from worker.media.children import IdleChildren
+    idle = IdleChildren()
+    dead, good = _FakeChild(quiet=False), _FakeChild()
+    idle.put(dead)
+    idle.put(good)
+    assert idle.take(_FakeChild) is good and dead.killed and idle.empty()
+    fresh = idle.take(_FakeChild)
+    assert isinstance(fresh, _FakeChild) and fresh not in (dead, good)
+    idle.put(good)
+    idle.close()
+    assert good.killed and idle.empty()

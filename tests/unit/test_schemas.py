@@ -14,7 +14,8 @@ import pytest
 from worker.core.calibration import Calibration
 from worker.core.dead_letters import DeadLetter
 from worker.core.events import LATEST, SCHEMA_DIR, VERSIONS, parse_upload_event, schema_path, validator
-from worker.core.policy import KnownContentMatch, Policy, decide, policy_version
+from worker.core.credentials import Credentials
+from worker.core.policy import Declaration, KnownContentMatch, Policy, decide, label, policy_version
 from worker.core.tracks import Detection, FaceTrack
 
 SCHEMAS = ("upload-event", "verdict", "dead-letter", "bank-entry", "reviewer-confirmation",
@@ -34,6 +35,8 @@ FROZEN = {
     "v1/upload-event.schema.json": "49c74f91423f345e6d18b44ca9e7889baad2c7e8966fc043601508dc8afe2979",
     "v1/verdict.schema.json": "40091a07e973336e21a2373c993016533d7586b63e9177e5832788bd6b86cf78",
     "v1.1/verdict.schema.json": "6b70d01822b098e224b1fa6936172cffc46f59b170bca65de828c026b6af0011",
+    "v1.2/upload-event.schema.json": "ef207ccc511c6799213348465e7a5289bd9ee8651e12fab69459119af69163b7",
+    "v1.2/verdict.schema.json": "bdf9ea5a30abcad2c4d020c2b3ddb942967d8bbedfb88ebba9ab8590f4ea1c25",
 }
 
 # Each invalid example breaks one rule: where (JSON path) and which schema keyword.
@@ -53,6 +56,8 @@ BROKEN_RULE = {
     "reviewer-confirmation-unknown-decision.json": ("data/decision", "enum"),
     "match-score-score-as-percent.json": ("data/video_score", "maximum"),
     "verdict-credentials-unknown-state.json": ("data/credentials/state", "enum"),
+    "upload-event-declaration-kind-without-synthetic.json": ("data/declaration", "not"),
+    "verdict-label-unknown-basis.json": ("data/label/basis/0", "enum"),
 }
 
 
@@ -104,6 +109,9 @@ def test_a_version_without_its_own_file_is_the_version_before():
     assert schema_path("dead-letter", "1.1") == SCHEMA_DIR / "v1" / "dead-letter.schema.json"
     assert schema_path("verdict", "1.1") == SCHEMA_DIR / "v1.1" / "verdict.schema.json"
     assert schema_path("verdict", "1.0") == SCHEMA_DIR / "v1" / "verdict.schema.json"
+    assert schema_path("upload-event", "1.1") == SCHEMA_DIR / "v1" / "upload-event.schema.json"
+    assert schema_path("upload-event", "1.2") == SCHEMA_DIR / "v1.2" / "upload-event.schema.json"
+    assert schema_path("dead-letter", "1.2") == SCHEMA_DIR / "v1" / "dead-letter.schema.json"
     assert validator("verdict").schema == validator("verdict", LATEST).schema
     assert validator("verdict", "1.0").schema != validator("verdict", "1.1").schema
     with pytest.raises(ValueError, match="unknown contract version"):
@@ -183,7 +191,15 @@ def test_verdict_example_can_be_re_derived_from_its_evidence(path):
         known = KnownContentMatch(match["entry_id"], match["source_video_id"], match["query_match_percent"],
                                  match["entry_match_percent"], match["median_distance"])
     decision = decide(policy, tracks, model_loaded=model is not None, known=known, calibration=calibration)
+    credentials = Credentials.from_json(data["credentials"]) if "credentials" in data else None
+    declared = data.get("declaration")
+    declaration = None if declared is None else Declaration(declared["synthetic"], declared.get("kind"),
+                                                             declared.get("tool"))
+    needed, decision = label(declaration, credentials, decision)
     assert (decision.decision, list(decision.reasons)) == (data["decision"], data["reasons"])
+    if "label" in data:
+        assert data["label"] == {"status": needed.status, "kind": needed.kind, "basis": list(needed.basis),
+                                 "rule": needed.rule}
     assert decision.video_score == pytest.approx(data["video_score"], abs=1e-6)
     if "raw_video_score" in data:
         assert decision.raw_video_score == pytest.approx(data["raw_video_score"], abs=1e-6)
@@ -221,7 +237,7 @@ def test_the_named_verdict_examples_show_what_their_names_say():
     assert [len(t["detections"]) for t in takedown["tracks"]] == [2, 2]
     assert takedown["video_score"] >= takedown["model"]["calibration"]["takedown_threshold"]
     uncalibrated = load(EXAMPLES / "verdict-review-uncalibrated.json")["data"]
-    assert (uncalibrated["decision"], uncalibrated["reasons"]) == ("review", ["model_uncalibrated"])
+    assert (uncalibrated["decision"], uncalibrated["reasons"]) == ("review", ["model_uncalibrated", "label_may_be_owed"])
     assert uncalibrated["model"]["calibration"] is None
     assert uncalibrated["video_score"] == uncalibrated["raw_video_score"] >= Policy().takedown_threshold
     no_model = load(EXAMPLES / "verdict-review-no-model.json")["data"]
@@ -239,3 +255,8 @@ def test_dead_letter_example_keeps_bytes_that_are_not_json():
     with pytest.raises(DeadLetter) as info:
         parse_upload_event(original, 1 << 20)
     assert info.value.reason == "invalid_json"
+
+
+def test_the_config_knows_every_contract_version():
+    from worker.config import CONTRACT_VERSIONS
+    assert CONTRACT_VERSIONS == VERSIONS

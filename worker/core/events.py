@@ -24,7 +24,7 @@ from worker.core.aggregation import Aggregation
 from worker.core.calibration import Calibration
 from worker.core.credentials import Credentials
 from worker.core.dead_letters import DeadLetter
-from worker.core.policy import KnownContentMatch
+from worker.core.policy import Declaration, KnownContentMatch, Label
 from worker.core.tracks import FaceTrack
 
 SCHEMA_DIR = Path(__file__).resolve().parents[2] / "schemas"
@@ -38,7 +38,7 @@ _UPLOAD_TYPE_PREFIX = "dev.moderation.upload."
 
 # The minor versions of v1, oldest first (docs/events.md, "Evolving the contracts"): each
 # adds optional fields in ``schemas/v1.N/``, a folder holding the schemas that changed.
-VERSIONS = ("1.0", "1.1")
+VERSIONS = ("1.0", "1.1", "1.2")
 LATEST = VERSIONS[-1]
 
 
@@ -124,6 +124,7 @@ class UploadEvent:
     uploaded_at: datetime
     content_hash: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    declaration: Declaration | None = None  # the uploader's, from contract 1.2
 
 
 def checked_document(value: bytes | None, max_bytes: int, schema: str, type_prefix: str,
@@ -190,12 +191,29 @@ def parse_upload_event(value: bytes | None, max_bytes: int) -> UploadEvent:
         uploaded_at=uploaded_at,
         content_hash=data.get("content_hash"),
         metadata=dict(data.get("metadata", {})),
+        declaration=_declaration(data.get("declaration")),
     )
+
+
+def _declaration(document: dict | None) -> Declaration | None:
+    if document is None:
+        return None
+    return Declaration(synthetic=document["synthetic"], kind=document.get("kind"), tool=document.get("tool"))
+
+
+def declaration_json(declaration: Declaration) -> dict[str, Any]:
+    document: dict[str, Any] = {"synthetic": declaration.synthetic}
+    if declaration.kind is not None:
+        document["kind"] = declaration.kind
+    if declaration.tool is not None:
+        document["tool"] = declaration.tool
+    return document
 
 
 def upload_event(video_id: str, video_uri: str, uploader: str, *, event_id: str | None = None,
                  uploaded_at: datetime | None = None, source: str = "urn:moderation:uploader",
-                 content_hash: str | None = None, metadata: dict | None = None) -> bytes:
+                 content_hash: str | None = None, metadata: dict | None = None,
+                 declaration: Declaration | None = None) -> bytes:
     """Serialise an upload event, as an upload service (or the quick start) publishes it."""
     now = uploaded_at or datetime.now(timezone.utc)
     data: dict[str, Any] = {"video_id": video_id, "uploader": uploader,
@@ -204,7 +222,11 @@ def upload_event(video_id: str, video_uri: str, uploader: str, *, event_id: str 
         data["content_hash"] = content_hash
     if metadata:
         data["metadata"] = metadata
+    if declaration is not None:
+        data["declaration"] = declaration_json(declaration)
     document = envelope(UPLOAD_TYPE, event_id or str(uuid.uuid4()), source, now, data)
+    if declaration is not None:  # a 1.2 event names its file, as a 1.1 or 1.2 verdict does
+        document["dataschema"] = validator("upload-event", "1.2").schema["$id"]
     return checked_json("upload-event", document)
 
 
@@ -266,6 +288,7 @@ class Verdict:
     raw_video_score: float | None = None  # the model's own score, before calibration
     decisive_track_id: int | None = None  # the track whose score is the video score
     credentials: Credentials | None = None  # the upload's content credentials, when read
+    label: Label | None = None              # the synthetic-content label it needs
 
     @property
     def face_count(self) -> int:
@@ -360,10 +383,17 @@ def verdict_record(verdict: Verdict, worker_id: str, published_at: datetime,
             "median_distance": round_score(match.median_distance, 3)}
     if verdict.fingerprint is not None:
         document["data"]["fingerprint_vpdq"] = verdict.fingerprint
-    if version != "1.0":
+    written = VERSIONS.index(version)
+    if written >= VERSIONS.index("1.1"):
         document["dataschema"] = validator("verdict", version).schema["$id"]
         if verdict.credentials is not None:
             document["data"]["credentials"] = verdict.credentials.to_json()
+    if written >= VERSIONS.index("1.2"):
+        if verdict.label is not None:
+            document["data"]["label"] = {"status": verdict.label.status, "kind": verdict.label.kind,
+                                         "basis": list(verdict.label.basis), "rule": verdict.label.rule}
+        if verdict.event.declaration is not None:
+            document["data"]["declaration"] = declaration_json(verdict.event.declaration)
     return verdict.event.video_id.encode(), checked_json("verdict", document, version)
 
 

@@ -20,7 +20,7 @@ from worker.core.aggregation import score_tracks
 from worker.core.credentials import Credentials
 from worker.core.dead_letters import NO_FRAMES, DeadLetter
 from worker.core.events import BankCheck, ModelInfo, UploadEvent, Verdict
-from worker.core.policy import Policy, decide, policy_version
+from worker.core.policy import Policy, decide, label, policy_version
 from worker.core.tracks import Box, Detection, link_tracks
 
 
@@ -196,6 +196,7 @@ class Pipeline:
             calibration = model.calibration
         decision = decide(self.policy, tracks, model_loaded=model is not None, known=known,
                           calibration=calibration)
+        needed, decision = label(event.declaration, credentials, decision)
         seconds["processing"] = self.clock() - started
         return Verdict(
             event=event, decision=decision.decision, reasons=decision.reasons,
@@ -204,5 +205,5 @@ class Pipeline:
             policy_version=policy_version(self.policy, calibration), stage_seconds=seconds,
             video_bytes=video_bytes, raw_video_score=decision.raw_video_score,
             decisive_track_id=decision.track_id,
-            bank=check, credentials=credentials,
+            bank=check, credentials=credentials, label=needed,
         )

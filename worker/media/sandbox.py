@@ -31,6 +31,7 @@ from worker.core import dead_letters
 from worker.core.dead_letters import DeadLetter
 from worker.core.pipeline import SampledFrames, SampleLayout
 from worker.media.limits import DecodeLimits
+from worker.media.children import IdleChildren
 
 _MAX_HEADER = 1 << 20
 _PIPE_BYTES = 1 << 20  # Linux's default pipe-max-size: 16 times fewer wake-ups than 64 KiB
@@ -93,7 +94,7 @@ class SandboxedSampler:
         self.timeout_s = timeout_s
         self.limits = replace(limits or DecodeLimits(), **changes)
         self._settings = {"limits": self.limits.to_json(), "memory_bytes": memory_bytes}
-        self._idle: queue.SimpleQueue[_Child] = queue.SimpleQueue()
+        self._idle = IdleChildren()
 
     def sample(self, path: Path, count: int) -> SampledFrames:
         child = self._idle_child()
@@ -110,23 +111,10 @@ class SandboxedSampler:
         return result
 
     def _idle_child(self) -> "_Child":
-        """A child waiting for work; one that sent bytes nobody asked for since its last
-        answer is killed, so that they are never read as the next video's frames."""
-        while True:
-            try:
-                child = self._idle.get_nowait()
-            except queue.Empty:
-                return _Child(self._settings)
-            if child.quiet():
-                return child
-            child.kill()
+        return self._idle.take(lambda: _Child(self._settings))
 
     def close(self) -> None:
-        while True:
-            try:
-                self._idle.get_nowait().kill()
-            except queue.Empty:
-                return
+        self._idle.close()
 
 
 class _Answered(Exception):

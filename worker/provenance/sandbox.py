@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import select
 import signal
 import subprocess
@@ -31,6 +30,7 @@ from pathlib import Path
 
 from worker.core import credentials as cr
 from worker.core.credentials import Credentials
+from worker.media.children import IdleChildren
 from worker.provenance.store import locate
 
 _MAX_ANSWER = 1 << 20
@@ -78,7 +78,7 @@ class CredentialReader:
         """``command``: what runs as the child (tests stand a scripted one in)."""
         self.settings = settings
         self._command = command or [sys.executable, "-m", "worker.provenance.sandbox", settings.to_json()]
-        self._idle: queue.SimpleQueue[_Child] = queue.SimpleQueue()
+        self._idle = IdleChildren()
 
     def read(self, path: Path) -> Credentials:
         try:
@@ -111,23 +111,10 @@ class CredentialReader:
         return answer
 
     def _idle_child(self) -> "_Child":
-        """A child waiting for work; one that sent bytes nobody asked for since its last
-        answer is killed, so that its stray words are never read as the next upload's."""
-        while True:
-            try:
-                child = self._idle.get_nowait()
-            except queue.Empty:
-                return _Child(self._command)
-            if child.quiet():
-                return child
-            child.kill()
+        return self._idle.take(lambda: _Child(self._command))
 
     def close(self) -> None:
-        while True:
-            try:
-                self._idle.get_nowait().kill()
-            except queue.Empty:
-                return
+        self._idle.close()
 
 
 class _Failed(Exception):

@@ -57,6 +57,8 @@ def account(output: Output, record: ConsumedRecord, metrics: WorkerMetrics, work
         metrics.decisions.labels(verdict.decision).inc()
         if verdict.credentials is not None:
             metrics.credentials.labels(verdict.credentials.state).inc()
+        if verdict.label is not None:
+            metrics.labels_decided.labels(verdict.label.status, verdict.label.kind or "none").inc()
         metrics.faces.inc(verdict.face_count)
         metrics.fetched_bytes.inc(verdict.video_bytes)
         metrics.frames_decoded.inc(verdict.frames_sampled)
