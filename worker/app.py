@@ -13,6 +13,7 @@ import torch  # before decord (imported by .media): see docs/runtime.md, "Pitfal
 from prometheus_client import CollectorRegistry
 
 from worker.bank.attach import attach_bank
+from worker.bank.confirmations import VideoFingerprinter
 from worker.batching import WatchedStage
 from worker.config import BankConfig, Config, ConfigError, FacesConfig, MediaConfig, ModelConfig, ProvenanceConfig
 from worker.core.pipeline import FaceClassifier, FaceDetector, FrameSampler, Pipeline
@@ -27,6 +28,8 @@ from worker.models.batching import CrossVideoBatcher
 from worker.models.loading import load_detector_model, load_face_detector, model_frame_slack
 from worker.models.spec import ModelSpec, load_model_spec
 from worker.models.timing import StageTimer
+from worker.orders.handler import OpenOrders, OrderHandler
+from worker.orders.records import parse_category_hours
 from worker.provenance.sandbox import CredentialReader, ReaderSettings, TrustAnchorsError
 from worker.runtime.access import check_access
 from worker.runtime.accounting import Latencies
@@ -187,6 +190,16 @@ def observe_device_stages(pipeline: Pipeline, metrics: WorkerMetrics) -> None:
             port.watch(observe)
 
 
+def build_order_handler(cfg: Config, entries: VideoFingerprinter,
+                        open_orders: OpenOrders | None = None) -> OrderHandler:
+    """The side-topic handler of ``orders.topic``: executes each legal order (docs/orders.md)."""
+    return OrderHandler(cfg.orders.topic, cfg.orders.status_topic, cfg.kafka.verdict_topic, cfg.bank.topic,
+                        entries, cfg.worker.id, cfg.orders.deadline_hours,
+                        parse_category_hours(cfg.orders.category_deadline_hours),
+                        cfg.worker.verdict_schema, cfg.kafka.max_event_bytes, open_orders=open_orders,
+                        budget_s=0.8 * cfg.worker.video_deadline_s)
+
+
 def serve(cfg: Config, stop: threading.Event, pipeline: Pipeline | None = None,
           registry: CollectorRegistry | None = None,
           on_http: Callable[[int], None] | None = None) -> None:
@@ -232,8 +245,13 @@ def serve(cfg: Config, stop: threading.Event, pipeline: Pipeline | None = None,
             while not follower.loaded.wait(5.0) and not stop.is_set():
                 log.info("waiting for the hash bank (%s) to load", cfg.bank.topic)
         latencies = Latencies(metrics, LatencyWindow.of(cfg.worker))
+        side_topics = list(attached.side_topics)
+        open_orders = OpenOrders()
+        metrics.watch_orders(open_orders.count, open_orders.oldest_seconds, open_orders.deadline_share)
+        if cfg.orders.topic:
+            side_topics.append(build_order_handler(cfg, attached.entries, open_orders))
         outputs = Outputs(pipeline, cfg.kafka, cfg.worker, hooks=attached.hooks,
-                          side_topics=attached.side_topics, on_start=latencies.started)
+                          side_topics=side_topics, on_start=latencies.started)
         runner = Runner(consumer, delivery, outputs, cfg.kafka, cfg.worker, metrics, health,
                         latencies=latencies)
         log.info("consuming %s as group %s (%s)", cfg.kafka.upload_topic, cfg.kafka.group_id,

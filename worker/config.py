@@ -14,7 +14,7 @@ from typing import Any, Mapping, Sequence
 
 # The contract versions the worker can write (worker.core.events.VERSIONS; a test holds the two
 # together, so that the config module needs no schema files).
-CONTRACT_VERSIONS = ("1.0", "1.1", "1.2")
+CONTRACT_VERSIONS = ("1.0", "1.1", "1.2", "1.3")
 
 
 class ConfigError(ValueError):
@@ -181,6 +181,21 @@ class BankConfig:
 
 
 @dataclass(frozen=True)
+class OrdersConfig:
+    """Legal orders (docs/orders.md), consumed with the uploads and executed exactly once."""
+
+    # The order topic (schemas/v1.3/legal-order); empty (the default, so a worker never
+    # subscribes to a topic nobody created): not consumed. The deploy configs set
+    # moderation.legal-orders.v1.
+    topic: str = ""
+    status_topic: str = "moderation.order-status.v1"
+    # An order without its own deadline has received_at plus these hours: 3 by the IT Rules,
+    # and per category ("name=hours", e.g. ncii=2 for non-consensual intimate imagery).
+    deadline_hours: float = 3.0
+    category_deadline_hours: tuple[str, ...] = ("ncii=2",)
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     host: str = "0.0.0.0"
     port: int = 9400
@@ -212,7 +227,7 @@ class WorkerConfig:
     dedupe_window: int = 100_000
     # The verdict contract's minor version to write: "1.0" until every consumer validates
     # against the newer files (docs/events.md, "Evolving the contracts").
-    verdict_schema: str = "1.2"
+    verdict_schema: str = "1.3"
 
 
 @dataclass(frozen=True)
@@ -224,6 +239,7 @@ class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     bank: BankConfig = field(default_factory=BankConfig)
+    orders: OrdersConfig = field(default_factory=OrdersConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     worker: WorkerConfig = field(default_factory=WorkerConfig)
 
@@ -235,6 +251,18 @@ class Config:
             problems.append("media.frame_slack must be within [0, 0.5]")
         if self.media.max_video_bytes < 1:
             problems.append("media.max_video_bytes must be positive")
+        if self.orders.topic and not self.bank.enabled:
+            problems.append("orders.topic needs bank.enabled: an order adds its targets to the hash bank")
+        if self.orders.deadline_hours <= 0:
+            problems.append("orders.deadline_hours must be positive")
+        for entry in self.orders.category_deadline_hours:
+            name, sep, hours = entry.partition("=")
+            try:
+                good = bool(sep and name.strip()) and float(hours) > 0
+            except ValueError:
+                good = False
+            if not good:
+                problems.append(f"orders.category_deadline_hours: {entry!r} is not category=hours (hours above 0)")
         if self.provenance.max_manifest_bytes < 1 or self.provenance.timeout_s <= 0:
             problems.append("provenance.max_manifest_bytes and provenance.timeout_s must be positive")
         if self.model.batch_size < 1:

@@ -24,6 +24,8 @@ from worker.core.dead_letters import REASONS
 log = logging.getLogger("worker.health")
 PREFIX = "moderation"
 # From a short clip on a GPU (50 ms) to a long video queued behind others (10 min).
+# A legal order's execution, against deadlines of 2 and 3 hours.
+ORDER_BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 5400, 7200, 9000, 10800, 14400, 21600)
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
 # Every (status, kind) a label decision can have.
 LABEL_SERIES = (("none", "none"),) + tuple((status, kind) for status in ("apply", "pending_review")
@@ -59,6 +61,22 @@ class WorkerMetrics:
         self.credentials = Counter(
             f"{PREFIX}_credentials", "Uploads whose C2PA content credentials were read, by state "
             "(absent, unreadable, invalid, valid, trusted).", ["state"], registry=registry)
+        self.orders = Counter(
+            f"{PREFIX}_orders", "Legal orders executed, by status (done, partial, failed) and whether "
+            "they were within their deadline.", ["status", "within_deadline"], registry=registry)
+        self.order_completion = Histogram(
+            f"{PREFIX}_order_completion_seconds", "A legal order's receipt (its received_at) to its "
+            "execution.", buckets=ORDER_BUCKETS, registry=registry)
+        # Exported (at 0) by every worker, so that a dashboard and the alerts see them.
+        self.orders_open = Gauge(
+            f"{PREFIX}_orders_open", "Legal orders this worker is executing now (orders still waiting "
+            "on the topic are its consumer lag).", registry=registry)
+        self.order_oldest_open = Gauge(
+            f"{PREFIX}_order_oldest_open_seconds", "Seconds since the oldest open order was received "
+            "(0 when none is open).", registry=registry)
+        self.order_deadline_share = Gauge(
+            f"{PREFIX}_order_open_deadline_share", "The largest share of its deadline an open order has "
+            "used (0.5: half its time gone; 0 when none is open).", registry=registry)
         self.labels_decided = Counter(
             f"{PREFIX}_labels", "Synthetic-content label decisions, by status (none, apply, "
             "pending_review) and kind (ai_generated, ai_altered; none with status none).",
@@ -108,6 +126,9 @@ class WorkerMetrics:
             self.decisions.labels(decision)
         for state in CREDENTIAL_STATES:
             self.credentials.labels(state)
+        for status in ("done", "partial", "failed"):
+            for within in ("true", "false"):
+                self.orders.labels(status, within)
         for status, kind in LABEL_SERIES:
             self.labels_decided.labels(status, kind)
         for reason in sorted(REASONS):
@@ -138,6 +159,13 @@ class WorkerMetrics:
                         "been running (0 when none is); /livez fails past worker.device_call_deadline_s.",
                         registry=self.registry)
         running.set_function(oldest_seconds)
+
+    def watch_orders(self, open_count: Callable[[], int], oldest_seconds: Callable[[], float],
+                     deadline_share: Callable[[], float]) -> None:
+        """Read the legal orders this worker is executing at scrape time."""
+        self.orders_open.set_function(open_count)
+        self.order_oldest_open.set_function(oldest_seconds)
+        self.order_deadline_share.set_function(deadline_share)
 
     def watch_bank(self, stats: Callable[[], Any]) -> None:
         """Export the hash bank's size, read at scrape time from ``stats()`` (an ``IndexStats``)."""

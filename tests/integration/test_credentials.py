@@ -268,8 +268,8 @@ def test_credentials_and_labels_reach_the_verdict_through_kafka(kafka_config, vi
     assert [topic for topic, _, _ in outputs] == [cfg.kafka.verdict_topic] * 4
     verdicts = {record["data"]["video_id"]: record for _, _, record in outputs}
     for record in verdicts.values():
-        validator("verdict", "1.2").validate(record)
-        assert record["dataschema"] == "https://schemas.deepfake-moderation.dev/v1.2/verdict.schema.json"
+        validator("verdict", "1.3").validate(record)
+        assert record["dataschema"] == "https://schemas.deepfake-moderation.dev/v1.3/verdict.schema.json"
         assert record["data"]["frames_sampled"] == 32  # the video was judged whatever its credentials
         assert record["data"]["latency_seconds"]["credentials"] >= 0
         assert record["data"]["decision"] != "takedown"  # no model file here: no takedown at all

@@ -273,7 +273,7 @@ def test_a_1_2_verdict_carries_the_label_and_the_declaration(make_event):
     needed = Label("pending_review", "ai_generated", ("content_credentials",),
                    "declaration_contradicted_by_credentials")
     _, value = verdict_record(a_verdict(make_event, event=event, credentials=CREDENTIALS, label=needed),
-                              "w", UPLOADED_AT)
+                              "w", UPLOADED_AT, version="1.2")
     document = json.loads(value)
     assert document["dataschema"] == "https://schemas.deepfake-moderation.dev/v1.2/verdict.schema.json"
     assert document["data"]["label"] == {"status": "pending_review", "kind": "ai_generated",

@@ -21,6 +21,7 @@ RANKS = {
     "faces": 2, "provenance": 2,
     "models": 3,
     "bank": 4,
+    "orders": 5,
     "runtime": 5,
     "app": 6,
     "evaluation": 7, "training": 7,

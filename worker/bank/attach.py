@@ -39,6 +39,7 @@ class AttachedBank:
     bank: HashBank | None = None
     hooks: list = field(default_factory=list)
     side_topics: list = field(default_factory=list)
+    entries: VideoFingerprinter | None = None  # fingerprints a video as a bank entry
 
 
 def attach_bank(cfg: Config, pipeline: Pipeline, entry_sampler: Callable[[], FrameSampler],
@@ -70,4 +71,4 @@ def attach_bank(cfg: Config, pipeline: Pipeline, entry_sampler: Callable[[], Fra
                                         cfg.kafka.max_event_bytes))
     hook = TakedownRecords(cfg.worker.id, bank_cfg.topic if bank_cfg.add_takedowns else None,
                            densify_topic, score_topic)
-    return AttachedBank(checked, follower, bank, [hook], side_topics)
+    return AttachedBank(checked, follower, bank, [hook], side_topics, entries)

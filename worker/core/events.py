@@ -38,7 +38,7 @@ _UPLOAD_TYPE_PREFIX = "dev.moderation.upload."
 
 # The minor versions of v1, oldest first (docs/events.md, "Evolving the contracts"): each
 # adds optional fields in ``schemas/v1.N/``, a folder holding the schemas that changed.
-VERSIONS = ("1.0", "1.1", "1.2")
+VERSIONS = ("1.0", "1.1", "1.2", "1.3")
 LATEST = VERSIONS[-1]
 
 
@@ -289,6 +289,7 @@ class Verdict:
     decisive_track_id: int | None = None  # the track whose score is the video score
     credentials: Credentials | None = None  # the upload's content credentials, when read
     label: Label | None = None              # the synthetic-content label it needs
+    legal_order: dict | None = None         # the order a legal_order takedown executes
 
     @property
     def face_count(self) -> int:
@@ -336,13 +337,14 @@ def output_id(position: "SourcePosition", kind: str) -> str:
 
 def verdict_record(verdict: Verdict, worker_id: str, published_at: datetime,
                    position: "SourcePosition | None" = None,
-                   received_at: datetime | None = None, version: str = LATEST) -> tuple[bytes, bytes]:
+                   received_at: datetime | None = None, version: str = LATEST,
+                   event_id: str | None = None) -> tuple[bytes, bytes]:
     """Key (the video id) and value of the verdict record; ``end_to_end`` runs from
     ``received_at`` (the upload record's Kafka timestamp) to ``published_at``. ``version``:
     the contract's minor version to write (a 1.0 verdict leaves the 1.1 fields out).
 
     With the input's ``position`` the id is derived from it, so consumers can drop a
-    redelivered copy; without one (scoring a file) it is random.
+    redelivered copy; without one (scoring a file) it is random; ``event_id`` sets it.
     """
     tracks = [{
         "track_id": t.track_id,
@@ -356,7 +358,9 @@ def verdict_record(verdict: Verdict, worker_id: str, published_at: datetime,
         } for d in t.detections],
     } for t in verdict.tracks]
     model = None if verdict.model is None else _model_json(verdict.model)
-    document = envelope(VERDICT_TYPE, output_id(position, "verdict") if position else str(uuid.uuid4()),
+    if event_id is None:
+        event_id = output_id(position, "verdict") if position else str(uuid.uuid4())
+    document = envelope(VERDICT_TYPE, event_id,
                         worker_source(worker_id), published_at, {
         "source_event_id": verdict.event.event_id,
         "video_id": verdict.event.video_id,
@@ -394,6 +398,8 @@ def verdict_record(verdict: Verdict, worker_id: str, published_at: datetime,
                                          "basis": list(verdict.label.basis), "rule": verdict.label.rule}
         if verdict.event.declaration is not None:
             document["data"]["declaration"] = declaration_json(verdict.event.declaration)
+    if written >= VERSIONS.index("1.3") and verdict.legal_order is not None:
+        document["data"]["legal_order"] = verdict.legal_order
     return verdict.event.video_id.encode(), checked_json("verdict", document, version)
 
 

@@ -95,8 +95,8 @@ def required_grants(cfg: Config) -> list[Grant]:
     if not bank.enabled:
         return grants
     grants.append(Grant("READ", "topic", bank.topic, why="every worker follows the whole bank, outside any group"))
-    if bank.add_takedowns or bank.confirmation_topic:
-        grants.append(Grant("WRITE", "topic", bank.topic, why="takedowns and confirmations add bank entries"))
+    if bank.add_takedowns or bank.confirmation_topic or cfg.orders.topic:
+        grants.append(Grant("WRITE", "topic", bank.topic, why="takedowns, confirmations and orders add bank entries"))
     if bank.confirmation_topic:
         grants.append(Grant("READ", "topic", bank.confirmation_topic, why="reviewers' confirmations"))
     if bank.densify_topic and bank.add_takedowns:
@@ -105,6 +105,9 @@ def required_grants(cfg: Config) -> list[Grant]:
     if bank.score_matches and cfg.model.config:
         grants += [Grant("WRITE", "topic", bank.score_topic, why="matched uploads queued for the models"),
                    Grant("READ", "topic", bank.score_topic, why="the same queue, consumed by the group")]
+    if cfg.orders.topic:
+        grants += [Grant("READ", "topic", cfg.orders.topic, why="legal orders"),
+                   Grant("WRITE", "topic", cfg.orders.status_topic, why="each order's status record")]
     return grants
 
 

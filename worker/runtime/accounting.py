@@ -46,6 +46,10 @@ def account(output: Output, record: ConsumedRecord, metrics: WorkerMetrics, work
             now: datetime, latencies: Latencies) -> None:
     fields = where(record, output.event, worker_id)
     if output.applied is not None:
+        if output.applied.get("kind") == "legal order":
+            within = "true" if output.applied["within_deadline"] else "false"
+            metrics.orders.labels(output.applied["status"], within).inc()
+            metrics.order_completion.observe(output.applied["elapsed_seconds"])
         log.info("%s record applied", output.applied.get("kind", "side-topic"),
                  extra={**fields, **output.applied, "records": len(output.records)})
     elif output.verdict is not None:
