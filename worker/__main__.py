@@ -6,8 +6,6 @@ import json
 import signal
 import sys
 import threading
-import time
-import uuid
 from pathlib import Path
 
 from worker.runtime.allocator import reexec_with_tuned_allocator
@@ -116,75 +114,14 @@ def cmd_broker(args) -> int:
     return 0
 
 
-def _summary(record: dict) -> str:
-    data = record["data"]
-    if record["type"].startswith("dev.moderation.verdict"):
-        score = "-" if data["video_score"] is None else f"{data['video_score']:.3f}"
-        lat = data["latency_seconds"]
-        return (f"{data['video_id']:<22} {data['decision'].upper():<9} "
-                f"reasons={','.join(data['reasons'])}  faces={data['face_count']} "
-                f"tracks={len(data['tracks'])} score={score} "
-                f"latency={lat['end_to_end']:.2f}s (processing {lat['processing']:.2f}s)")
-    return (f"{(data.get('video_id') or '?'):<22} DEAD-LETTER reason={data['reason']}  "
-            f"{data['message'][:80]}")
-
-
 def cmd_demo(args) -> int:
-    """Local broker, topics, a worker, sample uploads in; verdicts printed as they arrive."""
-    from worker.app import serve
-    from worker.core.events import upload_event
+    """Local broker and worker; sample uploads, a signed upload, a legal order and a re-upload."""
     from worker.logs import setup_logging
-    from worker.runtime.clients import build_producer, build_results_consumer, ensure_topics
-    from worker.testing.local_kafka import LocalKafka
-    from worker.testing.samples import NAMES, sample_dir, sample_video
+    from worker.testing.demo import run_demo
 
     setup_logging("ERROR")  # the demo prints each result itself
-    started = time.monotonic()
     print("Starting a local Apache Kafka broker (KRaft)...", flush=True)
-    with LocalKafka() as broker:
-        run = uuid.uuid4().hex[:8]
-        cfg = _config(args, overrides=[
-            f"kafka.bootstrap_servers={broker.bootstrap_servers}", f"kafka.group_id=demo-{run}",
-            "metrics.host=127.0.0.1", "metrics.port=0", f"media.file_roots={sample_dir()}"])
-        ensure_topics(cfg.kafka, bank_topic=cfg.bank.topic if cfg.bank.enabled else None,
-                      extra_topics=(cfg.bank.confirmation_topic, cfg.bank.score_topic,
-                                    cfg.bank.densify_topic)
-                      if cfg.bank.enabled else ())
-        stop = threading.Event()
-        ports: list[int] = []
-        worker = threading.Thread(target=serve, args=(cfg, stop),
-                                  kwargs={"on_http": ports.append}, name="worker")
-        worker.start()
-        print(f"Broker {broker.bootstrap_servers}; topics {cfg.kafka.upload_topic} -> "
-              f"{cfg.kafka.verdict_topic} / {cfg.kafka.dead_letter_topic}", flush=True)
-
-        uploads = [(name.removesuffix(".mp4"), sample_video(name).as_uri()) for name in NAMES]
-        uploads.append(("missing-video", (sample_dir() / "no-such-upload.mp4").as_uri()))
-        producer = build_producer(cfg.kafka)
-        for video_id, uri in uploads:
-            producer.send(cfg.kafka.upload_topic, key=video_id.encode(),
-                          value=upload_event(video_id, uri, "demo-uploader")).get(30)
-        producer.send(cfg.kafka.upload_topic, key=b"garbage", value=b"this is not JSON").get(30)
-        producer.close()
-        expected = len(uploads) + 1
-        print(f"Published {expected} upload events; waiting for verdicts "
-              f"(the first video also waits for the models to load)...", flush=True)
-
-        results = build_results_consumer(cfg.kafka)
-        seen = 0
-        deadline = time.monotonic() + args.timeout
-        while seen < expected and time.monotonic() < deadline and worker.is_alive():
-            for records in results.poll(timeout_ms=500).values():
-                for record in records:
-                    seen += 1
-                    print("  " + _summary(json.loads(record.value)), flush=True)
-        results.close()
-        if ports:
-            print(f"Metrics were at http://127.0.0.1:{ports[0]}/metrics", flush=True)
-        stop.set()
-        worker.join(timeout=60)
-    print(f"{seen}/{expected} results in {time.monotonic() - started:.1f}s; broker stopped.")
-    return 0 if seen == expected else 1
+    return run_demo(lambda overrides: _config(args, overrides=overrides), args.timeout)
 
 
 def cmd_bank(args) -> int:

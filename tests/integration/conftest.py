@@ -145,7 +145,13 @@ def read_outputs(cfg: Config, expected: int, timeout_s: float = 240.0,
                  settle_s: float = 2.0) -> list[tuple[str, bytes | None, dict]]:
     """Every record on the verdict and dead-letter topics, once ``expected`` have arrived and
     nothing more came for ``settle_s`` (so that a duplicate would be seen)."""
-    consumer = build_results_consumer(cfg.kafka)
+    return drain(build_results_consumer(cfg.kafka), expected, timeout_s, settle_s)
+
+
+def drain(consumer, expected: int, timeout_s: float = 240.0,
+          settle_s: float = 2.0) -> list[tuple[str, bytes | None, dict]]:
+    """(topic, key, JSON value) of what ``consumer`` reads, once ``expected`` have arrived and
+    nothing more came for ``settle_s``; closes the consumer."""
     out: list[tuple[str, bytes | None, dict]] = []
     deadline = time.monotonic() + timeout_s
     quiet_since = None

@@ -4,8 +4,6 @@ re-encode of the ordered video is caught by the bank and names the order's entry
 order is one dead letter."""
 from __future__ import annotations
 
-import json
-import time
 from datetime import datetime, timezone
 
 import pytest
@@ -17,7 +15,7 @@ from worker.orders.records import order_event
 from worker.runtime.clients import client_options, ensure_topics
 from worker.testing.samples import sample_video
 
-from .conftest import publish, read_outputs, running_worker
+from .conftest import drain, publish, read_outputs, running_worker
 from .test_bank_kafka import wait_for_bank_entries
 from .test_bank_variants import build_variant, decode_all
 from .test_kafka_roundtrip import _event
@@ -28,24 +26,10 @@ HASH = "f8f8f0cee0f4a84f06370a22038f63f0b36e2ed596621e1d33e6b39c4e9c9b22"
 
 
 def committed(cfg, topic: str, expected: int, timeout_s: float = 120.0, settle_s: float = 2.0) -> list:
-    """The committed records of ``topic`` once ``expected`` arrived and nothing more came."""
+    """(key, value) of the committed records of ``topic`` once ``expected`` arrived and nothing more came."""
     consumer = KafkaConsumer(topic, isolation_level="read_committed", auto_offset_reset="earliest",
                              enable_auto_commit=False, **client_options(cfg.kafka))
-    out, quiet_since, deadline = [], None, time.monotonic() + timeout_s
-    try:
-        while time.monotonic() < deadline:
-            batch = consumer.poll(timeout_ms=300)
-            for records in batch.values():
-                out += [(r.key, json.loads(r.value)) for r in records]
-            if batch:
-                quiet_since = None
-            elif len(out) >= expected:
-                quiet_since = quiet_since or time.monotonic()
-                if time.monotonic() - quiet_since >= settle_s:
-                    break
-    finally:
-        consumer.close()
-    return out
+    return [(key, value) for _, key, value in drain(consumer, expected, timeout_s, settle_s)]
 
 
 def send(cfg, topic: str, values: list[tuple[bytes, bytes]]) -> None:

@@ -248,3 +248,21 @@ def test_targets_past_the_budget_fail_as_timeout_and_the_status_still_goes_out(m
     assert [(t["target_id"], t["status"], t.get("reason")) for t in status["targets"]] == [
         ("vid-1", "done", None), ("vid-2", "failed", "timeout"), ("list-1", "failed", "timeout")]
     assert status["status"] == "partial"
+
+
+def test_the_demo_says_when_a_step_did_not_show_what_it_should():
+    from worker.testing.demo import ORDER_ID, ORDERED, _check
+
+    def verdict(video_id, **data):
+        return {"type": "dev.moderation.verdict.v1", "data": {"video_id": video_id, **data}}
+
+    labelled = verdict("ai-credentials", label={"status": "apply"})
+    status = {"type": "dev.moderation.order-status.v1", "data": {"status": "done"}}
+    takedown = verdict(ORDERED, legal_order={"order_id": ORDER_ID})
+    caught = verdict("reupload", known_content={"entry_id": f"order:{ORDER_ID}:{ORDERED}"})
+    assert _check([labelled], 1, [takedown, status], [caught]) == []
+    assert _check([verdict("ai-credentials", label={"status": "none"})], 1, [takedown, status], [caught]) == [
+        "the upload with AI credentials was not labelled"]
+    assert _check([labelled], 2, [status], [verdict("reupload")]) == [
+        "1 of 2 upload results came", "the order was not executed",
+        "the re-upload was not caught by the order's bank entry"]

@@ -178,9 +178,10 @@ def build_delivery(cfg: KafkaConfig, worker_id: str, commit, on_abort=lambda: No
                        cfg.publish_timeout_s, on_abort=on_abort)
 
 
-def build_results_consumer(cfg: KafkaConfig, **options) -> KafkaConsumer:
-    """A reader of the verdict and dead-letter topics that sees committed results only."""
-    return KafkaConsumer(cfg.verdict_topic, cfg.dead_letter_topic, isolation_level="read_committed",
+def build_results_consumer(cfg: KafkaConfig, extra_topics: tuple[str, ...] = (), **options) -> KafkaConsumer:
+    """A reader of the verdict and dead-letter topics (and ``extra_topics``) that sees
+    committed results only."""
+    return KafkaConsumer(cfg.verdict_topic, cfg.dead_letter_topic, *extra_topics, isolation_level="read_committed",
                          auto_offset_reset="earliest", enable_auto_commit=False,
                          **{**client_options(cfg), **options})
 
