@@ -42,10 +42,47 @@ from worker.runtime.watchdog import DeviceCalls, timed
 log = logging.getLogger("worker.app")
 
 
-def select_device(name: str) -> torch.device:
+class DeviceError(ConfigError):
+    """``model.device`` names a GPU this machine cannot use: a start-up error, not a slow CPU run."""
+
+
+def cuda_unusable(cuda=torch.cuda, built_for: str | None = torch.version.cuda) -> str | None:
+    """Why no GPU can be used here, or None when one can."""
+    if built_for is None:
+        return f"this torch ({torch.__version__}) is a CPU-only build"
+    if not cuda.is_available():
+        return (f"torch {torch.__version__}, built for CUDA {built_for}, finds no usable GPU (none "
+                "visible to the process, e.g. no device plugin or CUDA_VISIBLE_DEVICES, or a driver "
+                f"older than CUDA {built_for} needs)")
+    return None
+
+
+def select_device(name: str, cuda=torch.cuda, built_for: str | None = torch.version.cuda) -> torch.device:
+    """``cpu``; ``auto``: the GPU when one is usable, else the CPU; ``cuda``/``cuda:N``: that
+    GPU, or :class:`DeviceError` when it cannot be used (never a silent CPU run)."""
+    if name == "cpu":
+        return torch.device("cpu")
+    why = cuda_unusable(cuda, built_for)
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+        return torch.device("cpu" if why else "cuda")
+    device = torch.device(name)
+    if why:
+        raise DeviceError(f"model.device = {name!r}, but {why}; set model.device = \"cpu\" to run without one")
+    if (device.index or 0) >= cuda.device_count():
+        raise DeviceError(f"model.device = {name!r}, but this process sees {cuda.device_count()} GPU(s)")
+    return device
+
+
+def start_device(cfg: ModelConfig, metrics: WorkerMetrics, cuda=torch.cuda,
+                 built_for: str | None = torch.version.cuda) -> torch.device:
+    """The worker's device, checked before anything else starts; an ``auto`` that found no
+    GPU is logged with the reason and exported (``moderation_device_fallback``)."""
+    device = select_device(cfg.device, cuda, built_for)
+    fallback = cfg.device == "auto" and device.type == "cpu"
+    if fallback:
+        log.warning("model.device = auto runs on the CPU: %s", cuda_unusable(cuda, built_for))
+    metrics.device_fallback.set(1 if fallback else 0)
+    return device
 
 
 def load_model_file(cfg: ModelConfig) -> ModelSpec | None:
@@ -210,6 +247,7 @@ def serve(cfg: Config, stop: threading.Event, pipeline: Pipeline | None = None,
     """
     registry = registry or CollectorRegistry()
     metrics = WorkerMetrics(registry)
+    device = start_device(cfg.model, metrics)  # "cuda" without a usable GPU: stop here
     calls = DeviceCalls()
     metrics.watch_device_calls(calls.oldest_seconds)
     health = Health(metrics, stall_after_s=cfg.worker.stall_after_s,
@@ -231,7 +269,7 @@ def serve(cfg: Config, stop: threading.Event, pipeline: Pipeline | None = None,
             metrics.watch_bank(attached.bank.index.stats)
         if follower is not None:
             follower.start()
-        if torch.cuda.is_available() and select_device(cfg.model.device).type == "cuda":
+        if device.type == "cuda":
             metrics.watch_gpu(_gpu_memory, _gpu_utilisation)
         observe_device_stages(pipeline, metrics)
         if pipeline.classifier is not None:

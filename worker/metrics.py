@@ -67,6 +67,9 @@ class WorkerMetrics:
         self.order_completion = Histogram(
             f"{PREFIX}_order_completion_seconds", "A legal order's receipt (its received_at) to its "
             "execution.", buckets=ORDER_BUCKETS, registry=registry)
+        self.device_fallback = Gauge(
+            f"{PREFIX}_device_fallback", "1 when model.device = auto found no usable GPU and the worker "
+            "runs on the CPU (the log says why).", registry=registry)
         # Exported (at 0) by every worker, so that a dashboard and the alerts see them.
         self.orders_open = Gauge(
             f"{PREFIX}_orders_open", "Legal orders this worker is executing now (orders still waiting "

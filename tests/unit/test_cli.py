@@ -33,3 +33,14 @@ def test_a_kafka_failure_is_one_line(monkeypatch, capsys, tmp_path):
     assert main(["bank", "export", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("KafkaTimeoutError") and "\n" not in err, err
+
+
+def test_run_on_a_gpu_it_cannot_use_is_one_line_before_anything_starts(monkeypatch, capsys):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    # an unreachable broker: the device is checked before Kafka is tried
+    code = main(["run", "--set", "model.device=cuda", "--set", "kafka.bootstrap_servers=127.0.0.1:1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("DeviceError: model.device = 'cuda', but "), err
+    assert 'set model.device = "cpu"' in err[-1]
